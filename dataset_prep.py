@@ -1,0 +1,206 @@
+"""From extracted images + metadata CSV to a labelled, grouped, split table (no training here).
+
+Steps: resolve columns -> check labels -> match rows to images -> leakage-guard groups -> split.
+Returns the table plus the facts the report needs (counts, groups found, straddling groups).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups, hash_files
+import split_utils
+from input_utils import InputError, match_rows_to_images, read_metadata_csv, resolve_column
+
+MAX_LISTED = 10  # rows/files named in a message before "…and N more"
+
+
+@dataclass
+class DataOptions:
+    image_column: str = "image_path"
+    target_column: str = "label"
+    sample_id_column: str | None = None
+    split_column: str | None = None  # None: use a column named "split" when the CSV has one
+    split_probabilities: tuple[float, float, float] = split_utils.DEFAULT_PROBABILITIES
+    random_seed: int = 42
+    leakage_guard: bool = True
+    leakage_max_distance: int = DEFAULT_MAX_DISTANCE
+    positive_label: str | None = None
+
+
+@dataclass
+class PreparedData:
+    """One row per matched image, with columns image, image_file, label, sample_id, duplicate_group,
+    group, split (0/1/2); plus what was found on the way."""
+
+    table: pd.DataFrame
+    classes: list[str]
+    task: str
+    positive_label: str | None
+    columns: dict
+    dataset: dict
+    split: dict
+    leakage: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _listed(items, limit: int = MAX_LISTED) -> str:
+    items = [str(i) for i in items]
+    more = f" …and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions) -> PreparedData:
+    """Read, match, group and split; every user mistake raises InputError naming what is wrong."""
+    split_utils.validate_probabilities(options.split_probabilities)
+    raw = read_metadata_csv(csv_path)
+    image_col = resolve_column(raw, options.image_column, "image", "--image-column")
+    label_col = resolve_column(raw, options.target_column, "label", "--target-column")
+    sample_col = (resolve_column(raw, options.sample_id_column, "sample id", "--sample-id-column")
+                  if options.sample_id_column else None)
+    split_col = _find_split_column(raw, options.split_column)
+    warnings: list[str] = []
+
+    labels = raw[label_col].astype(str).str.strip()
+    empty = np.flatnonzero((labels == "") | labels.str.lower().isin(["nan", "na", "none", "null"]))
+    if len(empty):
+        raise InputError(f"label column {label_col!r} is empty on CSV line(s) {_listed(empty + 2)}; "
+                         "label every row or remove the unlabelled ones")
+    raw = raw.assign(**{label_col: labels})
+
+    match = match_rows_to_images(raw, image_col, image_files)
+    if match.table.empty:
+        raise InputError(
+            f"no CSV row matched an image in the ZIP (column {image_col!r}). CSV paths look like "
+            f"{_listed(raw[image_col].head(3))}; the ZIP holds {match.n_images} images such as "
+            f"{_listed(sorted(image_files)[:3]) or 'none'}"
+        )
+    if match.unmatched_rows:
+        warnings.append(f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP "
+                        f"and were left out (CSV lines {_listed(match.unmatched_rows)})")
+    if match.unused_images:
+        warnings.append(f"{len(match.unused_images)} images in the ZIP have no CSV row and were not used "
+                        f"({_listed(match.unused_images)})")
+    matched = match.table
+    dup = matched["image_file"].duplicated(keep=False)
+    if dup.any():
+        warnings.append(f"{int(dup.sum())} CSV rows point at an image another row also uses "
+                        f"({_listed(matched.loc[dup, 'image_file'].unique())}); they are kept together")
+
+    classes = sorted(matched[label_col].unique())
+    if len(classes) < 2:
+        raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
+                         "rows; a classifier needs at least two")
+    counts = matched[label_col].value_counts()
+    for label, n in counts[counts < 3].items():
+        warnings.append(f"class {label!r} has only {n} image(s): it goes to the training split first, so "
+                        "validation/test may hold none of it")
+    task = "binary" if len(classes) == 2 else "multiclass"
+    positive = None
+    if task == "binary":
+        positive = options.positive_label or classes[1]
+        if positive not in classes:
+            raise InputError(f"--positive-label {positive!r} is not one of the labels {classes}")
+
+    table = pd.DataFrame({
+        "image": matched[image_col].to_numpy(),
+        "image_file": matched["image_file"].to_numpy(),
+        "label": matched[label_col].to_numpy(),
+        "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
+    })
+    # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
+    # decides whether they are also kept together by the split. Rows naming one file are one picture.
+    paths = [os.path.join(image_root, f) for f in table["image_file"]]
+    try:
+        hashes = hash_files(paths)
+    except OSError as err:
+        raise InputError(str(err).replace(image_root + os.sep, "")) from err
+    dup_groups = split_utils.union_groups(duplicate_groups(hashes, options.leakage_max_distance),
+                                          table["image_file"].to_numpy())
+    table["duplicate_group"] = dup_groups
+    sample_groups = None
+    if sample_col:
+        ids = table["sample_id"].to_numpy()
+        # A missing sample id makes the row a group of its own.
+        sample_groups = np.where(ids == "", [f"\x00row{i}" for i in range(len(ids))], ids)
+    split_by = dup_groups if options.leakage_guard else table["image_file"].to_numpy()
+    table["group"] = split_utils.union_groups(split_by, sample_groups)
+    true_groups = split_utils.union_groups(dup_groups, sample_groups)
+
+    split_info = {"seed": options.random_seed, "probabilities": list(options.split_probabilities),
+                  "grouped_by": (["sample id: " + sample_col] if sample_col else [])
+                  + (["leakage guard (flips/rotations/duplicates)"] if options.leakage_guard else []),
+                  "column": split_col}
+    if split_col:
+        codes = split_utils.parse_split_column(matched[split_col], split_col)
+        present = set(codes.tolist())
+        if present == {0}:
+            raise InputError(f"split column {split_col!r} marks every row as train; mark some as test")
+        split_info["method"] = f"user column {split_col!r}"
+        if 1 not in present:
+            codes = split_utils.carve_validation(table["label"], codes, table["group"],
+                                                 options.split_probabilities, options.random_seed)
+            split_info["method"] += ", validation carved out of train (seeded, stratified, grouped)"
+        if 2 not in present:
+            warnings.append(f"split column {split_col!r} has no test rows: the report can only show "
+                            "validation numbers, which also chose the best epoch")
+    else:
+        codes = split_utils.random_split(table["label"], table["group"], options.split_probabilities,
+                                         options.random_seed)
+        split_info["method"] = "random, stratified by label, seeded"
+    table["split"] = codes
+
+    leakage = _leakage_facts(table, true_groups, options)
+    if leakage["straddling_groups"]:
+        warnings.append(
+            f"LEAKAGE: {leakage['straddling_groups']} group(s) of the same picture or sample "
+            f"({leakage['straddling_rows']} rows) sit in more than one split; test numbers will be "
+            "optimistic (memory, not skill). Examples: "
+            + "; ".join(" = ".join(g) for g in leakage["straddling_examples"][:3])
+        )
+    for name, n in zip(split_utils.SPLIT_NAMES, np.bincount(codes, minlength=3)):
+        if n == 0 and name == "train":
+            raise InputError("the split left no training rows")
+    missing_in_train = sorted(set(classes) - set(table.loc[table["split"] == 0, "label"]))
+    if missing_in_train:
+        warnings.append(f"class(es) {_listed(missing_in_train)} have no training rows: the model cannot "
+                        "predict them")
+
+    dataset = {
+        "csv_rows": match.n_rows, "images_in_zip": match.n_images, "matched_rows": len(table),
+        "unmatched_rows": len(match.unmatched_rows), "unmatched_csv_lines": match.unmatched_rows[:50],
+        "unused_images": len(match.unused_images), "unused_image_examples": match.unused_images[:50],
+        "class_counts": {name: table.loc[table["split"] == k, "label"].value_counts().reindex(classes, fill_value=0)
+                         .astype(int).to_dict() for k, name in enumerate(split_utils.SPLIT_NAMES)},
+    }
+    columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
+    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+
+
+def _find_split_column(raw: pd.DataFrame, wanted: str | None) -> str | None:
+    if wanted:
+        return resolve_column(raw, wanted, "split", "--split-column")
+    return next((c for c in raw.columns if c.strip().lower() == "split"), None)
+
+
+def _leakage_facts(table: pd.DataFrame, true_groups: np.ndarray, options: DataOptions) -> dict:
+    sizes = table["duplicate_group"].value_counts()
+    dup_ids = sizes[sizes > 1].index
+    straddle = split_utils.find_straddling_groups(true_groups, table["split"])
+    images = table["image"].astype(str).to_numpy()
+    examples = table[table["duplicate_group"].isin(dup_ids)].groupby("duplicate_group")["image"].apply(list)
+    return {
+        "guard": options.leakage_guard,
+        "max_distance": options.leakage_max_distance,
+        "duplicate_groups": int(len(dup_ids)),
+        "images_in_duplicate_groups": int(sizes[sizes > 1].sum()),
+        "duplicate_examples": [list(map(str, g)) for g in examples.head(20)],
+        "groups": int(table["group"].nunique()),
+        "straddling_groups": straddle.n_groups,
+        "straddling_rows": straddle.n_rows,
+        "straddling_examples": [[images[i] for i in rows] for rows in straddle.examples],
+    }

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Image Learner command line: train an image classifier from a ZIP of images and a metadata CSV.
+
+    image-learner --csv-file meta.csv --image-zip images.zip --output-dir out [options]
+
+Exit codes: 0 success; 2 bad input or options (the message names the file, row or column);
+3 pretrained weights unavailable; 137 out of memory (Galaxy may retry with more); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Galaxy runs this file directly from the tool directory: make its sibling modules importable.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+EXIT_INPUT, EXIT_WEIGHTS, EXIT_OOM = 2, 3, 137
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import input_utils
+    import leakage_guard
+    from ludwig_config import AUGMENTATIONS
+
+    parser = argparse.ArgumentParser(
+        prog="image-learner", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--csv-file", required=True, help="metadata CSV/TSV: one row per image")
+    io.add_argument("--image-zip", required=True, help="ZIP archive of the images")
+    io.add_argument("--output-dir", required=True, help="where the model, report and tables are written")
+    io.add_argument("--image-column", default="image_path", help="image path column (name or 1-based index)")
+    io.add_argument("--target-column", default="label", help="class label column (name or 1-based index)")
+    io.add_argument("--sample-id-column", default=None,
+                    help="patient/lesion id column: all images of one id stay in one split")
+    io.add_argument("--split-column", default=None,
+                    help="column with 0/1/2 or train/validation/test; default: a column named 'split' if present")
+    io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+
+    split = parser.add_argument_group("split")
+    split.add_argument("--split-probabilities", nargs=3, type=float, default=[0.7, 0.1, 0.2],
+                       metavar=("TRAIN", "VALIDATION", "TEST"), help="random split proportions")
+    split.add_argument("--leakage-guard", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep images that are the same picture up to flips/rotations in one split")
+    split.add_argument("--leakage-max-distance", type=int, default=leakage_guard.DEFAULT_MAX_DISTANCE,
+                       help="largest hash distance (of 256 bits) counted as the same picture")
+    split.add_argument("--positive-label", default=None,
+                       help="binary tasks: the positive class (default: the second in sorted order)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model-name", default="caformer_s18_384",
+                       help="timm backbone, e.g. caformer_s18_384, tf_efficientnet_lite0, resnet50")
+    model.add_argument("--use-pretrained", action=argparse.BooleanOptionalAction, default=True,
+                       help="start from pretrained (ImageNet) weights")
+    model.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True,
+                       help="train the backbone too (otherwise only the classifier head)")
+    model.add_argument("--pretrained-weights", default=None,
+                       help="local timm state dict (.safetensors/.pth) instead of a download")
+    model.add_argument("--image-size", type=int, default=None,
+                       help="square side images are resized to (default: the backbone's pretraining size)")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--early-stop", type=int, default=5,
+                       help="stop after this many epochs without validation-loss improvement (0: never)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=0.001)
+    train.add_argument("--random-seed", type=int, default=42, help="seeds the split and the training")
+    train.add_argument("--augmentation", default="random_horizontal_flip",
+                       help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
+    train.add_argument("--class-weights", choices=("none", "balanced"), default="none",
+                       help="'balanced' weighs the loss by inverse class frequency")
+    train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
+                       help="processes decoding and resizing images")
+
+    limits = parser.add_argument_group("archive safety limits")
+    limits.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
+    limits.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
+    limits.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO,
+                        help="largest uncompressed:compressed ratio of one member")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace):
+    import dataset_prep
+    import input_utils
+    import ludwig_config
+    import pipeline
+
+    data = dataset_prep.DataOptions(
+        image_column=args.image_column, target_column=args.target_column,
+        sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
+        split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
+        leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
+        positive_label=args.positive_label or None)
+    training = ludwig_config.TrainingOptions(
+        model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
+        fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,
+        early_stop=args.early_stop, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        random_seed=args.random_seed, augmentation=args.augmentation, class_weights=args.class_weights,
+        preprocessing_workers=max(1, args.preprocessing_workers))
+    limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
+    return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
+                               overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        argv = argv[1:]
+    args = build_parser().parse_args(argv)
+
+    import pipeline
+    import timm_backbone
+    from input_utils import InputError
+
+    try:
+        pipeline.run(request_from_args(args))
+    except InputError as err:
+        print(f"image-learner: error: {err}", file=sys.stderr)
+        return EXIT_INPUT
+    except timm_backbone.BackboneError as err:
+        print(f"image-learner: error: {err}", file=sys.stderr)
+        return EXIT_WEIGHTS
+    except MemoryError:
+        print("image-learner: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+        return EXIT_OOM
+    except RuntimeError as err:
+        if "out of memory" in str(err).lower():
+            print(f"image-learner: error: out of memory ({err}); lower --batch-size or --image-size",
+                  file=sys.stderr)
+            return EXIT_OOM
+        raise
+    pipeline.log(f"done: outputs in {os.path.abspath(args.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Inputs: unpack the images ZIP safely, read the metadata CSV, and match its rows to image files.
+
+Everything here is pure file/data handling (no Ludwig, no torch) so tests can call it directly.
+User mistakes raise :class:`InputError` with a message that names the file, row or column.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+# Archive members that operating systems add by themselves; never images, never an error.
+JUNK_PARTS = ("__MACOSX",)
+JUNK_NAMES = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+DEFAULT_MAX_TOTAL_BYTES = 20 * 1024**3  # 20 GiB uncompressed
+DEFAULT_MAX_MEMBERS = 1_000_000
+DEFAULT_MAX_RATIO = 200  # compressed:uncompressed; JPEG/PNG barely compress, bombs reach 1000+
+
+
+class InputError(Exception):
+    """A problem with the user's input files or options; the message is shown as is."""
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    max_members: int = DEFAULT_MAX_MEMBERS
+    max_ratio: float = DEFAULT_MAX_RATIO
+
+
+def _is_junk(name: str) -> bool:
+    parts = name.split("/")
+    base = parts[-1]
+    return any(p in JUNK_PARTS for p in parts) or base in JUNK_NAMES or base.startswith("._")
+
+
+def _safe_member_path(name: str) -> str:
+    """Return the member's path relative to the extraction root, or raise for a hostile name."""
+    if "\x00" in name:
+        raise InputError(f"ZIP member {name!r} has a NUL byte in its name; refusing the archive")
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or (len(unified) > 1 and unified[1] == ":"):
+        raise InputError(f"ZIP member {name!r} has an absolute path; refusing the archive")
+    parts = [p for p in unified.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise InputError(f"ZIP member {name!r} points outside the archive ('..'); refusing the archive")
+    return "/".join(parts)
+
+
+def extract_zip_safely(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimits()) -> list[str]:
+    """Extract the regular files of ``zip_path`` into ``dest_dir``.
+
+    Refuses path traversal, absolute paths, links, encrypted members and archives over ``limits``
+    (checked on the bytes actually written, not on the sizes the archive claims). OS junk
+    (``__MACOSX/``, ``.DS_Store``) is skipped. Returns the extracted paths relative to ``dest_dir``.
+    """
+    if not os.path.isfile(zip_path):
+        raise InputError(f"image ZIP {zip_path!r} does not exist")
+    if not zipfile.is_zipfile(zip_path):
+        raise InputError(f"image ZIP {os.path.basename(zip_path)!r} is not a ZIP archive")
+    os.makedirs(dest_dir, exist_ok=True)
+    extracted: list[str] = []
+    total = 0
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise InputError(f"image ZIP {os.path.basename(zip_path)!r} cannot be read: {err}") from err
+    with archive:
+        members = archive.infolist()
+        if len(members) > limits.max_members:
+            raise InputError(
+                f"image ZIP has {len(members)} members, more than the limit of {limits.max_members}"
+            )
+        for info in members:
+            rel = _safe_member_path(info.filename)
+            if info.is_dir() or not rel or _is_junk(rel):
+                continue
+            mode = info.external_attr >> 16
+            if stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode) and stat.S_IFMT(mode)):
+                raise InputError(f"ZIP member {info.filename!r} is a link or special file; refusing the archive")
+            if info.flag_bits & 0x1:
+                raise InputError(f"ZIP member {info.filename!r} is encrypted; upload an unencrypted ZIP")
+            target = os.path.join(dest_dir, *rel.split("/"))
+            if os.path.exists(target):
+                raise InputError(f"ZIP member {info.filename!r} appears twice in the archive")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            written = _copy_member(archive, info, target, limits, total)
+            total += written
+            extracted.append(rel)
+    return extracted
+
+
+def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, limits: ZipLimits,
+                 total_before: int) -> int:
+    written = 0
+    allowed_by_ratio = max(info.compress_size, 1) * limits.max_ratio + 1024 * 1024
+    try:
+        with archive.open(info) as src, open(target, "wb") as dst:
+            while chunk := src.read(1024 * 1024):
+                written += len(chunk)
+                if total_before + written > limits.max_total_bytes:
+                    raise InputError(
+                        f"image ZIP expands beyond the limit of {limits.max_total_bytes} bytes "
+                        f"(at member {info.filename!r}); raise --max-unzipped-bytes if this is intended"
+                    )
+                if written > allowed_by_ratio:
+                    raise InputError(
+                        f"ZIP member {info.filename!r} expands more than {limits.max_ratio:g}x its compressed "
+                        "size: refusing a likely decompression bomb"
+                    )
+                dst.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, RuntimeError) as err:
+        raise InputError(f"ZIP member {info.filename!r} cannot be extracted: {err}") from err
+    return written
+
+
+# --------------------------------------------------------------------------------------------- CSV
+
+def read_metadata_csv(csv_path: str) -> pd.DataFrame:
+    """Read the metadata table (comma, tab or semicolon separated; UTF-8 with or without BOM).
+
+    Every column is read as text so labels such as ``01`` or ``1.0`` keep their spelling.
+    """
+    if not os.path.isfile(csv_path):
+        raise InputError(f"metadata CSV {csv_path!r} does not exist")
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as handle:
+            header = handle.readline()
+    except UnicodeDecodeError as err:
+        raise InputError(f"metadata CSV {os.path.basename(csv_path)!r} is not UTF-8 text: {err}") from err
+    if not header.strip():
+        raise InputError(f"metadata CSV {os.path.basename(csv_path)!r} is empty")
+    sep = max(("\t", ",", ";"), key=header.count)
+    try:
+        table = pd.read_csv(csv_path, sep=sep, dtype=str, encoding="utf-8-sig", keep_default_na=False,
+                            skipinitialspace=True)
+    except (pd.errors.ParserError, ValueError) as err:
+        raise InputError(f"metadata CSV {os.path.basename(csv_path)!r} cannot be parsed: {err}") from err
+    table.columns = [str(c).strip() for c in table.columns]
+    if table.empty:
+        raise InputError(f"metadata CSV {os.path.basename(csv_path)!r} has a header but no rows")
+    return table
+
+
+def resolve_column(table: pd.DataFrame, wanted: str | int | None, role: str, option: str) -> str:
+    """Find a column by name or by 1-based index (``"2"``); the error lists the columns there are."""
+    columns = list(table.columns)
+    text = str(wanted).strip()
+    if text in columns:
+        return text
+    lowered = {c.lower(): c for c in columns}
+    if text.lower() in lowered:
+        return lowered[text.lower()]
+    if text.isdigit() and 1 <= int(text) <= len(columns):
+        return columns[int(text) - 1]
+    raise InputError(
+        f"{role} column {text!r} ({option}) is not in the CSV; its columns are: "
+        + ", ".join(repr(c) for c in columns)
+    )
+
+
+# -------------------------------------------------------------------------------------- matching
+
+def normalise_csv_path(value: str) -> str:
+    """``./a\\b.png`` → ``a/b.png``: the spellings Excel and Windows users write."""
+    parts = [p for p in value.strip().replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+@dataclass
+class MatchResult:
+    """Which CSV rows found their image, and what was left over on either side."""
+
+    table: pd.DataFrame  # matched rows only, with the resolved relative path in ``image_file``
+    unmatched_rows: list[int] = field(default_factory=list)  # 1-based CSV line numbers (header = 1)
+    unused_images: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    n_images: int = 0
+
+
+def match_rows_to_images(table: pd.DataFrame, image_column: str, image_files: list[str]) -> MatchResult:
+    """Match each row's path to an extracted image: exact relative path, then a unique path suffix
+    (the ZIP wrapped everything in one folder), then a unique basename.
+
+    An ambiguous basename is an error naming the candidates. Rows are kept in CSV order.
+    """
+    images = sorted(f for f in image_files if f.lower().endswith(IMAGE_EXTENSIONS))
+    exact = {p: p for p in images}
+    by_base: dict[str, list[str]] = {}
+    for path in images:
+        by_base.setdefault(posixpath.basename(path), []).append(path)
+
+    resolved: list[str | None] = []
+    for row_number, raw in zip(range(2, len(table) + 2), table[image_column]):
+        wanted = normalise_csv_path(raw)
+        hit = exact.get(wanted)
+        if hit is None and wanted:
+            suffix = [p for p in by_base.get(posixpath.basename(wanted), []) if p.endswith("/" + wanted)]
+            candidates = suffix or by_base.get(posixpath.basename(wanted), [])
+            if len(candidates) > 1:
+                raise InputError(
+                    f"CSV line {row_number}: image {raw!r} matches several files in the ZIP "
+                    f"({', '.join(candidates[:5])}); write its path relative to the ZIP root"
+                )
+            hit = candidates[0] if candidates else None
+        resolved.append(hit)
+
+    matched = table.copy()
+    matched["image_file"] = resolved
+    unmatched_rows = [i + 2 for i, hit in enumerate(resolved) if hit is None]
+    matched = matched[matched["image_file"].notna()].reset_index(drop=True)
+    used = set(matched["image_file"])
+    return MatchResult(
+        table=matched,
+        unmatched_rows=unmatched_rows,
+        unused_images=[p for p in images if p not in used],
+        n_rows=len(table),
+        n_images=len(images),
+    )
+
+
+def remove_tree(path: str) -> None:
+    """Delete a work directory we created; a missing one is fine."""
+    shutil.rmtree(path, ignore_errors=True)

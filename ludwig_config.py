@@ -1,0 +1,130 @@
+"""Ludwig config: the user's options -> one declarative Ludwig config dict (pure; no Ludwig import).
+
+The training table handed to Ludwig always has the columns ``image_path`` (absolute path), ``label``
+(class name, or True/False for a binary task) and ``split`` (0/1/2), whatever the user's CSV calls
+them, so odd column names never reach Ludwig.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from input_utils import InputError
+from timm_backbone import ENCODER_TYPE
+
+IMAGE_FEATURE = "image_path"
+LABEL_FEATURE = "label"
+SPLIT_COLUMN = "split"
+
+# Ludwig's image augmentations (ludwig/features/image_feature.py), with its own default strengths.
+AUGMENTATIONS = (
+    "random_horizontal_flip",
+    "random_vertical_flip",
+    "random_rotate",
+    "random_blur",
+    "random_brightness",
+    "random_contrast",
+)
+
+
+@dataclass
+class TrainingOptions:
+    """Everything the user chose that shapes the model and its training."""
+
+    model_name: str
+    image_size: int
+    use_pretrained: bool = True
+    fine_tune: bool = True
+    pretrained_weights: str | None = None
+    epochs: int = 30
+    early_stop: int = 5  # epochs without validation improvement; 0 disables
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    random_seed: int = 42
+    augmentation: list[str] = field(default_factory=list)
+    class_weights: str = "none"  # "none" | "balanced"
+    preprocessing_workers: int = 1
+
+
+def parse_augmentation(value: str | list[str] | None) -> list[str]:
+    """``"random_horizontal_flip,random_rotate"`` -> list; unknown names are an error listing the valid ones."""
+    if not value:
+        return []
+    items = value if isinstance(value, list) else str(value).split(",")
+    names = [v.strip() for v in items if v.strip() and v.strip().lower() != "none"]
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise InputError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
+    return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+def balanced_class_weights(train_labels) -> dict[str, float]:
+    """n_samples / (n_classes * n_c) per class, as scikit-learn's ``class_weight='balanced'``."""
+    classes, counts = np.unique(np.asarray(train_labels).astype(str), return_counts=True)
+    total = counts.sum()
+    return {c: float(total / (len(classes) * n)) for c, n in zip(classes, counts)}
+
+
+def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict[str, float] | None = None,
+                        positive_weight: float | None = None) -> dict:
+    """The Ludwig config for ``task`` ("multiclass" or "binary").
+
+    ``class_weights`` (multiclass) and ``positive_weight`` (binary) come from the train split when the
+    user asked for balanced weights.
+    """
+    if task not in ("multiclass", "binary"):
+        raise ValueError(f"task must be multiclass or binary, not {task!r}")
+    encoder = {
+        "type": ENCODER_TYPE,
+        "model_name": options.model_name,
+        "use_pretrained": options.use_pretrained,
+        "trainable": options.fine_tune,
+        "image_size": options.image_size,
+    }
+    if options.pretrained_weights:
+        encoder["pretrained_weights"] = options.pretrained_weights
+    image_feature = {
+        "name": IMAGE_FEATURE,
+        "type": "image",
+        "encoder": encoder,
+        "preprocessing": {
+            "height": options.image_size,
+            "width": options.image_size,
+            "num_channels": 3,  # grey/RGBA/palette images are converted, the backbone wants RGB
+            "resize_method": "interpolate",
+            "infer_image_dimensions": False,
+            "standardize_image": None,  # the encoder normalises with its backbone's own statistics
+            "in_memory": True,
+            "num_processes": options.preprocessing_workers,
+        },
+    }
+    if options.augmentation:
+        image_feature["augmentation"] = [{"type": name} for name in options.augmentation]
+
+    if task == "binary":
+        output = {"name": LABEL_FEATURE, "type": "binary"}
+        if positive_weight is not None:
+            output["loss"] = {"type": "binary_weighted_cross_entropy", "positive_class_weight": positive_weight}
+    else:
+        output = {"name": LABEL_FEATURE, "type": "category", "top_k": 3}
+        if class_weights:
+            output["loss"] = {"type": "softmax_cross_entropy", "class_weights": class_weights}
+
+    return {
+        "model_type": "ecd",
+        "input_features": [image_feature],
+        "output_features": [output],
+        "combiner": {"type": "concat"},
+        "preprocessing": {"split": {"type": "fixed", "column": SPLIT_COLUMN}},
+        "trainer": {
+            "epochs": options.epochs,
+            "batch_size": options.batch_size,
+            "learning_rate": options.learning_rate,
+            "early_stop": options.early_stop if options.early_stop > 0 else -1,
+            "validation_field": LABEL_FEATURE,
+            "validation_metric": "loss",
+        },
+        "backend": {"type": "local"},
+    }

@@ -1,0 +1,294 @@
+"""The training run, stage by stage: inputs -> split -> Ludwig config -> training -> outputs -> report.
+
+Everything is written below the output directory; the scratch space (``.work``) is removed at the
+end, and after a failure every file this run created is removed too, so no half-finished outputs
+are ever mistaken for results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import dataset_prep
+import ludwig_config
+import metrics
+import split_utils
+import timm_backbone
+from input_utils import InputError, ZipLimits, extract_zip_safely
+
+TOOL_VERSION = "0.1.0"
+SUMMARY_FILE = "run_summary.json"
+OUTPUT_FILES = ("predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
+                SUMMARY_FILE, "trained_model.zip", "report.html")
+OUTPUT_DIRS = ("model",)
+
+
+@dataclass
+class RunRequest:
+    csv_file: str
+    image_zip: str
+    output_dir: str
+    data: dataset_prep.DataOptions
+    training: ludwig_config.TrainingOptions
+    zip_limits: ZipLimits = ZipLimits()
+    overwrite: bool = False
+    make_report: bool = True
+
+
+def log(message: str) -> None:
+    print(f"[image-learner] {message}", flush=True)
+
+
+class StageTimer:
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        log(f"{name} …")
+        started = time.time()
+        yield
+        self.seconds[name] = round(time.time() - started, 2)
+        log(f"{name} done in {self.seconds[name]:.1f} s")
+
+
+def prepare_output_dir(path: str, overwrite: bool) -> None:
+    """An empty or new directory; a previous run's outputs are replaced only with ``overwrite``."""
+    if os.path.isdir(path) and os.listdir(path):
+        ours = os.path.isfile(os.path.join(path, SUMMARY_FILE))
+        if not overwrite:
+            raise InputError(f"output directory {path!r} is not empty"
+                             + ("; it holds a previous run: pass --overwrite to replace it" if ours else ""))
+        if not ours:
+            raise InputError(f"output directory {path!r} is not empty and holds no previous run; "
+                             "refusing to delete files there")
+        _remove_outputs(path)
+        shutil.rmtree(os.path.join(path, ".work"), ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def resolve_training_options(request: RunRequest) -> None:
+    """Resolve the model alias and default image size in place; raise InputError on bad options."""
+    opts = request.training
+    if opts.epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {opts.epochs}")
+    if opts.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    if not (opts.learning_rate > 0):
+        raise InputError(f"--learning-rate must be above 0, got {opts.learning_rate}")
+    try:
+        opts.model_name = timm_backbone.resolve_model_name(opts.model_name)
+    except timm_backbone.BackboneError as err:
+        raise InputError(str(err)) from err
+    if not opts.image_size:
+        opts.image_size = timm_backbone.default_image_size(opts.model_name)
+    if opts.image_size < 16 or opts.image_size > 1024:
+        raise InputError(f"--image-size must be between 16 and 1024 pixels, got {opts.image_size}")
+    if opts.pretrained_weights and not os.path.isfile(opts.pretrained_weights):
+        raise InputError(f"--pretrained-weights file {opts.pretrained_weights!r} does not exist")
+    opts.augmentation = ludwig_config.parse_augmentation(opts.augmentation)
+
+
+def run(request: RunRequest) -> dict:
+    """Run the whole pipeline; returns the run summary (also written as run_summary.json)."""
+    total_started = time.time()
+    out = os.path.abspath(request.output_dir)
+    resolve_training_options(request)
+    split_utils.validate_probabilities(request.data.split_probabilities)
+    prepare_output_dir(out, request.overwrite)
+    work = os.path.join(out, ".work")
+    try:
+        summary = _run_stages(request, out, work)
+    except BaseException:
+        _remove_outputs(out)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary["timings_s"]["total"] = round(time.time() - total_started, 2)
+    _write_json(os.path.join(out, SUMMARY_FILE), summary)
+    return summary
+
+
+def _run_stages(request: RunRequest, out: str, work: str) -> dict:
+    timer = StageTimer()
+    opts = request.training
+    images_dir = os.path.join(work, "images")
+    with timer.stage("unpacking images"):
+        image_files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
+    with timer.stage("matching CSV rows and splitting"):
+        data = dataset_prep.prepare(request.csv_file, images_dir, image_files, request.data)
+    for warning in data.warnings:
+        log(f"WARNING: {warning}")
+    counts = data.dataset["class_counts"]
+    log(f"{len(data.table)} images, {len(data.classes)} classes ({data.task}); split "
+        + ", ".join(f"{k} {sum(v.values())}" for k, v in counts.items())
+        + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
+    _write_split_csv(data, os.path.join(out, "split.csv"))
+
+    ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, images_dir, opts)
+    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight)
+    with open(os.path.join(out, "config.yaml"), "w") as handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+
+    import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
+
+    with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
+        trained = ludwig_trainer.train(ludwig_table, config, work, os.path.join(out, "model"),
+                                       opts.random_seed, data.task)
+    log(f"device: {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)}")
+    trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
+    with timer.stage("predicting every image"):
+        proba = ludwig_trainer.predict_probabilities(trained.ludwig_model, ludwig_table, _class_order(data),
+                                                     data.task, opts.batch_size)
+    threshold = _binary_threshold(data, proba) if data.task == "binary" else None
+    predictions = _predictions_table(data, proba, threshold)
+    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    all_metrics = _metrics_by_split(predictions, _class_order(data))
+    _write_json(os.path.join(out, "metrics.json"), all_metrics)
+    with timer.stage("zipping the model"):
+        shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
+
+    summary = {
+        "tool": {"name": "image-learner", "version": TOOL_VERSION},
+        "command_line": sys.argv,
+        "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip)},
+        "columns": data.columns, "task": data.task, "classes": data.classes,
+        "positive_label": data.positive_label, "threshold": threshold,
+        "dataset": data.dataset, "split": data.split, "leakage": data.leakage, "warnings": data.warnings,
+        "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
+                  "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
+                  "image_size": opts.image_size},
+        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
+                     "class_weights_used": class_weights or positive_weight,
+                     "epochs_run": len(trained.history), "best_epoch": trained.best_epoch},
+        "device": trained.device, "versions": _versions(), "metrics": all_metrics,
+        "timings_s": timer.seconds,
+    }
+    _write_json(os.path.join(out, SUMMARY_FILE), summary)
+    if request.make_report:
+        import report_builder
+
+        with timer.stage("writing the report"):
+            report_builder.build_report(out, images_dir=images_dir, ludwig_model=trained.ludwig_model)
+    return summary
+
+
+def _class_order(data: dataset_prep.PreparedData) -> list[str]:
+    """Probability columns: sorted class names; for binary, negative first then positive."""
+    if data.task == "binary":
+        return [c for c in data.classes if c != data.positive_label] + [data.positive_label]
+    return data.classes
+
+
+def _ludwig_inputs(data, images_dir: str, opts):
+    table = pd.DataFrame({
+        ludwig_config.IMAGE_FEATURE: [os.path.join(images_dir, f) for f in data.table["image_file"]],
+        ludwig_config.LABEL_FEATURE: data.table["label"].to_numpy(),
+        ludwig_config.SPLIT_COLUMN: data.table["split"].to_numpy(),
+    })
+    if data.task == "binary":
+        table[ludwig_config.LABEL_FEATURE] = table[ludwig_config.LABEL_FEATURE] == data.positive_label
+    class_weights = positive_weight = None
+    if opts.class_weights == "balanced":
+        train_labels = data.table.loc[data.table["split"] == 0, "label"]
+        weights = ludwig_config.balanced_class_weights(train_labels)
+        if data.task == "binary":
+            negative = next(c for c in data.classes if c != data.positive_label)
+            positive_weight = weights.get(data.positive_label, 1.0) / weights.get(negative, 1.0)
+        else:
+            class_weights = {c: weights.get(c, 1.0) for c in data.classes}
+    return table, class_weights, positive_weight
+
+
+def _binary_threshold(data, proba: np.ndarray) -> float:
+    """Chosen on validation (never test), then used for every split, table and plot."""
+    validation = data.table["split"].to_numpy() == 1
+    is_positive = data.table["label"].to_numpy() == data.positive_label
+    return metrics.choose_threshold(is_positive[validation], proba[validation, 1])
+
+
+def _predictions_table(data, proba: np.ndarray, threshold: float | None) -> pd.DataFrame:
+    order = _class_order(data)
+    if threshold is not None:
+        predicted = np.where(proba[:, 1] >= threshold, order[1], order[0])
+    else:
+        predicted = np.asarray(order)[proba.argmax(axis=1)]
+    table = pd.DataFrame({
+        "image": data.table["image"], "image_file": data.table["image_file"],
+        "split": np.asarray(split_utils.SPLIT_NAMES)[data.table["split"].to_numpy()],
+        "true_label": data.table["label"], "predicted_label": predicted,
+    })
+    for k, cls in enumerate(order):
+        table[f"prob_{cls}"] = proba[:, k]
+    if data.columns["sample_id"]:
+        table["sample_id"] = data.table["sample_id"]
+    table["duplicate_group"] = data.table["duplicate_group"]
+    return table
+
+
+def _metrics_by_split(predictions: pd.DataFrame, order: list[str]) -> dict:
+    result = {}
+    for name in split_utils.SPLIT_NAMES:
+        part = predictions[predictions["split"] == name]
+        if len(part):
+            proba = part[[f"prob_{c}" for c in order]].to_numpy()
+            result[name] = metrics.split_metrics(part["true_label"], proba, order, part["predicted_label"])
+    return result
+
+
+def _write_split_csv(data, path: str) -> None:
+    table = data.table.copy()
+    table["split"] = np.asarray(split_utils.SPLIT_NAMES)[table["split"].to_numpy()]
+    table.to_csv(path, index=False)
+
+
+def _weights_source(opts) -> str:
+    if not opts.use_pretrained:
+        return "none (random initialisation)"
+    if opts.pretrained_weights:
+        return f"local file {os.path.basename(opts.pretrained_weights)}"
+    return "timm / Hugging Face hub" + (" (offline cache)" if os.environ.get("HF_HUB_OFFLINE") else "")
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("ludwig", "torch", "timm", "scikit-learn", "pandas", "numpy", "Pillow", "plotly"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(payload, handle, indent=2, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _remove_outputs(out: str) -> None:
+    """After a failure: remove what this run wrote (the directory was empty or ours before)."""
+    for name in OUTPUT_FILES + OUTPUT_DIRS:
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        elif os.path.exists(target):
+            os.remove(target)

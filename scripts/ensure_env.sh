@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Creates (once) and prints the path of the Python environment the project runs in.
+# The environment lives outside the clone, keyed by a hash of the dependency list, so fresh clones
+# (CI) reuse it; a changed dependency list gets a new one. Override the location with
+# IMAGE_LEARNER_ENV_DIR. All progress goes to stderr; stdout is only the environment's python.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+version_ok() {  # true when "$@" runs a Python >= 3.12
+    "$@" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1
+}
+
+find_python() {
+    local cand v root
+    # 3.12 is the version the stack is tested on; a newer one is accepted after it.
+    for cand in python3.12 python3 python3.13; do
+        if command -v "$cand" >/dev/null 2>&1 && version_ok "$cand"; then
+            command -v "$cand"; return 0
+        fi
+    done
+    # pyenv shims refuse versions that are installed but not selected: ask pyenv directly.
+    if command -v pyenv >/dev/null 2>&1; then
+        root=$(pyenv root)
+        for v in $(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9]|[2-9][0-9])(\.[0-9]+)?$' | sort -V); do
+            for cand in "$root/versions/$v/bin/python3" "$root/versions/$v/bin/python"; do
+                if [ -x "$cand" ] && version_ok "$cand"; then echo "$cand"; return 0; fi
+            done
+        done
+    fi
+    return 1
+}
+
+base_python=$(find_python) || {
+    echo "error: image-learner needs Python >= 3.12 (none found on PATH or through pyenv)" >&2
+    exit 1
+}
+
+# The dependency list (runtime + test extra) decides the environment; the project itself is
+# installed editable on top, so source changes never need a rebuild.
+deps=$("$base_python" - "$here/pyproject.toml" <<'PY'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+deps = list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("test", []))
+print("\n".join(deps))
+PY
+)
+pyver=$("$base_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+key=$(printf '%s\n%s\n' "$pyver" "$deps" | sha256sum | cut -c1-16)
+env_root=${IMAGE_LEARNER_ENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/image-learner}
+venv="$env_root/venv-py$pyver-$key"
+
+if [ ! -f "$venv/.complete" ]; then
+    echo "image-learner: creating environment $venv (first run only, a few minutes)" >&2
+    rm -rf "$venv"
+    mkdir -p "$env_root"
+    "$base_python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
+    mapfile -t dep_array <<<"$deps"
+    # pip's log is filtered of its warnings about this machine's absent local mirrors.
+    log="$env_root/install-$key.log"
+    if ! "$venv/bin/python" -m pip install -q "${dep_array[@]}" >"$log" 2>&1; then
+        grep -v "^WARNING: Location 'file:" "$log" >&2 || true
+        echo "error: installing dependencies failed (log: $log)" >&2
+        exit 1
+    fi
+    grep -v "^WARNING: Location 'file:" "$log" >&2 || true
+    touch "$venv/.complete"
+fi
+
+# Point the environment's `image-learner` command at this checkout (cheap; needed when several
+# clones share one environment).
+if ! "$venv/bin/python" - "$here" <<'PY' >/dev/null 2>&1
+import os, sys, image_learner_cli
+sys.exit(0 if os.path.dirname(os.path.abspath(image_learner_cli.__file__)) == sys.argv[1] else 1)
+PY
+then
+    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >&2
+fi
+echo "$venv/bin/python"

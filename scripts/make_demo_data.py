@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Derive the bundled demo / test data from ../shared/data/ham10000 (run once; outputs are committed).
+
+Tutorial-style: per class the first N distinct lesions (in labels.csv order), each image resized to
+SIDE x SIDE, plus a horizontally flipped copy, as in the Galaxy tutorial's images_96.zip. Licence of
+the result: CC BY-NC-SA 4.0 (see test-data/README.md).
+
+    python scripts/make_demo_data.py [--per-class 10] [--side 64]
+"""
+
+import argparse
+import io
+import os
+import zipfile
+
+import pandas as pd
+from PIL import Image, ImageOps
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "originals_600x450")
+OUT = os.path.join(HERE, "..", "test-data")
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def write_zip(path: str, members: dict[str, bytes]) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))  # fixed date: reproducible bytes
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--side", type=int, default=64)
+    args = parser.parse_args()
+    labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
+    chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class)
+    rows, members = [], {}
+    for _, row in chosen.iterrows():
+        img = Image.open(os.path.join(SHARED, row.image_path)).convert("RGB")
+        small = img.resize((args.side, args.side), Image.Resampling.LANCZOS)
+        for kind, picture in (("orig", small), ("flip", ImageOps.mirror(small))):
+            name = f"images/{row.image_id}_{kind}.jpg"
+            members[name] = jpeg_bytes(picture)
+            rows.append({"image_path": name, "label": row.dx, "lesion_id": row.lesion_id,
+                         "image_id": row.image_id})
+    table = pd.DataFrame(rows)
+    os.makedirs(OUT, exist_ok=True)
+    write_zip(os.path.join(OUT, "ham10000_demo_images.zip"), members)
+    table.to_csv(os.path.join(OUT, "ham10000_demo_metadata.csv"), index=False)
+    # Two-class subset (melanoma vs nevus) of the same ZIP: the other images are simply unused.
+    table[table.label.isin(["mel", "nv"])].to_csv(os.path.join(OUT, "ham10000_demo_binary.csv"), index=False)
+    # A user split column (by lesion, so it does not leak), spelled as words.
+    lesions = sorted(table.lesion_id.unique())
+    split_of = {lesion: ("test" if i % 5 == 0 else "train") for i, lesion in enumerate(lesions)}
+    table.assign(split=table.lesion_id.map(split_of)).to_csv(
+        os.path.join(OUT, "ham10000_demo_split_column.csv"), index=False)
+    print(f"{len(members)} images from {len(chosen)} lesions, {table.label.nunique()} classes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Train/validation/test split: seeded, stratified by label, with groups kept whole.
+
+A *group* is a set of rows that must share a split: the same patient or lesion (``--sample-id-column``)
+or the same picture up to a flip (the leakage guard). The core is pure: arrays in, split codes out.
+Split codes follow Ludwig's fixed split: 0 = train, 1 = validation, 2 = test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from input_utils import InputError
+
+SPLIT_NAMES = ("train", "validation", "test")
+DEFAULT_PROBABILITIES = (0.7, 0.1, 0.2)
+_SPLIT_SPELLINGS = {
+    "0": 0, "train": 0, "training": 0,
+    "1": 1, "validation": 1, "val": 1, "valid": 1, "validate": 1,
+    "2": 2, "test": 2, "testing": 2,
+}
+
+
+def validate_probabilities(probabilities) -> tuple[float, float, float]:
+    """Three non-negative numbers summing to 1, with a non-empty train part."""
+    probs = tuple(float(p) for p in probabilities)
+    if len(probs) != 3:
+        raise InputError(f"split probabilities need three numbers (train validation test), got {len(probs)}")
+    if any(not np.isfinite(p) or p < 0 for p in probs):
+        raise InputError(f"split probabilities must be non-negative numbers, got {probs}")
+    if abs(sum(probs) - 1.0) > 1e-6:
+        raise InputError(f"split probabilities must sum to 1, got {probs} (sum {sum(probs):g})")
+    if probs[0] == 0:
+        raise InputError("the train probability must be above 0")
+    return probs
+
+
+def parse_split_column(values: pd.Series, column: str) -> np.ndarray:
+    """Map 0/1/2 or train/validation/test (any case) to split codes; name the first bad row."""
+    codes = np.empty(len(values), dtype=np.int64)
+    for i, raw in enumerate(values):
+        key = str(raw).strip().lower()
+        if key.endswith(".0"):  # Excel turns 1 into 1.0
+            key = key[:-2]
+        if key not in _SPLIT_SPELLINGS:
+            raise InputError(
+                f"split column {column!r}, CSV line {i + 2}: {raw!r} is not one of 0/1/2 or "
+                "train/validation/test"
+            )
+        codes[i] = _SPLIT_SPELLINGS[key]
+    return codes
+
+
+def connected_groups(n: int, rows, cols) -> np.ndarray:
+    """Group ids 0..G-1 (numbered by first appearance) of the graph on n rows with edges rows[k]-cols[k]."""
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (np.asarray(rows, dtype=np.int64),
+                        np.asarray(cols, dtype=np.int64))), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    _, first_index, inverse = np.unique(component, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first_index))  # component -> rank of its first row
+    return order[inverse].astype(np.int64)
+
+
+def union_groups(*group_arrays) -> np.ndarray:
+    """Combine several groupings (any of them None) into one: rows sharing an id in *any* share one."""
+    arrays = [np.asarray(a) for a in group_arrays if a is not None]
+    n = len(arrays[0]) if arrays else 0
+    rows, cols = [], []
+    for arr in arrays:
+        _, first, inverse = np.unique(arr, return_index=True, return_inverse=True)
+        rows.append(np.arange(n))
+        cols.append(first[inverse])  # each row linked to the first row of its group
+    if not arrays:
+        return np.arange(n, dtype=np.int64)
+    return connected_groups(n, np.concatenate(rows), np.concatenate(cols))
+
+
+def _assign(labels: np.ndarray, groups: np.ndarray, probs, rng: np.random.Generator,
+            n_splits: int) -> np.ndarray:
+    """Assign whole groups to splits so every label's rows approach ``probs``.
+
+    Per label stratum (a group counts for its most common label), groups go largest first (ties
+    in seeded random order) to the split furthest below its target. With single-row groups this
+    gives every split within one row of its target for every class.
+    """
+    out = np.full(len(labels), -1, dtype=np.int64)
+    group_ids, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(group_ids))]
+    group_label = []
+    for rows in members:
+        vals, counts = np.unique(labels[rows], return_counts=True)
+        group_label.append(vals[np.argmax(counts)])
+    group_label = np.array(group_label)
+    for label in np.unique(group_label):
+        stratum = np.flatnonzero(group_label == label)
+        stratum = stratum[rng.permutation(len(stratum))]
+        sizes = np.array([len(members[g]) for g in stratum])
+        stratum = stratum[np.argsort(-sizes, kind="stable")]
+        target = np.asarray(probs[:n_splits], dtype=float) * sizes.sum()
+        filled = np.zeros(n_splits)
+        for g in stratum:
+            k = int(np.argmax(target - filled))
+            filled[k] += len(members[g])
+            out[members[g]] = k
+    return out
+
+
+def random_split(labels, groups=None, probabilities=DEFAULT_PROBABILITIES, seed: int = 42) -> np.ndarray:
+    """Split codes (0/1/2) for each row: stratified by ``labels``, ``groups`` never straddle splits."""
+    probs = validate_probabilities(probabilities)
+    labels = np.asarray(labels).astype(str)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    return _assign(labels, groups, probs, rng, 3)
+
+
+def carve_validation(labels, split_codes, groups=None, probabilities=DEFAULT_PROBABILITIES,
+                     seed: int = 42) -> np.ndarray:
+    """A user split with train and test only: move part of train to validation, groups kept whole.
+
+    The validation share of train is p_val / (p_train + p_val) (0.1 / 0.8 by default).
+    """
+    probs = validate_probabilities(probabilities)
+    codes = np.asarray(split_codes).copy()
+    train = np.flatnonzero(codes == 0)
+    if probs[1] == 0 or len(train) == 0:
+        return codes
+    labels = np.asarray(labels).astype(str)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    share = probs[1] / (probs[0] + probs[1])
+    rng = np.random.default_rng(seed)
+    sub = _assign(labels[train], groups[train], (1 - share, share), rng, 2)
+    codes[train[sub == 1]] = 1
+    return codes
+
+
+@dataclass
+class StraddleReport:
+    """Groups whose rows sit in more than one split (only possible with a user split column)."""
+
+    n_groups: int
+    n_rows: int
+    examples: list[list[int]]  # row indices of a few straddling groups
+
+
+def find_straddling_groups(groups, split_codes, max_examples: int = 10) -> StraddleReport:
+    frame = pd.DataFrame({"group": np.asarray(groups), "split": np.asarray(split_codes)})
+    n_splits = frame.groupby("group")["split"].nunique()
+    bad = n_splits[n_splits > 1].index
+    rows = frame[frame["group"].isin(bad)]
+    examples = [list(map(int, idx)) for _, idx in rows.groupby("group").groups.items()][:max_examples]
+    return StraddleReport(n_groups=len(bad), n_rows=len(rows), examples=examples)
