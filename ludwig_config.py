@@ -121,6 +121,9 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
         "trainer": {
             "epochs": options.epochs,
             "batch_size": options.batch_size,
+            # Ludwig would otherwise search an evaluation batch size by trial runs: slower, and its
+            # batch of 1 breaks BatchNorm on tiny images.
+            "eval_batch_size": options.batch_size,
             "learning_rate": options.learning_rate,
             "early_stop": options.early_stop if options.early_stop > 0 else -1,
             "validation_field": LABEL_FEATURE,

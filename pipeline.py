@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -108,12 +109,16 @@ def run(request: RunRequest) -> dict:
     split_utils.validate_probabilities(request.data.split_probabilities)
     prepare_output_dir(out, request.overwrite)
     work = os.path.join(out, ".work")
+    os.makedirs(work)
+    # Libraries' temporary files go to the scratch space too, so they are removed with it.
+    previous_tempdir, tempfile.tempdir = tempfile.tempdir, work
     try:
         summary = _run_stages(request, out, work)
     except BaseException:
         _remove_outputs(out)
         raise
     finally:
+        tempfile.tempdir = previous_tempdir
         shutil.rmtree(work, ignore_errors=True)
     summary["timings_s"]["total"] = round(time.time() - total_started, 2)
     _write_json(os.path.join(out, SUMMARY_FILE), summary)

@@ -54,7 +54,7 @@ if [ ! -f "$venv/.complete" ]; then
     rm -rf "$venv"
     mkdir -p "$env_root"
     "$base_python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel >&2
+    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location 'file:" >&2 || true
     mapfile -t dep_array <<<"$deps"
     # pip's log is filtered of its warnings about this machine's absent local mirrors.
     log="$env_root/install-$key.log"
@@ -69,11 +69,11 @@ fi
 
 # Point the environment's `image-learner` command at this checkout (cheap; needed when several
 # clones share one environment).
-if ! "$venv/bin/python" - "$here" <<'PY' >/dev/null 2>&1
+if ! (cd / && "$venv/bin/python" - "$here" <<'PY' >/dev/null 2>&1
 import os, sys, image_learner_cli
 sys.exit(0 if os.path.dirname(os.path.abspath(image_learner_cli.__file__)) == sys.argv[1] else 1)
 PY
-then
+); then
     "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >&2
 fi
 echo "$venv/bin/python"

