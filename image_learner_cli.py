@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Image Learner command line: train an image classifier from a ZIP of images and a metadata CSV.
 
-    image-learner --csv-file meta.csv --image-zip images.zip --output-dir out [options]
+    image-learner [train] --csv-file meta.csv --image-zip images.zip --output-dir out [options]
+    image-learner predict --model trained_model.zip --image-zip new.zip --output-dir out [--csv-file meta.csv]
 
 Exit codes: 0 success; 2 bad input or options (the message names the file, row or column);
 3 pretrained weights unavailable; 137 out of memory (Galaxy may retry with more); 1 anything else.
@@ -83,6 +84,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_predict_parser() -> argparse.ArgumentParser:
+    import input_utils
+
+    parser = argparse.ArgumentParser(
+        prog="image-learner predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Classify new images with a trained_model.zip (offline). With a CSV holding true labels, "
+                    "also evaluate.")
+    parser.add_argument("--model", required=True, help="trained_model.zip written by training")
+    parser.add_argument("--image-zip", required=True, help="ZIP archive of the images to classify")
+    parser.add_argument("--output-dir", required=True, help="where predictions.csv (and metrics) are written")
+    parser.add_argument("--csv-file", default=None, help="optional CSV: which images, and true labels if present")
+    parser.add_argument("--image-column", default="image_path", help="image path column (name or 1-based index)")
+    parser.add_argument("--target-column", default=None,
+                        help="true label column (default: a column named 'label' if present)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
+    parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
+    parser.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO)
+    return parser
+
+
+def predict_request_from_args(args: argparse.Namespace):
+    import input_utils
+    import predictor
+
+    limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
+    return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
+                                    args.image_column, args.target_column or None, args.batch_size, limits,
+                                    args.overwrite)
+
+
 def request_from_args(args: argparse.Namespace):
     import dataset_prep
     import input_utils
@@ -108,16 +141,21 @@ def request_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["train"]:
-        argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    mode = argv[0] if argv[:1] in (["train"], ["predict"]) else "train"
+    argv = argv[1:] if argv[:1] == [mode] else argv
+    args = (build_predict_parser() if mode == "predict" else build_parser()).parse_args(argv)
 
     import pipeline
     import timm_backbone
     from input_utils import InputError
 
     try:
-        pipeline.run(request_from_args(args))
+        if mode == "predict":
+            import predictor
+
+            predictor.predict(predict_request_from_args(args))
+        else:
+            pipeline.run(request_from_args(args))
     except InputError as err:
         print(f"image-learner: error: {err}", file=sys.stderr)
         return EXIT_INPUT

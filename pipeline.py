@@ -24,6 +24,7 @@ import yaml
 import dataset_prep
 import ludwig_config
 import metrics
+import predictor
 import split_utils
 import timm_backbone
 from input_utils import InputError, ZipLimits, extract_zip_safely
@@ -74,7 +75,7 @@ def prepare_output_dir(path: str, overwrite: bool) -> None:
         if not ours:
             raise InputError(f"output directory {path!r} is not empty and holds no previous run; "
                              "refusing to delete files there")
-        _remove_outputs(path)
+        remove_outputs(path)
         shutil.rmtree(os.path.join(path, ".work"), ignore_errors=True)
     os.makedirs(path, exist_ok=True)
 
@@ -115,13 +116,13 @@ def run(request: RunRequest) -> dict:
     try:
         summary = _run_stages(request, out, work)
     except BaseException:
-        _remove_outputs(out)
+        remove_outputs(out)
         raise
     finally:
         tempfile.tempdir = previous_tempdir
         shutil.rmtree(work, ignore_errors=True)
     summary["timings_s"]["total"] = round(time.time() - total_started, 2)
-    _write_json(os.path.join(out, SUMMARY_FILE), summary)
+    write_json(os.path.join(out, SUMMARY_FILE), summary)
     return summary
 
 
@@ -160,7 +161,11 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     predictions = _predictions_table(data, proba, threshold)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     all_metrics = _metrics_by_split(predictions, _class_order(data))
-    _write_json(os.path.join(out, "metrics.json"), all_metrics)
+    write_json(os.path.join(out, "metrics.json"), all_metrics)
+    predictor.write_manifest(os.path.join(out, "model"), {
+        "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
+        "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
+        "model_name": opts.model_name, "ludwig_version": _versions().get("ludwig")})
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
 
@@ -180,7 +185,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "device": trained.device, "versions": _versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
-    _write_json(os.path.join(out, SUMMARY_FILE), summary)
+    write_json(os.path.join(out, SUMMARY_FILE), summary)
     if request.make_report:
         import report_builder
 
@@ -278,7 +283,7 @@ def _versions() -> dict:
     return found
 
 
-def _write_json(path: str, payload: dict) -> None:
+def write_json(path: str, payload: dict) -> None:
     with open(path, "w") as handle:
         json.dump(payload, handle, indent=2, default=_json_default)
 
@@ -289,7 +294,7 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _remove_outputs(out: str) -> None:
+def remove_outputs(out: str) -> None:
     """After a failure: remove what this run wrote (the directory was empty or ours before)."""
     for name in OUTPUT_FILES + OUTPUT_DIRS:
         target = os.path.join(out, name)

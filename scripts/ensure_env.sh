@@ -68,12 +68,15 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 
 # Point the environment's `image-learner` command at this checkout (cheap; needed when several
-# clones share one environment).
+# clones share one environment). Compat mode puts the checkout itself on sys.path, so modules added
+# later need no reinstall.
 if ! (cd / && "$venv/bin/python" - "$here" <<'PY' >/dev/null 2>&1
 import os, sys, image_learner_cli
 sys.exit(0 if os.path.dirname(os.path.abspath(image_learner_cli.__file__)) == sys.argv[1] else 1)
 PY
 ); then
-    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$here" >&2
+    "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation \
+        --config-settings editable_mode=compat -e "$here" >/dev/null 2>&1 \
+        || { echo "error: installing image-learner into $venv failed" >&2; exit 1; }
 fi
 echo "$venv/bin/python"

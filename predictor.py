@@ -1,0 +1,169 @@
+"""Predict with a saved model: load a trained_model.zip offline and classify new images.
+
+A model file is active input, so the ZIP is checked before anything is loaded: only the files training
+writes may be in it (weights as safetensors, configs as JSON: nothing is unpickled), and its manifest
+must come from a compatible Image Learner and Ludwig. The backbone is rebuilt without downloading
+anything: its weights come from the ZIP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from input_utils import (InputError, ZipLimits, extract_zip_safely, match_rows_to_images, read_metadata_csv,
+                         resolve_column)
+
+MANIFEST = "image_learner.json"
+FORMAT = "image-learner-model"
+FORMAT_VERSION = 1
+MODEL_FILES = {"model_hyperparameters.json", "model_weights.safetensors", "training_set_metadata.json", MANIFEST}
+
+
+@dataclass
+class PredictRequest:
+    model_zip: str
+    image_zip: str
+    output_dir: str
+    csv_file: str | None = None
+    image_column: str = "image_path"
+    target_column: str | None = None  # None: use "label" when the CSV has it
+    batch_size: int = 32
+    zip_limits: ZipLimits = ZipLimits()
+    overwrite: bool = False
+
+
+def write_manifest(model_dir: str, manifest: dict) -> None:
+    """Called by training: what prediction needs beyond Ludwig's own files."""
+    with open(os.path.join(model_dir, MANIFEST), "w") as handle:
+        json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, handle, indent=2)
+
+
+def unpack_model(model_zip: str, dest: str, limits: ZipLimits) -> tuple[str, dict]:
+    """Extract and validate a trained_model.zip; returns (model_dir, manifest)."""
+    name = os.path.basename(model_zip)
+    try:
+        members = extract_zip_safely(model_zip, dest, limits)
+    except InputError as err:
+        raise InputError(f"model {name!r}: {err}") from err
+    unexpected = sorted(m for m in members if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES))
+    if unexpected:
+        raise InputError(f"model {name!r} holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
+                         "refusing to load it")
+    missing = sorted(MODEL_FILES - {m[len("model/"):] for m in members})
+    if missing:
+        raise InputError(f"model {name!r} is not an Image Learner model ZIP (missing {', '.join(missing)})")
+    model_dir = os.path.join(dest, "model")
+    with open(os.path.join(model_dir, MANIFEST)) as handle:
+        try:
+            manifest = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise InputError(f"model {name!r}: {MANIFEST} is not valid JSON ({err})") from err
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"model {name!r} has format {manifest.get('format')!r} version "
+                         f"{manifest.get('format_version')!r}; this tool reads {FORMAT!r} version {FORMAT_VERSION}")
+    from importlib.metadata import version
+
+    if manifest.get("ludwig_version") != version("ludwig"):
+        raise InputError(f"model {name!r} was trained with Ludwig {manifest.get('ludwig_version')}; this tool runs "
+                         f"Ludwig {version('ludwig')}: retrain the model or use the matching tool version")
+    return model_dir, manifest
+
+
+def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str]):
+    """Table of image / image_file (/ true_label) rows: the CSV's rows, or every image of the ZIP."""
+    if not request.csv_file:
+        table = match_rows_to_images(pd.DataFrame({"image": files}), "image", files).table
+        if table.empty:
+            raise InputError(f"image ZIP {os.path.basename(request.image_zip)!r} holds no images")
+        return table, None, []
+    raw = read_metadata_csv(request.csv_file)
+    image_col = resolve_column(raw, request.image_column, "image", "--image-column")
+    label_col = None
+    if request.target_column:
+        label_col = resolve_column(raw, request.target_column, "label", "--target-column")
+    elif "label" in raw.columns:
+        label_col = "label"
+    match = match_rows_to_images(raw, image_col, files)
+    if match.table.empty:
+        raise InputError("no CSV row matched an image in the ZIP")
+    notes = [f"{len(match.unmatched_rows)} CSV rows have no image in the ZIP and were skipped"] if match.unmatched_rows else []
+    table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
+    if label_col:
+        table["true_label"] = match.table[label_col].astype(str).str.strip().to_numpy()
+    return table, label_col, notes
+
+
+def predict(request: PredictRequest) -> pd.DataFrame:
+    """Write predictions.csv (and, with true labels, metrics.json) into the output directory."""
+    import pipeline  # output-directory handling is shared with training
+
+    started = time.time()
+    out = os.path.abspath(request.output_dir)
+    pipeline.prepare_output_dir(out, request.overwrite)
+    work = os.path.join(out, ".work")
+    os.makedirs(work)
+    previous_tempdir, tempfile.tempdir = tempfile.tempdir, work
+    try:
+        model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
+        images_dir = os.path.join(work, "images")
+        files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
+        table, label_col, notes = _images_to_predict(request, images_dir, files)
+        for note in notes:
+            pipeline.log(f"WARNING: {note}")
+        predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
+        predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+        summary = {"mode": "predict", "model": manifest, "images": len(predictions),
+                   "model_zip": os.path.basename(request.model_zip), "warnings": notes,
+                   "seconds": round(time.time() - started, 2)}
+        if label_col:
+            summary["metrics"] = _evaluate(predictions, manifest)
+            pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
+        pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
+    except BaseException:
+        pipeline.remove_outputs(out)
+        raise
+    finally:
+        tempfile.tempdir = previous_tempdir
+        shutil.rmtree(work, ignore_errors=True)
+    return predictions
+
+
+def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_dir: str,
+                   batch_size: int) -> pd.DataFrame:
+    import ludwig_trainer
+    import timm_backbone
+    from ludwig.api import LudwigModel
+
+    timm_backbone.register_with_ludwig()
+    model = LudwigModel.load(model_dir, backend="local")
+    ludwig_table = pd.DataFrame({"image_path": [os.path.join(images_dir, f) for f in table["image_file"]]})
+    classes = manifest["classes"]
+    proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
+    out = table.copy()
+    if manifest["task"] == "binary":
+        out["predicted_label"] = np.where(proba[:, 1] >= manifest["threshold"], classes[1], classes[0])
+        out["threshold"] = manifest["threshold"]
+    else:
+        out["predicted_label"] = np.asarray(classes)[proba.argmax(axis=1)]
+    for k, cls in enumerate(classes):
+        out[f"prob_{cls}"] = proba[:, k]
+    return out
+
+
+def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
+    import metrics
+
+    classes = manifest["classes"]
+    unknown = sorted(set(predictions["true_label"]) - set(classes))
+    if unknown:
+        raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows ({', '.join(classes)})")
+    proba = predictions[[f"prob_{c}" for c in classes]].to_numpy()
+    return {"test": metrics.split_metrics(predictions["true_label"], proba, classes, predictions["predicted_label"])}

@@ -1,0 +1,74 @@
+"""Predict with a saved model: round trip equals training's predictions; offline; foreign ZIPs refused."""
+
+import os
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import image_learner_cli
+from conftest import DEMO_CSV, DEMO_ZIP, make_zip
+
+TINY = ["--model-name", "test_efficientnet", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
+        "--preprocessing-workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Trained from a local weights file that is deleted afterwards: prediction must not need it."""
+    import timm
+    from safetensors.torch import save_file
+
+    base = tmp_path_factory.mktemp("predict")
+    weights = base / "test_efficientnet.safetensors"
+    save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), str(weights))
+    out = base / "train"
+    assert image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
+                                   "--use-pretrained", "--pretrained-weights", str(weights)]) == 0
+    os.remove(weights)
+    return out
+
+
+def _predict(out, model, *extra):
+    return image_learner_cli.main(["predict", "--model", str(model), "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(out), *extra])
+
+
+def test_round_trip_reproduces_training_predictions_offline(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any download attempt would fail
+    assert _predict(tmp_path / "p", trained / "trained_model.zip", "--csv-file", DEMO_CSV) == 0
+    before = pd.read_csv(trained / "predictions.csv")
+    after = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert after["image"].tolist() == before["image"].tolist()
+    probs = [c for c in before.columns if c.startswith("prob_")]
+    assert [c for c in after.columns if c.startswith("prob_")] == probs
+    np.testing.assert_allclose(after[probs].to_numpy(), before[probs].to_numpy(), atol=1e-5)
+    assert (after["predicted_label"] == before["predicted_label"]).all()
+    assert (tmp_path / "p" / "metrics.json").exists()  # the CSV has true labels: evaluated too
+
+
+def test_without_csv_every_image_of_the_zip_is_classified(trained, tmp_path):
+    assert _predict(tmp_path / "p", trained / "trained_model.zip") == 0
+    predictions = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert len(predictions) == 140 and "true_label" not in predictions
+    assert not (tmp_path / "p" / "metrics.json").exists()
+
+
+def _copy_model_zip(trained, path, extra=None, drop=None):
+    with zipfile.ZipFile(trained / "trained_model.zip") as source:
+        members = {n: source.read(n) for n in source.namelist() if not n.endswith("/") and n != drop}
+    members.update(extra or {})
+    return make_zip(path, members)
+
+
+@pytest.mark.parametrize("extra, drop, message", [
+    ({"model/evil.pkl": b"cos\nsystem\n"}, None, "files an Image Learner model never has"),
+    (None, "model/image_learner.json", "not an Image Learner model ZIP"),
+    ({"model/image_learner.json": b'{"format": "image-learner-model", "format_version": 99}'}, None, "version 99"),
+])
+def test_foreign_or_tampered_models_are_refused(trained, tmp_path, capsys, extra, drop, message):
+    model = _copy_model_zip(trained, tmp_path / "model.zip", extra, drop)
+    assert _predict(tmp_path / "p", model) == 2
+    assert message in capsys.readouterr().err
+    assert os.listdir(tmp_path / "p") == []
