@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups, hash_files
+from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
+from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups
 import split_utils
 from input_utils import InputError, match_rows_to_images, read_metadata_csv, resolve_column
 
@@ -30,12 +31,14 @@ class DataOptions:
     leakage_guard: bool = True
     leakage_max_distance: int = DEFAULT_MAX_DISTANCE
     positive_label: str | None = None
+    max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
 
 
 @dataclass
 class PreparedData:
-    """One row per matched image, with columns image, image_file, label, sample_id, duplicate_group,
-    group, split (0/1/2); plus what was found on the way."""
+    """One row per matched, readable image, with columns image, image_file, read_path (the file to
+    train on: the original or a converted copy), label, sample_id, duplicate_group, group, split
+    (0/1/2); plus what was found on the way."""
 
     table: pd.DataFrame
     classes: list[str]
@@ -54,8 +57,12 @@ def _listed(items, limit: int = MAX_LISTED) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions) -> PreparedData:
-    """Read, match, group and split; every user mistake raises InputError naming what is wrong."""
+def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
+            converted_dir: str | None = None) -> PreparedData:
+    """Read, match, check, group and split; every user mistake raises InputError naming what is wrong.
+
+    Converted copies of odd images (EXIF-rotated, CMYK, 16-bit, …) go to ``converted_dir``.
+    """
     split_utils.validate_probabilities(options.split_probabilities)
     raw = read_metadata_csv(csv_path)
     image_col = resolve_column(raw, options.image_column, "image", "--image-column")
@@ -91,6 +98,10 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         warnings.append(f"{int(dup.sum())} CSV rows point at an image another row also uses "
                         f"({_listed(matched.loc[dup, 'image_file'].unique())}); they are kept together")
 
+    matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
+                                         options.max_bad_image_fraction)
+    warnings += image_notes
+
     classes = sorted(matched[label_col].unique())
     if len(classes) < 2:
         raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
@@ -109,16 +120,13 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     table = pd.DataFrame({
         "image": matched[image_col].to_numpy(),
         "image_file": matched["image_file"].to_numpy(),
+        "read_path": matched["read_path"].to_numpy(),
         "label": matched[label_col].to_numpy(),
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
     # decides whether they are also kept together by the split. Rows naming one file are one picture.
-    paths = [os.path.join(image_root, f) for f in table["image_file"]]
-    try:
-        hashes = hash_files(paths)
-    except OSError as err:
-        raise InputError(str(err).replace(image_root + os.sep, "")) from err
+    hashes = np.stack(matched["hashes"].to_list())
     dup_groups = split_utils.union_groups(duplicate_groups(hashes, options.leakage_max_distance),
                                           table["image_file"].to_numpy())
     table["duplicate_group"] = dup_groups
@@ -179,6 +187,29 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     }
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
     return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+
+
+def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float):
+    """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
+    files = list(dict.fromkeys(matched["image_file"]))
+    checked = check_images(image_root, files, converted_dir)
+    notes = []
+    if checked.bad:
+        listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:MAX_LISTED])
+        if len(checked.bad) > max_bad_fraction * len(files):
+            raise InputError(f"{len(checked.bad)} of {len(files)} images cannot be used (more than "
+                             f"{max_bad_fraction:.0%}): {listing}")
+        notes.append(f"{len(checked.bad)} unreadable image(s) skipped: {listing}")
+    if checked.converted:
+        kinds = sorted(set(checked.converted.values()))
+        notes.append(f"{len(checked.converted)} image(s) converted for training ({'; '.join(kinds[:5])}), "
+                     f"e.g. {_listed(list(checked.converted)[:3])}")
+    readable_hashes = iter(checked.hashes)  # one hash per readable image, in file order
+    good = {f: (p, next(readable_hashes)) for f, p in zip(files, checked.paths) if p is not None}
+    kept = matched[matched["image_file"].isin(good)].reset_index(drop=True)
+    kept["read_path"] = [good[f][0] for f in kept["image_file"]]
+    kept["hashes"] = [good[f][1] for f in kept["image_file"]]
+    return kept, notes
 
 
 def _find_split_column(raw: pd.DataFrame, wanted: str | None) -> str | None:

@@ -133,7 +133,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     with timer.stage("unpacking images"):
         image_files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
     with timer.stage("matching CSV rows and splitting"):
-        data = dataset_prep.prepare(request.csv_file, images_dir, image_files, request.data)
+        data = dataset_prep.prepare(request.csv_file, images_dir, image_files, request.data,
+                                    converted_dir=os.path.join(work, "converted"))
     for warning in data.warnings:
         log(f"WARNING: {warning}")
     counts = data.dataset["class_counts"]
@@ -142,7 +143,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
     _write_split_csv(data, os.path.join(out, "split.csv"))
 
-    ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, images_dir, opts)
+    ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, opts)
     config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight)
     with open(os.path.join(out, "config.yaml"), "w") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
@@ -201,9 +202,9 @@ def _class_order(data: dataset_prep.PreparedData) -> list[str]:
     return data.classes
 
 
-def _ludwig_inputs(data, images_dir: str, opts):
+def _ludwig_inputs(data, opts):
     table = pd.DataFrame({
-        ludwig_config.IMAGE_FEATURE: [os.path.join(images_dir, f) for f in data.table["image_file"]],
+        ludwig_config.IMAGE_FEATURE: data.table["read_path"].to_numpy(),
         ludwig_config.LABEL_FEATURE: data.table["label"].to_numpy(),
         ludwig_config.SPLIT_COLUMN: data.table["split"].to_numpy(),
     })
@@ -258,7 +259,7 @@ def _metrics_by_split(predictions: pd.DataFrame, order: list[str]) -> dict:
 
 
 def _write_split_csv(data, path: str) -> None:
-    table = data.table.copy()
+    table = data.table.drop(columns=["read_path"])  # a scratch path, gone after the run
     table["split"] = np.asarray(split_utils.SPLIT_NAMES)[table["split"].to_numpy()]
     table.to_csv(path, index=False)
 

@@ -1,0 +1,105 @@
+"""Image checks before training: every matched image is decoded once, bad ones are named, odd ones
+are converted to plain 8-bit RGB so the model sees what a person sees.
+
+Rules (documented in the README):
+- unreadable, truncated or non-image files are skipped and named in a warning; when more than
+  ``max_bad_fraction`` of the matched images are bad the run stops (the ZIP is probably wrong);
+- images over Pillow's decompression-bomb limit count as bad (named, with their size);
+- EXIF orientation is applied; grey, palette, CMYK, 16-bit and float images become 8-bit RGB;
+  transparent pixels are composited on white. Converted copies go to the scratch folder as PNG; the
+  user's files are never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from leakage_guard import image_hashes
+
+DEFAULT_MAX_BAD_FRACTION = 0.05
+PLAIN_MODES = ("RGB", "L")
+PLAIN_FORMATS = ("JPEG", "PNG")
+
+
+@dataclass
+class CheckedImages:
+    paths: list[str]  # path to read for each input (the original or a converted copy); None if bad
+    bad: dict[str, str] = field(default_factory=dict)  # relative path -> reason
+    converted: dict[str, str] = field(default_factory=dict)  # relative path -> what was done
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the readable ones
+    hashes: list[np.ndarray] = field(default_factory=list)  # leakage-guard hashes of the readable ones
+
+
+def _to_rgb8(img: Image.Image) -> tuple[Image.Image, list[str]]:
+    """Return an 8-bit RGB version of ``img`` and what was changed."""
+    done = []
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        high = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(values / high * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+        done.append("scaled 16-bit/float to 8-bit")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+        done.append("transparency composited on white")
+    elif img.mode != "RGB":
+        done.append(f"{img.mode} converted to RGB")
+        img = img.convert("RGB")
+    return img, done
+
+
+def check_image(path: str) -> tuple[Image.Image, list[str]]:
+    """Decode ``path`` fully; returns the image as the model should see it and the changes made.
+
+    Raises ``ValueError`` with a human-readable reason for anything that is not a readable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                fmt = img.format
+                orientation = img.getexif().get(0x0112, 1)
+                oriented = ImageOps.exif_transpose(img) if orientation != 1 else img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ValueError(f"too large to decode safely ({err})") from err
+    except (OSError, SyntaxError, ValueError) as err:  # Pillow's errors for broken or non-image files
+        raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from err
+    changes = [f"EXIF orientation {orientation} applied"] if orientation != 1 else []
+    rgb, converted = _to_rgb8(oriented)
+    changes += converted
+    if not changes and fmt not in PLAIN_FORMATS:
+        changes.append(f"{fmt} re-encoded as PNG")
+    if not changes and img.mode not in PLAIN_MODES:
+        changes.append(f"{img.mode} converted to RGB")
+    return rgb, changes
+
+
+def check_images(root: str, rel_paths: list[str], converted_dir: str) -> CheckedImages:
+    """Check every image under ``root``; converted copies are written below ``converted_dir``."""
+    result = CheckedImages(paths=[])
+    for rel in rel_paths:
+        source = os.path.join(root, rel)
+        try:
+            img, changes = check_image(source)
+        except ValueError as err:
+            result.bad[rel] = str(err)
+            result.paths.append(None)
+            continue
+        result.sizes.append(img.size)
+        result.hashes.append(image_hashes(img))  # hashed here: each image is decoded once
+        if changes:
+            target = os.path.join(converted_dir, rel + ".png")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            img.save(target, format="PNG")
+            result.converted[rel] = "; ".join(changes)
+            result.paths.append(target)
+        else:
+            result.paths.append(source)
+    return result
