@@ -15,7 +15,7 @@ import pandas as pd
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups
 import split_utils
-from input_utils import InputError, match_rows_to_images, read_metadata_csv, resolve_column
+from input_utils import IMAGE_EXTENSIONS, InputError, match_rows_to_images, read_metadata_csv, resolve_column
 
 MAX_LISTED = 10  # rows/files named in a message before "…and N more"
 
@@ -32,6 +32,7 @@ class DataOptions:
     leakage_max_distance: int = DEFAULT_MAX_DISTANCE
     positive_label: str | None = None
     max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
 
 
 @dataclass
@@ -80,11 +81,22 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     raw = raw.assign(**{label_col: labels})
 
     match = match_rows_to_images(raw, image_col, image_files)
+    if match.n_images == 0:
+        raise InputError("the image ZIP holds no image files (" + ", ".join(IMAGE_EXTENSIONS) + ")"
+                         + (f"; it has {len(image_files)} other files such as {_listed(image_files[:3])}"
+                            if image_files else "; it is empty"))
     if match.table.empty:
         raise InputError(
             f"no CSV row matched an image in the ZIP (column {image_col!r}). CSV paths look like "
             f"{_listed(raw[image_col].head(3))}; the ZIP holds {match.n_images} images such as "
             f"{_listed(sorted(image_files)[:3]) or 'none'}"
+        )
+    if len(match.unmatched_rows) > options.max_missing_fraction * match.n_rows:
+        raise InputError(
+            f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP (CSV lines "
+            f"{_listed(match.unmatched_rows)}; e.g. {_listed(raw[image_col].iloc[[i - 2 for i in match.unmatched_rows[:3]]])})"
+            f". Above {options.max_missing_fraction:.0%} this looks like the wrong ZIP or CSV; if the CSV "
+            "deliberately lists more images than the ZIP holds, raise --max-missing-fraction"
         )
     if match.unmatched_rows:
         warnings.append(f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP "
@@ -92,11 +104,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     if match.unused_images:
         warnings.append(f"{len(match.unused_images)} images in the ZIP have no CSV row and were not used "
                         f"({_listed(match.unused_images)})")
-    matched = match.table
-    dup = matched["image_file"].duplicated(keep=False)
-    if dup.any():
-        warnings.append(f"{int(dup.sum())} CSV rows point at an image another row also uses "
-                        f"({_listed(matched.loc[dup, 'image_file'].unique())}); they are kept together")
+    matched = _drop_repeated_rows(match.table, label_col, warnings)
 
     matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
                                          options.max_bad_image_fraction)
@@ -125,17 +133,16 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
-    # decides whether they are also kept together by the split. Rows naming one file are one picture.
+    # decides whether they are also kept together by the split.
     hashes = np.stack(matched["hashes"].to_list())
-    dup_groups = split_utils.union_groups(duplicate_groups(hashes, options.leakage_max_distance),
-                                          table["image_file"].to_numpy())
+    dup_groups = duplicate_groups(hashes, options.leakage_max_distance)
     table["duplicate_group"] = dup_groups
     sample_groups = None
     if sample_col:
         ids = table["sample_id"].to_numpy()
         # A missing sample id makes the row a group of its own.
         sample_groups = np.where(ids == "", [f"\x00row{i}" for i in range(len(ids))], ids)
-    split_by = dup_groups if options.leakage_guard else table["image_file"].to_numpy()
+    split_by = dup_groups if options.leakage_guard else np.arange(len(table))
     table["group"] = split_utils.union_groups(split_by, sample_groups)
     true_groups = split_utils.union_groups(dup_groups, sample_groups)
 
@@ -187,6 +194,22 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     }
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
     return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+
+
+def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[str]) -> pd.DataFrame:
+    """One row per image: repeats with the same label are dropped, different labels are an error."""
+    labels_per_file = matched.groupby("image_file")[label_col].nunique()
+    conflicting = labels_per_file[labels_per_file > 1].index
+    if len(conflicting):
+        rows = matched[matched["image_file"] == conflicting[0]]
+        raise InputError(f"image {conflicting[0]!r} is listed on CSV lines {_listed(rows['csv_line'])} with "
+                         f"different labels ({_listed(sorted(set(rows[label_col])))}); "
+                         f"{len(conflicting)} image(s) have conflicting labels")
+    repeated = matched["image_file"].duplicated()
+    if repeated.any():
+        warnings.append(f"{int(repeated.sum())} repeated CSV row(s) for an image already listed were dropped "
+                        f"(CSV lines {_listed(matched.loc[repeated, 'csv_line'])})")
+    return matched[~repeated].reset_index(drop=True)
 
 
 def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float):

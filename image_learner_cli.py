@@ -21,6 +21,7 @@ EXIT_INPUT, EXIT_WEIGHTS, EXIT_OOM = 2, 3, 137
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import image_check
     import input_utils
     import leakage_guard
     from ludwig_config import AUGMENTATIONS
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--split-column", default=None,
                     help="column with 0/1/2 or train/validation/test; default: a column named 'split' if present")
     io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    io.add_argument("--max-missing-fraction", type=float, default=0.1,
+                    help="stop when more than this share of CSV rows have no image in the ZIP")
+    io.add_argument("--max-bad-image-fraction", type=float, default=image_check.DEFAULT_MAX_BAD_FRACTION,
+                    help="skip unreadable images, but stop when more than this share are unreadable")
 
     split = parser.add_argument_group("split")
     split.add_argument("--split-probabilities", nargs=3, type=float, default=[0.7, 0.1, 0.2],
@@ -127,7 +132,8 @@ def request_from_args(args: argparse.Namespace):
         sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
         split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
-        positive_label=args.positive_label or None)
+        positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
+        max_missing_fraction=args.max_missing_fraction)
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,

@@ -10,6 +10,7 @@ import os
 import posixpath
 import shutil
 import stat
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 
@@ -170,8 +171,10 @@ def resolve_column(table: pd.DataFrame, wanted: str | int | None, role: str, opt
 # -------------------------------------------------------------------------------------- matching
 
 def normalise_csv_path(value: str) -> str:
-    """``./a\\b.png`` → ``a/b.png``: the spellings Excel and Windows users write."""
-    parts = [p for p in value.strip().replace("\\", "/").split("/") if p not in ("", ".")]
+    """``./a\\b.png`` → ``a/b.png``: the spellings Excel and Windows users write. Unicode is put in NFC
+    form, because macOS writes accented names into ZIPs decomposed (NFD) while CSVs hold them composed."""
+    parts = [p for p in unicodedata.normalize("NFC", value.strip()).replace("\\", "/").split("/")
+             if p not in ("", ".")]
     return "/".join(parts)
 
 
@@ -179,7 +182,7 @@ def normalise_csv_path(value: str) -> str:
 class MatchResult:
     """Which CSV rows found their image, and what was left over on either side."""
 
-    table: pd.DataFrame  # matched rows only, with the resolved relative path in ``image_file``
+    table: pd.DataFrame  # matched rows only, plus ``image_file`` (path in the ZIP) and ``csv_line``
     unmatched_rows: list[int] = field(default_factory=list)  # 1-based CSV line numbers (header = 1)
     unused_images: list[str] = field(default_factory=list)
     n_rows: int = 0
@@ -193,17 +196,18 @@ def match_rows_to_images(table: pd.DataFrame, image_column: str, image_files: li
     An ambiguous basename is an error naming the candidates. Rows are kept in CSV order.
     """
     images = sorted(f for f in image_files if f.lower().endswith(IMAGE_EXTENSIONS))
-    exact = {p: p for p in images}
+    exact = {unicodedata.normalize("NFC", p): p for p in images}
     by_base: dict[str, list[str]] = {}
     for path in images:
-        by_base.setdefault(posixpath.basename(path), []).append(path)
+        by_base.setdefault(unicodedata.normalize("NFC", posixpath.basename(path)), []).append(path)
 
     resolved: list[str | None] = []
     for row_number, raw in zip(range(2, len(table) + 2), table[image_column]):
         wanted = normalise_csv_path(raw)
         hit = exact.get(wanted)
         if hit is None and wanted:
-            suffix = [p for p in by_base.get(posixpath.basename(wanted), []) if p.endswith("/" + wanted)]
+            suffix = [p for p in by_base.get(posixpath.basename(wanted), [])
+                      if unicodedata.normalize("NFC", p).endswith("/" + wanted)]
             candidates = suffix or by_base.get(posixpath.basename(wanted), [])
             if len(candidates) > 1:
                 raise InputError(
@@ -214,6 +218,7 @@ def match_rows_to_images(table: pd.DataFrame, image_column: str, image_files: li
         resolved.append(hit)
 
     matched = table.copy()
+    matched["csv_line"] = range(2, len(table) + 2)
     matched["image_file"] = resolved
     unmatched_rows = [i + 2 for i, hit in enumerate(resolved) if hit is None]
     matched = matched[matched["image_file"].notna()].reset_index(drop=True)

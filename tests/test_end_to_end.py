@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import numpy as np
@@ -30,12 +31,14 @@ def _train(out, *extra, csv=DEMO_CSV):
 
 @pytest.fixture(scope="module")
 def isolated(tmp_path_factory):
-    """A scratch working directory and HOME, to prove nothing is written outside the output directory."""
+    """A scratch working directory, HOME and temp dir, to prove nothing is written outside the output
+    directory."""
     base = tmp_path_factory.mktemp("isolated")
-    (base / "home").mkdir()
-    (base / "cwd").mkdir()
+    for name in ("home", "cwd", "tmp"):
+        (base / name).mkdir()
     patch = pytest.MonkeyPatch()
     patch.setenv("HOME", str(base / "home"))
+    patch.setattr(tempfile, "tempdir", str(base / "tmp"))
     patch.chdir(base / "cwd")
     yield base
     patch.undo()
@@ -53,8 +56,8 @@ def test_every_output_is_written_and_nothing_else(run_dir, isolated):
     assert {"model/model_hyperparameters.json", "model/model_weights.safetensors",
             "model/training_set_metadata.json"} <= members
     assert not any("checkpoint" in m for m in members)
-    assert os.listdir(isolated / "cwd") == []
-    assert os.listdir(isolated / "home") == []
+    for scratch in ("cwd", "home", "tmp"):
+        assert os.listdir(isolated / scratch) == [], scratch
 
 
 def test_row_counts_agree_across_outputs(run_dir):

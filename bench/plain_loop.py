@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""The simplest honest alternative: a plain PyTorch + timm training loop, for comparison with the tool.
+
+It trains on exactly the split a tool run used (its split.csv) with the tool's recipe: images resized
+to SIZE (bilinear, as Ludwig's 'interpolate'), scaled to [0, 1], normalised with the backbone's own
+mean/std, random horizontal flip, Adam (Ludwig's default: betas 0.9/0.999, no weight decay), gradient
+norm clipped at 0.5 (Ludwig's default), cross-entropy, the epoch with the lowest validation loss kept.
+Prints test metrics (computed by the tool's own metrics.py) and training images/s as JSON.
+
+    python bench/plain_loop.py --run-dir TOOL_OUTPUT --image-zip images.zip --model tf_efficientnet_lite0 \
+        --weights lite0.safetensors --size 96 --epochs 10 --batch-size 32 --lr 0.001 --seed 42
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import pandas as pd
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import metrics  # noqa: E402
+
+
+def load_images(zip_path: str, names: list[str], size: int) -> torch.Tensor:
+    """Decode once, resize to size x size (bilinear), uint8 N x 3 x H x W: pre-decoded tensors."""
+    out = torch.empty((len(names), 3, size, size), dtype=torch.uint8)
+    with zipfile.ZipFile(zip_path) as archive, tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(names):
+            path = archive.extract(name, tmp)
+            img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+            out[i] = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                   align_corners=False)[0].round().clamp(0, 255).byte()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--run-dir", required=True, help="a tool run whose split.csv to reuse")
+    p.add_argument("--image-zip", required=True)
+    p.add_argument("--model", default="tf_efficientnet_lite0")
+    p.add_argument("--weights", default=None, help="local pretrained weights; none: random init")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+
+    split = pd.read_csv(os.path.join(args.run_dir, "split.csv"))
+    classes = sorted(split["label"].unique())
+    y = torch.tensor(split["label"].map({c: i for i, c in enumerate(classes)}).to_numpy())
+    x = load_images(args.image_zip, split["image_file"].tolist(), args.size)
+    parts = {name: torch.from_numpy(np.flatnonzero(split["split"].to_numpy() == name))
+             for name in ("train", "validation", "test")}
+
+    kwargs = {"num_classes": len(classes)}
+    if args.weights:
+        kwargs["pretrained_cfg_overlay"] = {"file": os.path.abspath(args.weights)}
+    model = timm.create_model(args.model, pretrained=bool(args.weights), **kwargs)
+    cfg = model.pretrained_cfg
+    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+
+    def batches(index, shuffle):
+        order = index[torch.randperm(len(index))] if shuffle else index
+        for start in range(0, len(order), args.batch_size):
+            rows = order[start:start + args.batch_size]
+            yield (x[rows].float() / 255.0 - mean) / std, y[rows]
+
+    def evaluate(index):
+        model.eval()
+        with torch.no_grad():
+            logits = torch.cat([model(images) for images, _ in batches(index, False)])
+        return F.cross_entropy(logits, y[index]).item(), logits.softmax(dim=1).numpy()
+
+    best = (float("inf"), None)
+    train_seconds, seen = 0.0, 0
+    for _ in range(args.epochs):
+        model.train()
+        started = time.perf_counter()
+        for images, labels in batches(parts["train"], True):
+            flip = torch.rand(len(images)) < 0.5
+            images[flip] = images[flip].flip(-1)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            optimizer.step()
+            seen += len(images)
+        train_seconds += time.perf_counter() - started
+        val_loss, _ = evaluate(parts["validation"])
+        if val_loss < best[0]:
+            best = (val_loss, copy.deepcopy(model.state_dict()))
+    model.load_state_dict(best[1])
+    _, proba = evaluate(parts["test"])
+    truth = np.asarray(classes)[y[parts["test"]].numpy()]
+    result = metrics.split_metrics(truth, proba, classes)
+    result["train_images_per_s"] = seen / train_seconds
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Broken and hostile inputs end in a clear error naming the file/row/column, or a documented repair."""
+
+import os
+import unicodedata
+import zipfile
+
+import pandas as pd
+import pytest
+
+import dataset_prep
+from conftest import make_zip, png_bytes
+from input_utils import InputError, extract_zip_safely
+
+
+def _prepare(tmp_path, rows, files=None, **options):
+    """Write images (distinct random textures) and a CSV, then run the data stage (no training)."""
+    root = tmp_path / "images"
+    root.mkdir(parents=True, exist_ok=True)
+    names = files if files is not None else sorted({r["image_path"] for r in rows})
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(png_bytes(i))
+    pd.DataFrame(rows).to_csv(tmp_path / "meta.csv", index=False)
+    return dataset_prep.prepare(str(tmp_path / "meta.csv"), str(root), names, dataset_prep.DataOptions(**options),
+                                converted_dir=str(tmp_path / "conv"))
+
+
+def _rows(n, labels="ab"):
+    return [{"image_path": f"img{i}.png", "label": labels[i % len(labels)]} for i in range(n)]
+
+
+def test_encrypted_members_are_refused(tmp_path):
+    path = tmp_path / "enc.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("secret.png", png_bytes(0))
+    # Set the "encrypted" bit of the general-purpose flags, as `zip -e` does, in the local header
+    # (offset 6) and the central directory entry (offset 8); zipfile cannot write encrypted members.
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.index(signature) + offset
+        data[at] |= 0x1
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="'secret.png' is encrypted"):
+        extract_zip_safely(str(path), str(tmp_path / "out"))
+
+
+def test_empty_zip_and_zip_without_images_say_so(tmp_path):
+    with pytest.raises(InputError, match="holds no image files .*; it is empty"):
+        _prepare(tmp_path, _rows(4), files=[])
+    empty = make_zip(tmp_path / "empty.zip", {})
+    assert extract_zip_safely(empty, str(tmp_path / "out")) == []
+
+
+def test_non_ascii_names_match_across_unicode_normal_forms(tmp_path):
+    composed = "lésion_ü.png"
+    decomposed = unicodedata.normalize("NFD", composed)  # how macOS writes it into a ZIP
+    rows = [{"image_path": composed, "label": "a"}] + _rows(9)
+    data = _prepare(tmp_path, rows, files=[decomposed] + [r["image_path"] for r in _rows(9)])
+    assert data.table["image_file"].iloc[0] == decomposed
+    assert len(data.table) == 10
+
+
+def test_repeated_rows_are_dropped_and_conflicting_labels_refused(tmp_path):
+    rows = _rows(10) + [{"image_path": "img0.png", "label": "a"}]
+    data = _prepare(tmp_path, rows)
+    assert len(data.table) == 10
+    assert any("1 repeated CSV row(s)" in w and "CSV lines 12" in w for w in data.warnings)
+    rows[-1]["label"] = "b"
+    with pytest.raises(InputError, match=r"'img0.png' is listed on CSV lines 2, 12 with different labels \(a, b\)"):
+        _prepare(tmp_path / "x", rows)
+
+
+def test_missing_images_above_the_threshold_stop_the_run(tmp_path):
+    rows = _rows(20)
+    files = [r["image_path"] for r in rows[:17]]  # 3 of 20 rows (15%) have no image
+    with pytest.raises(InputError, match=r"3 of 20 CSV rows have no image in the ZIP \(CSV lines 19, 20, 21"):
+        _prepare(tmp_path, rows, files=files)
+    data = _prepare(tmp_path / "ok", rows, files=files, max_missing_fraction=0.2)
+    assert len(data.table) == 17 and data.dataset["unmatched_rows"] == 3
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["a", "", "b", "a"], r"empty on CSV line\(s\) 3"),
+    (["a", "NaN", "b", "a"], r"empty on CSV line\(s\) 3"),
+    (["a", "a", "a", "a"], "only one class"),
+])
+def test_bad_labels_name_the_lines(tmp_path, labels, message):
+    rows = [{"image_path": f"img{i}.png", "label": lab} for i, lab in enumerate(labels)]
+    with pytest.raises(InputError, match=message):
+        _prepare(tmp_path, rows)
+
+
+def test_numeric_labels_are_class_names_and_rare_classes_are_flagged(tmp_path):
+    rows = [{"image_path": f"img{i}.png", "label": ["0", "1", "01"][min(i % 10, 2) if i < 21 else 0]}
+            for i in range(22)]
+    rows[-1]["label"] = "7"  # a class with a single image
+    data = _prepare(tmp_path, rows)
+    assert data.classes == ["0", "01", "1", "7"]  # text: "01" is not "1"
+    assert data.task == "multiclass"
+    assert any("class '7' has only 1 image(s)" in w for w in data.warnings)
+
+
+def test_paths_with_dot_slash_and_backslashes_match(tmp_path):
+    rows = [{"image_path": (".\\sub\\" if i % 2 else "./sub/") + f"img{i}.png", "label": "ab"[i % 2]}
+            for i in range(6)]
+    data = _prepare(tmp_path, rows, files=[f"sub/img{i}.png" for i in range(6)])
+    assert data.table["image_file"].tolist() == [f"sub/img{i}.png" for i in range(6)]
+
+
+def test_hostile_archive_never_writes_outside(tmp_path):
+    outside_before = set(os.listdir(tmp_path))
+    archive = make_zip(tmp_path / "evil.zip", {"ok.png": png_bytes(1), "../../escaped.png": png_bytes(2)})
+    with pytest.raises(InputError):
+        extract_zip_safely(archive, str(tmp_path / "job" / "out"))
+    assert set(os.listdir(tmp_path)) - outside_before == {"evil.zip", "job"}
+    assert not os.path.exists(tmp_path.parent / "escaped.png")
