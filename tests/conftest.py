@@ -36,3 +36,28 @@ def png_bytes(seed: int, size: int = 32) -> bytes:
 @pytest.fixture
 def demo_paths():
     return {"zip": DEMO_ZIP, "csv": DEMO_CSV, "dir": TEST_DATA}
+
+
+# Hypothesis keeps its example database in memory: the tests write nothing into the checkout.
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("no_files", database=None)
+    _hypothesis_settings.load_profile("no_files")
+except ImportError:  # pragma: no cover
+    pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_temporary_dirs():
+    """After the whole session, the checkout and the system temp dir hold no new entries except
+    pytest's own: no test leaves files outside its temporary directory."""
+    import tempfile
+
+    temp_root = tempfile.gettempdir()
+    before = {ROOT: set(os.listdir(ROOT)), temp_root: set(os.listdir(temp_root))}
+    yield
+    allowed = {".pytest_cache", "__pycache__"}
+    for folder, entries in before.items():
+        new = {e for e in set(os.listdir(folder)) - entries - allowed if not e.startswith("pytest-of-")}
+        assert not new, f"tests left {sorted(new)} in {folder}"

@@ -128,3 +128,17 @@ def test_zip_that_matches_no_row_fails_cleanly(tmp_path):
     assert result.returncode == 2
     assert "no CSV row matched an image in the ZIP" in result.stderr
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_crash_during_training_leaves_no_outputs(tmp_path, monkeypatch, capsys):
+    import ludwig_trainer
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(ludwig_trainer, "train", out_of_memory)
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(tmp_path / "out"), *TINY])
+    assert code == 137
+    assert "out of memory" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []
