@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--split-column", default=None,
                     help="column with 0/1/2 or train/validation/test; default: a column named 'split' if present")
     io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    io.add_argument("--no-report", action="store_true",
+                    help="skip report.html (sweeps and benchmarks; every table is still written)")
     io.add_argument("--max-missing-fraction", type=float, default=0.1,
                     help="stop when more than this share of CSV rows have no image in the ZIP")
     io.add_argument("--max-bad-image-fraction", type=float, default=image_check.DEFAULT_MAX_BAD_FRACTION,
@@ -142,7 +144,7 @@ def request_from_args(args: argparse.Namespace):
         preprocessing_workers=max(1, args.preprocessing_workers))
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, make_report=not args.no_report)
 
 
 def main(argv: list[str] | None = None) -> int:

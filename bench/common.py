@@ -53,11 +53,12 @@ def lite0_weights() -> str:
     return path
 
 
-def run_tool(csv: str, zip_path: str, out: str, *args: str) -> dict:
-    """Run the CLI; returns run_summary.json plus the wall time of the whole command."""
+def run_tool(csv: str, zip_path: str, out: str, *args: str, report: bool = False) -> dict:
+    """Run the CLI (without the report unless asked: these benchmarks compare training); returns
+    run_summary.json plus the wall time of the whole command."""
     started = time.time()
     cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
-           "--output-dir", out, "--overwrite", *args]
+           "--output-dir", out, "--overwrite", *args, *([] if report else ["--no-report"])]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
