@@ -6,7 +6,6 @@ Returns the table plus the facts the report needs (counts, groups found, straddl
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,7 +93,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     if len(match.unmatched_rows) > options.max_missing_fraction * match.n_rows:
         raise InputError(
             f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP (CSV lines "
-            f"{_listed(match.unmatched_rows)}; e.g. {_listed(raw[image_col].iloc[[i - 2 for i in match.unmatched_rows[:3]]])})"
+            f"{_listed(match.unmatched_rows)}; e.g. "
+            f"{_listed(raw[image_col].iloc[[line - 2 for line in match.unmatched_rows[:3]]])})"
             f". Above {options.max_missing_fraction:.0%} this looks like the wrong ZIP or CSV; if the CSV "
             "deliberately lists more images than the ZIP holds, raise --max-missing-fraction"
         )

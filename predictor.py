@@ -94,7 +94,8 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
     match = match_rows_to_images(raw, image_col, files)
     if match.table.empty:
         raise InputError("no CSV row matched an image in the ZIP")
-    notes = [f"{len(match.unmatched_rows)} CSV rows have no image in the ZIP and were skipped"] if match.unmatched_rows else []
+    notes = ([f"{len(match.unmatched_rows)} CSV rows have no image in the ZIP and were skipped"]
+             if match.unmatched_rows else [])
     table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
     if label_col:
         table["true_label"] = match.table[label_col].astype(str).str.strip().to_numpy()
@@ -164,6 +165,7 @@ def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
     classes = manifest["classes"]
     unknown = sorted(set(predictions["true_label"]) - set(classes))
     if unknown:
-        raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows ({', '.join(classes)})")
+        raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows "
+                         f"({', '.join(classes)})")
     proba = predictions[[f"prob_{c}" for c in classes]].to_numpy()
     return {"test": metrics.split_metrics(predictions["true_label"], proba, classes, predictions["predicted_label"])}

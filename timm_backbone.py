@@ -154,4 +154,3 @@ def register_with_ludwig() -> None:
         @staticmethod
         def get_schema_cls():
             return ImageLearnerTimmEncoderConfig
-

@@ -96,7 +96,8 @@ def test_same_seed_same_split_and_numbers(run_dir, isolated):
 
 
 def test_binary_task_uses_the_validation_threshold(isolated):
-    out = _train(isolated / "binary", "--positive-label", "mel", csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
+    out = _train(isolated / "binary", "--positive-label", "mel",
+                 csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["task"] == "binary" and summary["positive_label"] == "mel"
     predictions = pd.read_csv(out / "predictions.csv")
