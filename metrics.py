@@ -1,47 +1,193 @@
 """Classification metrics from true labels and predicted probabilities (pure; scikit-learn only).
 
 Every number the tool reports is computed here from ``predictions.csv``-style arrays, never copied
-from Ludwig's training statistics.
+from Ludwig's training statistics. Conventions for all functions:
+
+- ``y_true``: class names, shape (n,); ``proba``: probabilities, shape (n, k), columns in ``classes``
+  order; ``y_pred``: predicted names (default: the arg-max class). For a binary task ``classes`` is
+  ``[negative, positive]`` and ``y_pred`` comes from the chosen threshold.
+- A metric that cannot be computed on the given rows (one class only, no rows) is ``None``.
+- Ranking metrics (ROC-AUC, average precision) use the classes present in ``y_true`` only; the
+  classes that are absent are listed under ``classes_absent``.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn import metrics as skm
 
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")
+ECE_BINS = 10
+
+
+def _prepare(y_true, proba, classes, y_pred):
+    y_true = np.asarray(y_true).astype(str)
+    classes = [str(c) for c in classes]
+    proba = np.asarray(proba, dtype=float).reshape(len(y_true), len(classes))
+    y_pred = np.asarray(classes)[proba.argmax(axis=1)] if y_pred is None else np.asarray(y_pred).astype(str)
+    return y_true, proba, classes, y_pred
+
+
+def _safe(fn, *args, **kwargs):
+    """A metric's value, or None where it is undefined on these rows (e.g. one class only)."""
+    try:
+        value = float(fn(*args, **kwargs))
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def roc_auc(y_true, proba, classes, average: str = "macro"):
+    """One-vs-rest ROC-AUC over the classes present (binary: AUC of the positive class)."""
+    y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
+    present = [c for c in classes if c in set(y_true)]
+    if len(present) < 2:
+        return None
+    if len(classes) == 2:
+        return _safe(skm.roc_auc_score, y_true == classes[1], proba[:, 1])
+    scores = [skm.roc_auc_score(y_true == c, proba[:, classes.index(c)]) for c in present]
+    if average == "macro":
+        return float(np.mean(scores))
+    weights = np.array([(y_true == c).sum() for c in present], dtype=float)
+    return float(np.average(scores, weights=weights))
+
+
+def average_precision(y_true, proba, classes):
+    """Macro average precision (area under the precision-recall curve) over the classes present."""
+    y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
+    present = [c for c in classes if c in set(y_true)]
+    if len(present) < 2:
+        return None
+    if len(classes) == 2:
+        return _safe(skm.average_precision_score, y_true == classes[1], proba[:, 1])
+    return float(np.mean([skm.average_precision_score(y_true == c, proba[:, classes.index(c)]) for c in present]))
+
+
+def expected_calibration_error(y_true, proba, classes, n_bins: int = ECE_BINS):
+    """ECE of the top-class confidence: 10 equal-width bins on the maximum probability, the bins'
+    |accuracy - mean confidence| weighted by their share of rows. Also returns the bins
+    (lower edge, upper edge, rows, accuracy, mean confidence) for a reliability diagram."""
+    y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
+    if len(y_true) == 0:
+        return None, []
+    confidence = proba.max(axis=1)
+    correct = np.asarray(classes)[proba.argmax(axis=1)] == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece, bins = 0.0, []
+    for b in range(n_bins):
+        rows = which == b
+        if rows.any():
+            acc, conf = correct[rows].mean(), confidence[rows].mean()
+            ece += rows.mean() * abs(acc - conf)
+            bins.append((float(edges[b]), float(edges[b + 1]), int(rows.sum()), float(acc), float(conf)))
+    return float(ece), bins
+
+
+def specificity(y_true, y_pred, positive) -> float | None:
+    """True-negative rate of ``positive`` treated one-vs-rest."""
+    negatives = np.asarray(y_true) != positive
+    if not negatives.any():
+        return None
+    return float((np.asarray(y_pred)[negatives] != positive).mean())
+
 
 def split_metrics(y_true, proba, classes, y_pred=None) -> dict:
-    """Headline metrics for one split.
-
-    ``y_true``: class names (n,); ``proba``: (n, k) probabilities in ``classes`` order; ``y_pred``:
-    predicted names (defaults to the arg-max class). ROC-AUC is one-vs-rest over the classes present
-    in ``y_true`` (None when fewer than two are present).
-    """
-    y_true = np.asarray(y_true).astype(str)
-    proba = np.asarray(proba, dtype=float)
-    classes = [str(c) for c in classes]
-    if y_pred is None:
-        y_pred = np.asarray(classes)[proba.argmax(axis=1)]
-    y_pred = np.asarray(y_pred).astype(str)
+    """Every headline metric for one split (see the module docstring for the conventions)."""
+    y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
+    n = len(y_true)
+    if n == 0:
+        return {"n": 0}
+    present = sorted(set(y_true))
     out = {
-        "n": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else None,
-        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)) if len(y_true) else None,
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro",
-                                       zero_division=0)) if len(y_true) else None,
-        "roc_auc": None,
+        "n": n,
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
     }
-    present = [c for c in classes if c in set(y_true)]
-    if len(present) >= 2:
-        if len(classes) == 2:
-            out["roc_auc"] = float(skm.roc_auc_score(y_true == classes[1], proba[:, 1]))
-        else:
-            idx = [classes.index(c) for c in present]
-            sub = proba[:, idx]
-            sub = sub / np.clip(sub.sum(axis=1, keepdims=True), 1e-12, None)
-            out["roc_auc"] = float(skm.roc_auc_score(y_true, sub, labels=present, multi_class="ovr",
-                                                     average="macro"))
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=present, average=average,
+                                                         zero_division=0)
+        out.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    out["roc_auc_macro"] = roc_auc(y_true, proba, classes, "macro")
+    out["roc_auc_weighted"] = roc_auc(y_true, proba, classes, "weighted")
+    out["average_precision_macro"] = average_precision(y_true, proba, classes)
+    out["cohen_kappa"] = _safe(skm.cohen_kappa_score, y_true, y_pred)
+    out["matthews_corrcoef"] = _safe(skm.matthews_corrcoef, y_true, y_pred)
+    # scikit-learn's log loss and top-k want their labels sorted, the probability columns to match
+    order = np.argsort(classes)
+    sorted_classes, sorted_proba = np.asarray(classes)[order], np.clip(proba[:, order], 1e-15, 1.0)
+    out["log_loss"] = _safe(skm.log_loss, y_true, sorted_proba / sorted_proba.sum(axis=1, keepdims=True),
+                            labels=sorted_classes)
+    for k in (2, 3):
+        if k < len(classes):
+            out[f"top_{k}_accuracy"] = _safe(skm.top_k_accuracy_score, y_true, sorted_proba, k=k, labels=sorted_classes)
+    out["expected_calibration_error"] = expected_calibration_error(y_true, proba, classes)[0]
+    out["roc_auc"] = out["roc_auc_macro"]  # short name kept for scripts written against earlier versions
+    out["classes_absent"] = [c for c in classes if c not in set(y_true)]
     return out
+
+
+def per_class_table(y_true, proba, classes, y_pred=None) -> list[dict]:
+    """Per class: precision, recall (sensitivity), specificity, F1, one-vs-rest ROC-AUC, support."""
+    y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
+    p, r, f, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    rows = []
+    for k, cls in enumerate(classes):
+        is_cls = y_true == cls
+        auc = _safe(skm.roc_auc_score, is_cls, proba[:, k]) if 0 < is_cls.sum() < len(y_true) else None
+        rows.append({"class": cls, "precision": float(p[k]) if (y_pred == cls).any() else None,
+                     "recall": float(r[k]) if support[k] else None, "specificity": specificity(y_true, y_pred, cls),
+                     "f1": float(f[k]) if support[k] else None, "roc_auc": auc, "support": int(support[k])})
+    return rows
+
+
+def bootstrap_ci(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_resamples: int = 1000,
+                 seed: int = 42, level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals: rows resampled with replacement ``n_resamples`` times with a
+    seeded generator (same seed, same interval). Resamples where a metric is undefined are skipped."""
+    y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
+    rng = np.random.default_rng(seed)
+    samples = {name: [] for name in metric_names}
+    with warnings.catch_warnings():  # resamples missing a class make scikit-learn warn; expected here
+        warnings.simplefilter("ignore")
+        for _ in range(n_resamples):
+            rows = rng.integers(0, len(y_true), len(y_true))
+            values = _resampled_metrics(y_true[rows], proba[rows], classes, y_pred[rows], metric_names)
+            for name, value in values.items():
+                if value is not None:
+                    samples[name].append(value)
+    tail = (1.0 - level) / 2 * 100
+    return {name: ([float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) >= 10 else None)
+            for name, v in samples.items()}
+
+
+def _resampled_metrics(y_true, proba, classes, y_pred, names) -> dict:
+    present = sorted(set(y_true))
+    fns = {
+        "accuracy": lambda: skm.accuracy_score(y_true, y_pred),
+        "balanced_accuracy": lambda: skm.balanced_accuracy_score(y_true, y_pred),
+        "macro_f1": lambda: skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0),
+        "roc_auc_macro": lambda: roc_auc(y_true, proba, classes, "macro"),
+    }
+    return {name: (None if (v := fns[name]()) is None else float(v)) for name in names}
+
+
+def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "validation", "test")) -> dict:
+    """metrics.json: per split (rows of a predictions table with ``split``, ``true_label``,
+    ``predicted_label`` and ``prob_<class>`` columns) every metric and the per-class table; for the
+    test split also seeded 95% bootstrap intervals of the headline metrics."""
+    result = {}
+    for name in splits:
+        part = predictions[predictions["split"] == name]
+        if len(part):
+            args = (part["true_label"], part[[f"prob_{c}" for c in classes]].to_numpy(), classes,
+                    part["predicted_label"])
+            result[name] = {**split_metrics(*args), "per_class": per_class_table(*args)}
+            if name == "test":
+                result[name]["ci95"] = bootstrap_ci(*args, seed=seed)
+    return result
 
 
 def choose_threshold(is_positive, p_positive) -> float:

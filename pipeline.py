@@ -161,7 +161,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     threshold = _binary_threshold(data, proba) if data.task == "binary" else None
     predictions = _predictions_table(data, proba, threshold)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-    all_metrics = _metrics_by_split(predictions, _class_order(data))
+    all_metrics = metrics.metrics_by_split(predictions, _class_order(data), opts.random_seed)
     write_json(os.path.join(out, "metrics.json"), all_metrics)
     predictor.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
@@ -246,16 +246,6 @@ def _predictions_table(data, proba: np.ndarray, threshold: float | None) -> pd.D
         table["sample_id"] = data.table["sample_id"]
     table["duplicate_group"] = data.table["duplicate_group"]
     return table
-
-
-def _metrics_by_split(predictions: pd.DataFrame, order: list[str]) -> dict:
-    result = {}
-    for name in split_utils.SPLIT_NAMES:
-        part = predictions[predictions["split"] == name]
-        if len(part):
-            proba = part[[f"prob_{c}" for c in order]].to_numpy()
-            result[name] = metrics.split_metrics(part["true_label"], proba, order, part["predicted_label"])
-    return result
 
 
 def _write_split_csv(data, path: str) -> None:

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Build report.html from a finished run: one self-contained file (plotly.js embedded once, images as
+data URIs) that opens offline. Every number is recomputed with scikit-learn from predictions.csv and
+is also shown as an HTML table, so the report stays useful where a Galaxy server strips scripts.
+
+    python report_builder.py OUTPUT_DIR     # rebuild the report of a finished run
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+import metrics
+import report_images
+import report_plots
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+SPLITS = ("train", "validation", "test")
+HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+METRIC_LABELS = {
+    "accuracy": "Accuracy", "balanced_accuracy": "Balanced accuracy (mean recall)",
+    "macro_precision": "Precision (macro)", "macro_recall": "Recall (macro)", "macro_f1": "F1 (macro)",
+    "weighted_precision": "Precision (weighted)", "weighted_recall": "Recall (weighted)",
+    "weighted_f1": "F1 (weighted)", "roc_auc_macro": "ROC-AUC (one-vs-rest, macro)",
+    "roc_auc_weighted": "ROC-AUC (one-vs-rest, weighted)", "average_precision_macro": "Average precision (macro)",
+    "cohen_kappa": "Cohen's kappa", "matthews_corrcoef": "Matthews correlation", "log_loss": "Log loss",
+    "top_2_accuracy": "Top-2 accuracy", "top_3_accuracy": "Top-3 accuracy",
+    "expected_calibration_error": "Expected calibration error",
+}
+CITATIONS = {
+    "ludwig": "Molino P., Dudin Y., Miryala S. S. Ludwig: a type-based declarative deep learning toolbox. "
+              "arXiv:1909.07930 (2019). doi:10.48550/arXiv.1909.07930",
+    "timm": "Wightman R. PyTorch Image Models (timm). GitHub (2019). doi:10.5281/zenodo.4414861",
+    "metaformer": "Yu W. et al. MetaFormer baselines for vision. IEEE TPAMI 46(2), 896-912 (2024). "
+                  "doi:10.1109/TPAMI.2023.3329173",
+    "efficientnet": "Tan M., Le Q. V. EfficientNet: rethinking model scaling for convolutional neural networks. "
+                    "ICML (2019). arXiv:1905.11946",
+    "resnet": "He K., Zhang X., Ren S., Sun J. Deep residual learning for image recognition. CVPR (2016). "
+              "doi:10.1109/CVPR.2016.90",
+    "convnext": "Liu Z. et al. A ConvNet for the 2020s. CVPR (2022). doi:10.1109/CVPR52688.2022.01167",
+    "vit": "Dosovitskiy A. et al. An image is worth 16x16 words: transformers for image recognition at scale. "
+           "ICLR (2021). arXiv:2010.11929",
+    "ham10000": "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
+                "dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 (2018). "
+                "doi:10.1038/sdata.2018.161",
+}
+BACKBONE_PAPERS = (("caformer", "metaformer"), ("convformer", "metaformer"), ("poolformer", "metaformer"),
+                   ("efficientnet", "efficientnet"), ("resnet", "resnet"), ("convnext", "convnext"),
+                   ("vit_", "vit"), ("deit", "vit"))
+
+
+def _read_run(output_dir: str):
+    with open(os.path.join(output_dir, "run_summary.json")) as handle:
+        summary = json.load(handle)
+    labels_as_text = {"true_label": str, "predicted_label": str}  # "01" stays "01"
+    predictions = pd.read_csv(os.path.join(output_dir, "predictions.csv"), dtype=labels_as_text)
+    history_path = os.path.join(output_dir, "training_history.csv")
+    history = pd.read_csv(history_path) if os.path.exists(history_path) else pd.DataFrame()
+    config_path = os.path.join(output_dir, "config.yaml")
+    config = yaml.safe_load(open(config_path)) if os.path.exists(config_path) else {}
+    return summary, predictions, history, config
+
+
+def _class_order(predictions: pd.DataFrame) -> list[str]:
+    return [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+
+
+def _split_arrays(predictions: pd.DataFrame, classes: list[str], split: str):
+    part = predictions[predictions["split"] == split]
+    return (part["true_label"].to_numpy(), part[[f"prob_{c}" for c in classes]].to_numpy(),
+            part["predicted_label"].to_numpy())
+
+
+def _metric_rows(per_split: dict):
+    """Rows of the metrics table: one per metric, a column per split, test with its 95% interval."""
+    ci = per_split.get("test", {}).get("ci95") or {}
+    rows = []
+    for key, label in METRIC_LABELS.items():
+        if any(key in m for m in per_split.values()):
+            rows.append({"label": label, "values": {s: per_split[s].get(key) for s in per_split},
+                         "ci": ci.get(key)})
+    return rows
+
+
+def _citations(summary: dict) -> list[str]:
+    keys = ["ludwig", "timm"]
+    name = summary.get("model", {}).get("name", "").lower()
+    keys += [paper for prefix, paper in BACKBONE_PAPERS if name.startswith(prefix) or f"_{prefix}" in name][:1]
+    classes = set(summary.get("classes") or [])
+    if classes and classes <= HAM10000_CLASSES:
+        keys.append("ham10000")
+    return [CITATIONS[k] for k in dict.fromkeys(keys)]
+
+
+def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
+    y_true, proba, y_pred = _split_arrays(predictions, classes, "test")
+    figures = [("learning", report_plots.learning_curves(history, summary.get("training", {}).get("best_epoch")))]
+    if len(y_true):
+        figures += [("roc", report_plots.roc_curves(y_true, proba, classes)),
+                    ("pr", report_plots.pr_curves(y_true, proba, classes)),
+                    ("confusion", report_plots.confusion_matrices(y_true, y_pred, classes)),
+                    ("reliability", report_plots.reliability_diagram(y_true, proba, classes)),
+                    ("confidence", report_plots.confidence_histogram(y_true, proba, classes, y_pred))]
+    if summary.get("task") == "binary":
+        v_true, v_proba, _ = _split_arrays(predictions, classes, "validation")
+        figures.append(("threshold", report_plots.threshold_curves(v_true == classes[1], v_proba[:, 1],
+                                                                   summary["threshold"], classes[1])))
+    return [(name, html) for name, html in figures if html]
+
+
+def _confusion_table(predictions, classes):
+    from sklearn.metrics import confusion_matrix
+
+    y_true, _, y_pred = _split_arrays(predictions, classes, "test")
+    return confusion_matrix(y_true, y_pred, labels=classes).tolist() if len(y_true) else None
+
+
+def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
+    """Write ``output_dir/report.html`` from the run's files; returns its path."""
+    import plotly.offline
+
+    started = time.time()
+    summary, predictions, history, config = _read_run(output_dir)
+    classes = _class_order(predictions)
+    # The run's metrics.json when there is one (same functions, same predictions.csv), else recomputed.
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            per_split = json.load(handle)
+    else:
+        per_split = metrics.metrics_by_split(predictions, classes, int(summary.get("split", {}).get("seed", 42)))
+    gallery, gallery_reason = report_images.misclassified_gallery(predictions, classes, images_dir)
+    try:
+        saliency, saliency_reason = report_images.grad_cam_overlays(
+            predictions, classes, images_dir, ludwig_model, summary.get("model", {}).get("image_size", 224),
+            summary.get("task"))
+    except Exception as err:  # saliency is illustration: never lose the report over it
+        saliency, saliency_reason = [], f"Grad-CAM failed on this backbone ({type(err).__name__}: {err})"
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
+        else f"{v:.{digits}f}"
+    html = env.get_template("report.html.j2").render(
+        s=summary, classes=classes, metric_rows=_metric_rows(per_split), metric_splits=list(per_split),
+        absent=per_split.get("test", {}).get("classes_absent", []),
+        per_class=per_split.get("test", {}).get("per_class", []), confusion=_confusion_table(predictions, classes),
+        figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
+        gallery_reason=gallery_reason, saliency=saliency, saliency_reason=saliency_reason,
+        citations=_citations(summary), config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
+        plotly_js=plotly.offline.get_plotlyjs(), build_seconds=time.time() - started,
+        n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
+        class_totals=predictions["true_label"].value_counts().to_dict())
+    path = os.path.join(output_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(html)
+    return path
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    print(build_report(sys.argv[1]))

@@ -1,0 +1,162 @@
+"""The report's plotly figures, each returned as an HTML fragment (plotly.js itself is embedded once
+by the report builder). Inputs are the run's tables; every number comes from scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sklearn import metrics as skm
+
+import metrics
+
+LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=50),
+              legend=dict(font=dict(size=11)))
+CONFIG = {"displaylogo": False, "responsive": True}
+SPLIT_COLOURS = {"train": "#1f77b4", "validation": "#ff7f0e", "test": "#2ca02c"}
+
+
+def to_html(fig: go.Figure) -> str:
+    fig.update_layout(**LAYOUT)
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
+
+
+def learning_curves(history: pd.DataFrame, best_epoch: int | None) -> str | None:
+    """Loss and accuracy per epoch, train vs validation, with the kept (best) epoch marked."""
+    panels = [m for m in ("loss", "accuracy") if f"train_{m}" in history or f"validation_{m}" in history]
+    if history.empty or not panels:
+        return None
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p.capitalize() for p in panels])
+    for col, metric in enumerate(panels, start=1):
+        for split in ("train", "validation"):
+            column = f"{split}_{metric}"
+            if column in history:
+                fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
+                                         name=f"{split} {metric}", line=dict(color=SPLIT_COLOURS[split])),
+                              row=1, col=col)
+        if best_epoch:
+            label = {"annotation_text": f"kept: epoch {best_epoch}"} if col == 1 else {}
+            fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", row=1, col=col, **label)
+        fig.update_xaxes(title_text="epoch", row=1, col=col)
+    fig.update_layout(title="Learning curves")
+    return to_html(fig)
+
+
+def roc_curves(y_true, proba, classes) -> str | None:
+    """One-vs-rest ROC per class present, plus the micro and macro averages."""
+    y_true = np.asarray(y_true).astype(str)
+    present = [c for c in classes if c in set(y_true)]
+    if len(present) < 2:
+        return None
+    fig = go.Figure()
+    grid = np.linspace(0, 1, 201)
+    tprs = []
+    for c in (present if len(classes) > 2 else [classes[1]]):
+        k = classes.index(c)
+        fpr, tpr, _ = skm.roc_curve(y_true == c, proba[:, k])
+        tprs.append(np.interp(grid, fpr, tpr))
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{c} (AUC {skm.auc(fpr, tpr):.3f})"))
+    if len(classes) > 2:
+        onehot = np.column_stack([y_true == c for c in present])
+        fpr, tpr, _ = skm.roc_curve(onehot.ravel(), proba[:, [classes.index(c) for c in present]].ravel())
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", line=dict(dash="dot", width=3, color="black"),
+                                 name=f"micro-average (AUC {skm.auc(fpr, tpr):.3f})"))
+        macro = np.mean(tprs, axis=0)
+        fig.add_trace(go.Scatter(x=grid, y=macro, mode="lines", line=dict(dash="dash", width=3, color="grey"),
+                                 name=f"macro-average (AUC {skm.auc(grid, macro):.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="lightgrey"),
+                             name="chance", hoverinfo="skip"))
+    fig.update_layout(title="ROC curves (test)", xaxis_title="false positive rate (1 - specificity)",
+                      yaxis_title="true positive rate (sensitivity)")
+    return to_html(fig)
+
+
+def pr_curves(y_true, proba, classes) -> str | None:
+    """Precision-recall per class present (binary: the positive class), with each class's prevalence."""
+    y_true = np.asarray(y_true).astype(str)
+    present = [c for c in classes if c in set(y_true)]
+    if len(present) < 2:
+        return None
+    fig = go.Figure()
+    for c in (present if len(classes) > 2 else [classes[1]]):
+        k = classes.index(c)
+        precision, recall, _ = skm.precision_recall_curve(y_true == c, proba[:, k])
+        ap = skm.average_precision_score(y_true == c, proba[:, k])
+        fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines",
+                                 name=f"{c} (AP {ap:.3f}, prevalence {(y_true == c).mean():.2f})"))
+    fig.update_layout(title="Precision-recall curves (test)", xaxis_title="recall", yaxis_title="precision",
+                      yaxis_range=[0, 1.05])
+    return to_html(fig)
+
+
+def confusion_matrices(y_true, y_pred, classes) -> str:
+    """Counts and row-normalised (each true class sums to 1) side by side."""
+    counts = skm.confusion_matrix(y_true, y_pred, labels=classes)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["counts", "share of each true class"],
+                        horizontal_spacing=0.15)
+    for col, (values, fmt) in enumerate(((counts, "d"), (normalised, ".2f")), start=1):
+        fig.add_trace(go.Heatmap(z=values, x=classes, y=classes, colorscale="Blues", showscale=False,
+                                 text=[[format(v, fmt) for v in row] for row in values], texttemplate="%{text}",
+                                 hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(title_text="predicted", row=1, col=col)
+        fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=col)
+    fig.update_layout(title="Confusion matrix (test)")
+    return to_html(fig)
+
+
+def reliability_diagram(y_true, proba, classes) -> str | None:
+    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    ece, bins = metrics.expected_calibration_error(y_true, proba, classes)
+    if not bins:
+        return None
+    centres = [(lo + hi) / 2 for lo, hi, *_ in bins]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centres, y=[b[3] for b in bins], width=0.09, name="accuracy in bin",
+                         customdata=[[b[2], b[4]] for b in bins],
+                         hovertemplate="accuracy %{y:.2f}<br>mean confidence %{customdata[1]:.2f}<br>"
+                                       "%{customdata[0]} images<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
+                             name="perfect calibration"))
+    fig.update_layout(title=f"Reliability diagram (test; ECE {ece:.3f})", xaxis_title="confidence (top class)",
+                      yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.05])
+    return to_html(fig)
+
+
+def confidence_histogram(y_true, proba, classes, y_pred) -> str:
+    """Top-class confidence of right and wrong test predictions."""
+    confidence = proba.max(axis=1)
+    right = np.asarray(y_true).astype(str) == np.asarray(y_pred).astype(str)
+    fig = go.Figure()
+    for mask, name, colour in ((right, "correct", "#2ca02c"), (~right, "wrong", "#d62728")):
+        fig.add_trace(go.Histogram(x=confidence[mask], name=f"{name} ({int(mask.sum())})", marker_color=colour,
+                                   xbins=dict(start=0, end=1, size=0.05), opacity=0.75))
+    fig.update_layout(title="Confidence of test predictions", barmode="overlay", xaxis_title="confidence",
+                      yaxis_title="images")
+    return to_html(fig)
+
+
+def threshold_curves(is_positive, p_positive, threshold: float, positive: str) -> str | None:
+    """Binary tasks, validation split: sensitivity, specificity, balanced accuracy and F1 against the
+    decision threshold, with the chosen threshold marked."""
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if is_positive.all() or not is_positive.any():
+        return None
+    grid = np.linspace(0, 1, 101)
+    sens, spec, f1 = [], [], []
+    for t in grid:
+        pred = p_positive >= t
+        sens.append((pred & is_positive).sum() / is_positive.sum())
+        spec.append((~pred & ~is_positive).sum() / (~is_positive).sum())
+        f1.append(skm.f1_score(is_positive, pred, zero_division=0))
+    fig = go.Figure()
+    for values, name in ((sens, "sensitivity"), (spec, "specificity"),
+                         ((np.array(sens) + np.array(spec)) / 2, "balanced accuracy"), (f1, "F1")):
+        fig.add_trace(go.Scatter(x=grid, y=values, mode="lines", name=name))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text=f"chosen {threshold:.3f}")
+    fig.update_layout(title=f"Metrics against the threshold on P({positive}) (validation)",
+                      xaxis_title="threshold", yaxis_title="value", yaxis_range=[0, 1.05])
+    return to_html(fig)

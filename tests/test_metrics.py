@@ -1,0 +1,102 @@
+"""Each metric against a value computed by hand on a small known example."""
+
+import math
+
+import numpy as np
+import pytest
+
+import metrics
+
+CLASSES = ["a", "b", "c"]
+Y_TRUE = ["a", "a", "b", "b", "c", "c"]
+PROBA = np.array([
+    [0.85, 0.10, 0.05],  # a, right, confidence .85
+    [0.40, 0.55, 0.05],  # a, predicted b, .55
+    [0.10, 0.85, 0.05],  # b, right, .85
+    [0.20, 0.75, 0.05],  # b, right, .75
+    [0.10, 0.15, 0.75],  # c, right, .75
+    [0.65, 0.10, 0.25],  # c, predicted a, .65
+])
+
+
+@pytest.fixture(scope="module")
+def multiclass():
+    return metrics.split_metrics(Y_TRUE, PROBA, CLASSES)
+
+
+def test_counting_metrics_by_hand(multiclass):
+    assert multiclass["n"] == 6
+    assert multiclass["accuracy"] == pytest.approx(4 / 6)
+    assert multiclass["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 2 + 1 / 2) / 3)  # mean recall
+    assert multiclass["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1 / 1) / 3)
+    f1 = [0.5, 2 * (2 / 3) * 1 / (2 / 3 + 1), 2 * 1 * 0.5 / 1.5]
+    assert multiclass["macro_f1"] == pytest.approx(np.mean(f1))
+    assert multiclass["weighted_f1"] == pytest.approx(np.mean(f1))  # equal supports
+    # kappa: observed 4/6, chance (2*2 + 2*3 + 2*1) / 36 = 1/3 -> (2/3 - 1/3) / (1 - 1/3)
+    assert multiclass["cohen_kappa"] == pytest.approx(0.5)
+
+
+def test_probability_metrics_by_hand(multiclass):
+    # one-vs-rest AUC: a wins 7 of 8 positive/negative pairs, b and c all 8
+    assert multiclass["roc_auc_macro"] == pytest.approx((7 / 8 + 1 + 1) / 3)
+    assert multiclass["top_2_accuracy"] == pytest.approx(1.0)
+    expected_log_loss = -np.mean([math.log(p) for p in (0.85, 0.40, 0.85, 0.75, 0.75, 0.25)])
+    assert multiclass["log_loss"] == pytest.approx(expected_log_loss)
+    # ECE bins: (.8,.9] 2 right at .85; (.5,.6] 1 wrong at .55; (.7,.8] 2 right at .75; (.6,.7] 1 wrong at .65
+    assert multiclass["expected_calibration_error"] == pytest.approx((2 * 0.15 + 0.55 + 2 * 0.25 + 0.65) / 6)
+    assert multiclass["classes_absent"] == []
+
+
+def test_per_class_table_by_hand():
+    rows = {r["class"]: r for r in metrics.per_class_table(Y_TRUE, PROBA, CLASSES)}
+    assert rows["a"]["precision"] == pytest.approx(0.5) and rows["a"]["recall"] == pytest.approx(0.5)
+    assert rows["a"]["specificity"] == pytest.approx(3 / 4)  # of b, b, c, c only the last called a
+    assert rows["b"]["precision"] == pytest.approx(2 / 3) and rows["b"]["recall"] == pytest.approx(1.0)
+    assert rows["a"]["roc_auc"] == pytest.approx(7 / 8)
+    assert [rows[c]["support"] for c in CLASSES] == [2, 2, 2]
+
+
+def test_a_class_absent_from_the_split():
+    classes = CLASSES + ["d"]
+    proba = np.hstack([PROBA, np.zeros((6, 1))])
+    result = metrics.split_metrics(Y_TRUE, proba, classes)
+    assert result["classes_absent"] == ["d"]
+    assert result["roc_auc_macro"] == pytest.approx((7 / 8 + 1 + 1) / 3)  # over present classes only
+    assert result["macro_f1"] == pytest.approx(metrics.split_metrics(Y_TRUE, PROBA, CLASSES)["macro_f1"])
+    absent = metrics.per_class_table(Y_TRUE, proba, classes)[3]
+    assert absent == {"class": "d", "precision": None, "recall": None, "specificity": 1.0, "f1": None,
+                      "roc_auc": None, "support": 0}
+
+
+def test_binary_task_with_a_threshold():
+    classes = ["benign", "malignant"]
+    y_true = ["benign", "benign", "benign", "malignant", "malignant"]
+    p_pos = np.array([0.1, 0.4, 0.6, 0.7, 0.3])
+    y_pred = np.where(p_pos >= 0.5, "malignant", "benign")
+    result = metrics.split_metrics(y_true, np.column_stack([1 - p_pos, p_pos]), classes, y_pred)
+    assert result["accuracy"] == pytest.approx(3 / 5)
+    assert result["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3) / 2)  # sensitivity, specificity
+    assert result["roc_auc_macro"] == pytest.approx(4 / 6)
+    assert "top_2_accuracy" not in result  # k must be below the number of classes
+    # Youden's J: 0.7 gives sensitivity 1/2 at specificity 1 (J = .5), better than any other cut
+    assert metrics.choose_threshold(np.array(y_true) == "malignant", p_pos) == pytest.approx(0.7)
+    assert metrics.choose_threshold([True, True], [0.2, 0.9]) == 0.5
+
+
+def test_undefined_metrics_are_none_not_errors():
+    result = metrics.split_metrics(["a", "a"], np.array([[0.9, 0.1], [0.6, 0.4]]), ["a", "b"])
+    assert result["accuracy"] == 1.0 and result["roc_auc_macro"] is None
+    assert metrics.split_metrics([], np.zeros((0, 2)), ["a", "b"]) == {"n": 0}
+
+
+def test_bootstrap_interval_is_seeded():
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(CLASSES, 60)
+    proba = rng.dirichlet(np.ones(3), 60)
+    first = metrics.bootstrap_ci(y_true, proba, CLASSES, n_resamples=200, seed=7)
+    again = metrics.bootstrap_ci(y_true, proba, CLASSES, n_resamples=200, seed=7)
+    other = metrics.bootstrap_ci(y_true, proba, CLASSES, n_resamples=200, seed=8)
+    assert first == again and first != other
+    point = metrics.split_metrics(y_true, proba, CLASSES)
+    for name, (low, high) in first.items():
+        assert low <= point[name] <= high

@@ -1,0 +1,125 @@
+"""The report: self-contained, every plot really drawn in headless Chromium with the network off,
+labels escaped. Built from a synthetic finished run (no training needed)."""
+
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import metrics
+import report_builder
+from conftest import ROOT
+
+EVIL = "<script>alert(1)</script>"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def write_run(folder, classes, task="multiclass", seed=0):
+    """A finished run's files, as pipeline.py writes them, with plausible random predictions."""
+    rng = np.random.default_rng(seed)
+    n = 90
+    split = np.array(["train"] * 60 + ["validation"] * 10 + ["test"] * 20)
+    truth = np.array([classes[i % len(classes)] for i in range(n)])
+    logits = rng.normal(size=(n, len(classes))) + 2.0 * (np.asarray(classes)[None, :] == truth[:, None])
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    threshold = 0.5 if task == "binary" else None
+    predicted = (np.where(proba[:, 1] >= threshold, classes[1], classes[0]) if task == "binary"
+                 else np.asarray(classes)[proba.argmax(axis=1)])
+    table = pd.DataFrame({"image": [f"img{i}.png" for i in range(n)], "image_file": [f"img{i}.png" for i in range(n)],
+                          "split": split, "true_label": truth, "predicted_label": predicted})
+    for k, c in enumerate(classes):
+        table[f"prob_{c}"] = proba[:, k]
+    table["duplicate_group"] = np.arange(n)
+    os.makedirs(folder, exist_ok=True)
+    table.to_csv(os.path.join(folder, "predictions.csv"), index=False)
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.5], "validation_loss": [1.3, 1.0, 1.1],
+                            "train_accuracy": [0.4, 0.6, 0.8], "validation_accuracy": [0.3, 0.5, 0.45]})
+    history.to_csv(os.path.join(folder, "training_history.csv"), index=False)
+    counts = {s: table[table.split == s].true_label.value_counts().to_dict() for s in ("train", "validation", "test")}
+    summary = {
+        "tool": {"name": "image-learner", "version": "0.1.0"}, "inputs": {"csv_file": "meta.csv",
+                                                                          "image_zip": f"{EVIL}.zip"},
+        "task": task, "classes": classes, "positive_label": classes[1] if task == "binary" else None,
+        "threshold": threshold, "warnings": [f"class {EVIL!r} has only 3 image(s)"],
+        "dataset": {"csv_rows": n, "images_in_zip": n, "matched_rows": n, "unmatched_rows": 0, "unused_images": 0,
+                    "class_counts": counts},
+        "split": {"method": "random, stratified by label, seeded", "seed": 42, "probabilities": [0.7, 0.1, 0.2],
+                  "grouped_by": ["leakage guard"]},
+        "leakage": {"guard": True, "max_distance": 20, "duplicate_groups": 2, "images_in_duplicate_groups": 4,
+                    "duplicate_examples": [["img1.png", "img2.png"]], "straddling_groups": 1, "straddling_rows": 2,
+                    "straddling_examples": [[f"{EVIL}.png", "img3.png"]]},
+        "model": {"name": "caformer_s18.sail_in1k_384", "pretrained": True, "weights_source": "hub",
+                  "fine_tune": True, "image_size": 384},
+        "training": {"epochs": 3, "best_epoch": 2, "epochs_run": 3}, "device": "cpu", "versions": {"ludwig": "0.17.10"},
+        "timings_s": {"training": 1.0},
+    }
+    with open(os.path.join(folder, "run_summary.json"), "w") as handle:
+        json.dump(summary, handle)
+    with open(os.path.join(folder, "config.yaml"), "w") as handle:
+        yaml.safe_dump({"input_features": [{"name": "image_path", "type": "image"}]}, handle)
+    with open(os.path.join(folder, "metrics.json"), "w") as handle:
+        json.dump(metrics.metrics_by_split(table, classes, 42), handle)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "ensure_chromium.sh")], check=True)
+    return CHROMIUM
+
+
+def rendered_dom(chromium, html_path, tmp_path) -> str:
+    """The DOM after scripts ran, with every host unresolvable (no network)."""
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
+         "--virtual-time-budget=20000", "--dump-dom", f"file://{html_path}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("task, classes, n_figures", [
+    ("multiclass", ["akiec", "mel", "nv", EVIL], 6),  # learning, ROC, PR, confusion, reliability, confidence
+    ("binary", ["benign", "malignant"], 7),  # + metric-vs-threshold
+])
+def test_every_plot_draws_offline(chromium, tmp_path, task, classes, n_figures):
+    run = write_run(str(tmp_path / "run"), classes, task)
+    path = report_builder.build_report(run)
+    html = open(path, encoding="utf-8").read()
+    assert html.count("<script") - html.count("<script>alert") == n_figures + 1  # plotly.js once + one per plot
+    import plotly.offline
+
+    page = html.replace(plotly.offline.get_plotlyjs(), "")  # the bundle's own code mentions plotly.com
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # nothing fetched from the network
+    dom = rendered_dom(chromium, path, tmp_path)
+    assert dom.count('class="plot-container plotly"') == n_figures  # Plotly.newPlot ran for every figure
+    assert dom.count('class="main-svg"') >= 2 * n_figures  # and drew SVG for each
+
+
+def test_labels_and_file_names_are_escaped(chromium, tmp_path):
+    run = write_run(str(tmp_path / "run"), ["a", "b", EVIL])
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    assert EVIL not in html  # never raw, not in the tables nor inside the plots' JSON
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    dom = rendered_dom(chromium, os.path.join(run, "report.html"), tmp_path)
+    assert "<script>alert(1)</script>" not in dom  # no such element after the scripts ran
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # shown as text
+
+
+def test_tables_hold_the_numbers_and_the_leak_warning(tmp_path):
+    run = write_run(str(tmp_path / "run"), ["akiec", "mel", "nv"])
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    test_metrics = json.load(open(os.path.join(run, "metrics.json")))["test"]
+    assert f"{test_metrics['balanced_accuracy']:.3f}" in html
+    low, high = test_metrics["ci95"]["accuracy"]
+    assert f"{low:.3f} – {high:.3f}" in html
+    assert "Leakage: the test numbers below are optimistic" in html
+    assert "<noscript>" in html
+    assert "Not shown: the images are not available" in html  # rebuilt from files: says why
