@@ -65,6 +65,24 @@ class StageTimer:
         log(f"{name} done in {self.seconds[name]:.1f} s")
 
 
+@contextmanager
+def scratch_tempdir(work: str):
+    """Point every library's temporary files (tempfile, $TMPDIR: Ludwig's locks, torch's caches) at
+    ``work`` while the block runs, then delete it: nothing is left outside the output directory."""
+    os.makedirs(work, exist_ok=True)
+    previous_tempdir, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = work
+    try:
+        yield work
+    finally:
+        tempfile.tempdir = previous_tempdir
+        if previous_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_env
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def prepare_output_dir(path: str, overwrite: bool) -> None:
     """An empty or new directory; a previous run's outputs are replaced only with ``overwrite``."""
     if os.path.isdir(path) and os.listdir(path):
@@ -106,21 +124,16 @@ def run(request: RunRequest) -> dict:
     """Run the whole pipeline; returns the run summary (also written as run_summary.json)."""
     total_started = time.time()
     out = os.path.abspath(request.output_dir)
-    resolve_training_options(request)
     split_utils.validate_probabilities(request.data.split_probabilities)
     prepare_output_dir(out, request.overwrite)
     work = os.path.join(out, ".work")
-    os.makedirs(work)
-    # Libraries' temporary files go to the scratch space too, so they are removed with it.
-    previous_tempdir, tempfile.tempdir = tempfile.tempdir, work
     try:
-        summary = _run_stages(request, out, work)
+        with scratch_tempdir(work):
+            resolve_training_options(request)  # first torch import: its temp files land in work too
+            summary = _run_stages(request, out, work)
     except BaseException:
         remove_outputs(out)
         raise
-    finally:
-        tempfile.tempdir = previous_tempdir
-        shutil.rmtree(work, ignore_errors=True)
     summary["timings_s"]["total"] = round(time.time() - total_started, 2)
     write_json(os.path.join(out, SUMMARY_FILE), summary)
     return summary

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -110,30 +108,33 @@ def predict(request: PredictRequest) -> pd.DataFrame:
     out = os.path.abspath(request.output_dir)
     pipeline.prepare_output_dir(out, request.overwrite)
     work = os.path.join(out, ".work")
-    os.makedirs(work)
-    previous_tempdir, tempfile.tempdir = tempfile.tempdir, work
     try:
-        model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
-        images_dir = os.path.join(work, "images")
-        files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
-        table, label_col, notes = _images_to_predict(request, images_dir, files)
-        for note in notes:
-            pipeline.log(f"WARNING: {note}")
-        predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
-        predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-        summary = {"mode": "predict", "model": manifest, "images": len(predictions),
-                   "model_zip": os.path.basename(request.model_zip), "warnings": notes,
-                   "seconds": round(time.time() - started, 2)}
-        if label_col:
-            summary["metrics"] = _evaluate(predictions, manifest)
-            pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
-        pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
+        with pipeline.scratch_tempdir(work):
+            predictions = _predict_in(request, out, work, started)
     except BaseException:
         pipeline.remove_outputs(out)
         raise
-    finally:
-        tempfile.tempdir = previous_tempdir
-        shutil.rmtree(work, ignore_errors=True)
+    return predictions
+
+
+def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
+    import pipeline
+
+    model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
+    images_dir = os.path.join(work, "images")
+    files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
+    table, label_col, notes = _images_to_predict(request, images_dir, files)
+    for note in notes:
+        pipeline.log(f"WARNING: {note}")
+    predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
+    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    summary = {"mode": "predict", "model": manifest, "images": len(predictions),
+               "model_zip": os.path.basename(request.model_zip), "warnings": notes,
+               "seconds": round(time.time() - started, 2)}
+    if label_col:
+        summary["metrics"] = _evaluate(predictions, manifest)
+        pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
+    pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
     return predictions
 
 
