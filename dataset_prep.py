@@ -70,6 +70,9 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     sample_col = (resolve_column(raw, options.sample_id_column, "sample id", "--sample-id-column")
                   if options.sample_id_column else None)
     split_col = _find_split_column(raw, options.split_column)
+    if label_col == image_col:
+        raise InputError(f"the label column and the image column are both {label_col!r}: the CSV needs a separate "
+                         f"label column (its columns are: {', '.join(repr(c) for c in raw.columns)})")
     warnings: list[str] = []
 
     labels = raw[label_col].astype(str).str.strip()

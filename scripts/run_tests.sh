@@ -5,16 +5,31 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 py=$(bash scripts/ensure_env.sh) || exit 1
-if [ -f scripts/ensure_chromium.sh ]; then bash scripts/ensure_chromium.sh || exit 1; fi
+bash scripts/ensure_chromium.sh || exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
-"$py" -m pytest "$@"
-status=$?
+"$py" -m pytest "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
 if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests" >&2
     exit 1
 fi
 [ "$status" -eq 0 ] || exit "$status"
 
-if [ -f scripts/galaxy_tests.sh ]; then
-    bash scripts/galaxy_tests.sh || exit 1
-fi
+bash scripts/galaxy_tests.sh 2>&1 | tee -a "$log"
+status=${PIPESTATUS[0]}
+
+# One closing line for both runners (pytest's and planemo's counts added up).
+"$py" - "$log" "$status" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+pytest = re.findall(r"^=*\s*(?:(\d+) failed, )?(\d+) passed", text, re.M)
+galaxy = re.findall(r"^galaxy: (\d+) passed, (\d+) failed$", text, re.M)
+passed = sum(int(p) for _, p in pytest[-1:]) + sum(int(p) for p, _ in galaxy[-1:])
+failed = sum(int(f or 0) for f, _ in pytest[-1:]) + sum(int(f) for _, f in galaxy[-1:])
+if sys.argv[2] != "0" and failed == 0:
+    failed = 1  # the Galaxy step failed before running its tests (e.g. lint)
+print(f"all: {passed} passed, {failed} failed")
+PY
+exit "$status"

@@ -1,0 +1,110 @@
+"""The Galaxy wrapper: lint-clean, every form state renders to CLI flags the command line accepts,
+every curated model exists in timm, every module the command needs is staged."""
+
+import glob
+import os
+import shlex
+
+import pytest
+from galaxy.tool_util.lint import LintContext, lint_tool_source_with
+from galaxy.tool_util.parser import get_tool_source
+from galaxy.util.template import fill_template
+
+import image_learner_cli
+import timm_backbone
+from conftest import ROOT
+
+TOOL = os.path.join(ROOT, "image_learner.xml")
+
+
+@pytest.fixture(scope="module")
+def source():
+    return get_tool_source(TOOL, macro_paths=[ROOT])
+
+
+def _form(**changes):
+    """Parameter values as Galaxy hands them to the Cheetah template (defaults of the form)."""
+    values = {
+        "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
+        "image_column": "1", "target_column": "2", "sample_id_column": None, "split_column": None,
+        "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
+        "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
+        "augmentation": "random_horizontal_flip",
+        "training": {"epochs": 30, "early_stop": 5, "batch_size": 32, "learning_rate": 0.001, "random_seed": 42,
+                     "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "none",
+                     "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1},
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return values
+
+
+def _cli_args(source, **changes):
+    """Render <command> and parse it with the real CLI parser (unknown flags would fail here)."""
+    command = fill_template(source.parse_command(), context=_form(**changes))
+    argv = shlex.split(command.replace("\\\n", " "))
+    assert argv[0] == "python" and argv[1] == os.path.join(ROOT, "image_learner_cli.py")
+    assert argv[-1] == "${GALAXY_SLOTS:-2}"  # left for the shell: the job's core count
+    return image_learner_cli.build_parser().parse_args(argv[2:-1] + ["1"]), argv
+
+
+def test_the_tool_lints_clean(source):
+    ctx = LintContext(level="warn")
+    lint_tool_source_with(ctx, source)
+    assert not ctx.error_messages and not ctx.warn_messages, ctx.error_messages + ctx.warn_messages
+
+
+def test_default_form_is_the_tutorial_run(source):
+    args, argv = _cli_args(source)
+    assert (args.csv_file, args.image_zip, args.output_dir) == ("/data/meta.csv", "/data/images.zip", "outputs")
+    assert (args.image_column, args.target_column) == ("1", "2")
+    assert args.sample_id_column is None and args.split_column is None
+    assert args.model_name == "caformer_s18_384" and args.use_pretrained and args.fine_tune
+    assert args.image_size is None  # the backbone's own size
+    assert args.augmentation == "random_horizontal_flip"
+    assert (args.epochs, args.early_stop, args.batch_size, args.learning_rate, args.random_seed) == (30, 5, 32, 0.001, 42)
+    assert args.split_probabilities == [0.7, 0.1, 0.2]
+    assert args.class_weights == "none" and args.leakage_guard and args.positive_label is None
+    assert args.max_missing_fraction == 0.1
+
+
+def test_every_other_field_maps_to_its_flag(source):
+    args, _ = _cli_args(
+        source, sample_id_column="3", split_column="5", backbone={"source": "custom", "model_name": "resnet18.a1_in1k"},
+        use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation=None,
+        training={"epochs": 2, "early_stop": 0, "batch_size": 8, "learning_rate": 0.0005, "random_seed": 7,
+                  "train_split": 0.6, "validation_split": 0.2, "test_split": 0.2, "class_weights": "balanced",
+                  "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5})
+    assert (args.sample_id_column, args.split_column) == ("3", "5")
+    assert args.model_name == "resnet18.a1_in1k" and not args.use_pretrained and not args.fine_tune
+    assert args.image_size == 96 and args.augmentation == "none"
+    assert (args.epochs, args.early_stop, args.batch_size, args.learning_rate, args.random_seed) == (2, 0, 8, 0.0005, 7)
+    assert args.split_probabilities == [0.6, 0.2, 0.2]
+    assert args.class_weights == "balanced" and not args.leakage_guard and args.positive_label == "malignant"
+    assert args.max_missing_fraction == 0.5
+
+
+def test_several_augmentations_are_passed_comma_separated(source):
+    args, _ = _cli_args(source, augmentation="random_horizontal_flip,random_vertical_flip,random_rotate")
+    assert args.augmentation == "random_horizontal_flip,random_vertical_flip,random_rotate"
+
+
+def test_every_curated_model_is_a_timm_model(source):
+    tree = source.root
+    select = next(p for p in tree.iter("param") if p.get("name") == "model_name" and p.get("type") == "select")
+    names = [o.get("value") for o in select.iter("option")]
+    assert len(names) >= 10 and names[0] == "caformer_s18_384"
+    for name in names:
+        timm_backbone.resolve_model_name(name)  # raises for an unknown name
+
+
+def test_every_module_the_command_imports_is_staged(source):
+    staged = {os.path.normpath(el.get("path")) for el in source.root.iter("include")}
+    modules = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py"))} - {"offline_weights.py"}
+    assert modules <= staged, sorted(modules - staged)
+    assert "templates/report.html.j2" in staged
+    for path in staged:
+        assert os.path.exists(os.path.join(ROOT, path)), path
