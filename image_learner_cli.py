@@ -105,6 +105,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-column", default="image_path", help="image path column (name or 1-based index)")
     parser.add_argument("--target-column", default=None,
                         help="true label column (default: a column named 'label' if present)")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
@@ -120,7 +122,7 @@ def predict_request_from_args(args: argparse.Namespace):
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
                                     args.image_column, args.target_column or None, args.batch_size, limits,
-                                    args.overwrite)
+                                    args.overwrite, evaluate=not args.no_evaluate)
 
 
 def request_from_args(args: argparse.Namespace):

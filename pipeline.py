@@ -179,7 +179,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     predictor.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
-        "model_name": opts.model_name, "ludwig_version": _versions().get("ludwig")})
+        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig")})
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
 
@@ -196,7 +196,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
                      "class_weights_used": class_weights or positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch},
-        "device": trained.device, "versions": _versions(), "metrics": all_metrics,
+        "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
     write_json(os.path.join(out, SUMMARY_FILE), summary)
@@ -275,7 +275,7 @@ def _weights_source(opts) -> str:
     return "timm / Hugging Face hub" + (" (offline cache)" if os.environ.get("HF_HUB_OFFLINE") else "")
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}

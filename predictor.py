@@ -36,6 +36,7 @@ class PredictRequest:
     batch_size: int = 32
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
+    evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
 
 
 def write_manifest(model_dir: str, manifest: dict) -> None:
@@ -81,13 +82,13 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
         table = match_rows_to_images(pd.DataFrame({"image": files}), "image", files).table
         if table.empty:
             raise InputError(f"image ZIP {os.path.basename(request.image_zip)!r} holds no images")
-        return table, None, []
+        return table[["image", "image_file"]], None, []
     raw = read_metadata_csv(request.csv_file)
     image_col = resolve_column(raw, request.image_column, "image", "--image-column")
     label_col = None
-    if request.target_column:
+    if request.evaluate and request.target_column:
         label_col = resolve_column(raw, request.target_column, "label", "--target-column")
-    elif "label" in raw.columns:
+    elif request.evaluate and "label" in raw.columns:
         label_col = "label"
     match = match_rows_to_images(raw, image_col, files)
     if match.table.empty:
@@ -126,16 +127,47 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     table, label_col, notes = _images_to_predict(request, images_dir, files)
     for note in notes:
         pipeline.log(f"WARNING: {note}")
-    predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
+    model, predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-    summary = {"mode": "predict", "model": manifest, "images": len(predictions),
-               "model_zip": os.path.basename(request.model_zip), "warnings": notes,
-               "seconds": round(time.time() - started, 2)}
-    if label_col:
-        summary["metrics"] = _evaluate(predictions, manifest)
-        pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
+    summary = _summary(request, manifest, predictions, files, notes, started)
     pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
+    if label_col:
+        pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
+        import report_builder  # the training report's builder, test section only
+
+        report_builder.build_report(out, images_dir=images_dir, ludwig_model=model)
     return predictions
+
+
+def _summary(request, manifest, predictions, files, notes, started) -> dict:
+    """run_summary.json of a prediction run, shaped like training's so the same report reads it."""
+    import pipeline
+
+    labelled = "true_label" in predictions
+    counts = predictions["true_label"].value_counts().to_dict() if labelled else {}
+    return {
+        "mode": "predict", "tool": {"name": "image-learner", "version": pipeline.TOOL_VERSION},
+        "inputs": {"csv_file": os.path.basename(request.csv_file or "") or "none",
+                   "image_zip": os.path.basename(request.image_zip)},
+        "task": manifest["task"], "classes": manifest["classes"], "positive_label": manifest["positive_label"],
+        "threshold": manifest["threshold"], "warnings": notes, "manifest": manifest,
+        "dataset": {"csv_rows": len(predictions), "images_in_zip": len(files), "matched_rows": len(predictions),
+                    "unmatched_rows": 0, "unused_images": len(files) - len(predictions),
+                    "class_counts": {"test": counts}},
+        "split": {"method": "none: a saved model applied to new images (all evaluated as test)",
+                  "seed": 42, "probabilities": [], "grouped_by": []},
+        "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
+                  "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
+        "training": {}, "device": _device(), "versions": pipeline.library_versions(),
+        "metrics": _evaluate(predictions, manifest) if labelled else None,
+        "timings_s": {"prediction": round(time.time() - started, 2)},
+    }
+
+
+def _device() -> str:
+    import ludwig_trainer
+
+    return ludwig_trainer.describe_device()
 
 
 def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_dir: str,
@@ -157,7 +189,7 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
         out["predicted_label"] = np.asarray(classes)[proba.argmax(axis=1)]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
-    return out
+    return model, out
 
 
 def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
@@ -168,5 +200,4 @@ def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
     if unknown:
         raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows "
                          f"({', '.join(classes)})")
-    proba = predictions[[f"prob_{c}" for c in classes]].to_numpy()
-    return {"test": metrics.split_metrics(predictions["true_label"], proba, classes, predictions["predicted_label"])}
+    return metrics.metrics_by_split(predictions.assign(split="test"), classes, splits=("test",))

@@ -62,6 +62,8 @@ def _read_run(output_dir: str):
         summary = json.load(handle)
     labels_as_text = {"true_label": str, "predicted_label": str}  # "01" stays "01"
     predictions = pd.read_csv(os.path.join(output_dir, "predictions.csv"), dtype=labels_as_text)
+    if "split" not in predictions:  # predictions on new images: all evaluated as test
+        predictions["split"] = "test"
     history_path = os.path.join(output_dir, "training_history.csv")
     history = pd.read_csv(history_path) if os.path.exists(history_path) else pd.DataFrame()
     config_path = os.path.join(output_dir, "config.yaml")

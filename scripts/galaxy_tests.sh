@@ -9,7 +9,7 @@ ci_script=${GALAXY_CI_SCRIPT:-$here/../shared/galaxy-testing/galaxy_ci.sh}
 py=$(bash "$here/scripts/ensure_env.sh")
 venv_bin=$(dirname "$py")
 prefix=${GXCI_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/galaxy-tool-ci}
-tools=(image_learner.xml)
+tools=(image_learner.xml image_learner_predict.xml)
 
 # Galaxy and planemo (installed once, cached in $prefix; galaxy_ci.sh without arguments only installs)
 bash "$ci_script" >/dev/null 2>&1 || bash "$ci_script"

@@ -5,7 +5,7 @@ Tutorial-style: per class the first N distinct lesions (in labels.csv order), ea
 SIDE x SIDE, plus a horizontally flipped copy, as in the Galaxy tutorial's images_96.zip. Licence of
 the result: CC BY-NC-SA 4.0 (see test-data/README.md).
 
-    python scripts/make_demo_data.py [--per-class 10] [--side 64]
+    python scripts/make_demo_data.py [--per-class 10] [--side 64] [--model]   (--model: only tiny_model.zip)
 """
 
 import argparse
@@ -39,7 +39,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--side", type=int, default=64)
+    parser.add_argument("--model", action="store_true", help="only (re)build test-data/tiny_model.zip")
     args = parser.parse_args()
+    if args.model:
+        make_test_model()
+        return
     labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
     chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class)
     rows, members = [], {}
@@ -63,6 +67,27 @@ def main() -> None:
     table.assign(split=table.lesion_id.map(split_of)).to_csv(
         os.path.join(OUT, "ham10000_demo_split_column.csv"), index=False)
     print(f"{len(members)} images from {len(chosen)} lesions, {table.label.nunique()} classes")
+
+
+def make_test_model() -> None:
+    """test-data/tiny_model.zip: timm's tiny test_efficientnet trained 1 epoch at 32 px on the demo set,
+    for the predict tool's tests (regenerate when the Ludwig version changes)."""
+    import shutil
+    import sys
+    import tempfile
+
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    import image_learner_cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = image_learner_cli.main([
+            "--csv-file", os.path.join(OUT, "ham10000_demo_metadata.csv"),
+            "--image-zip", os.path.join(OUT, "ham10000_demo_images.zip"), "--output-dir", tmp + "/run",
+            "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "16", "--no-report"])
+        if code:
+            sys.exit(code)
+        shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, "tiny_model.zip"))
 
 
 if __name__ == "__main__":

@@ -51,10 +51,27 @@ def _cli_args(source, **changes):
     return image_learner_cli.build_parser().parse_args(argv[2:-1] + ["1"]), argv
 
 
-def test_the_tool_lints_clean(source):
+@pytest.mark.parametrize("tool", ["image_learner.xml", "image_learner_predict.xml"])
+def test_the_tools_lint_clean(tool):
     ctx = LintContext(level="warn")
-    lint_tool_source_with(ctx, source)
+    lint_tool_source_with(ctx, get_tool_source(os.path.join(ROOT, tool), macro_paths=[ROOT]))
     assert not ctx.error_messages and not ctx.warn_messages, ctx.error_messages + ctx.warn_messages
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"has_table": "no"}, []),
+    ({"has_table": "yes", "input_csv": "/d/t.csv", "image_column": "1", "target_column": "2"},
+     ["--csv-file", "/d/t.csv", "--image-column", "1", "--target-column", "2"]),
+    ({"has_table": "yes", "input_csv": "/d/t.csv", "image_column": "3", "target_column": None},
+     ["--csv-file", "/d/t.csv", "--image-column", "3", "--no-evaluate"]),
+])
+def test_predict_form_maps_to_the_predict_subcommand(metadata, expected):
+    source = get_tool_source(os.path.join(ROOT, "image_learner_predict.xml"), macro_paths=[ROOT])
+    context = {"__tool_directory__": ROOT, "model": "/d/model.zip", "image_zip": "/d/new.zip", "metadata": metadata}
+    argv = shlex.split(fill_template(source.parse_command(), context=context))
+    assert argv[:3] == ["python", os.path.join(ROOT, "image_learner_cli.py"), "predict"]
+    assert argv[3:] == ["--model", "/d/model.zip", "--image-zip", "/d/new.zip", "--output-dir", "outputs", *expected]
+    image_learner_cli.build_predict_parser().parse_args(argv[3:])
 
 
 def test_default_form_is_the_tutorial_run(source):

@@ -46,6 +46,8 @@ def test_round_trip_reproduces_training_predictions_offline(trained, tmp_path, m
     np.testing.assert_allclose(after[probs].to_numpy(), before[probs].to_numpy(), atol=1e-5)
     assert (after["predicted_label"] == before["predicted_label"]).all()
     assert (tmp_path / "p" / "metrics.json").exists()  # the CSV has true labels: evaluated too
+    report = (tmp_path / "p" / "report.html").read_text()
+    assert "none: a saved model applied to new images" in report and "Per class (test)" in report
 
 
 def test_without_csv_every_image_of_the_zip_is_classified(trained, tmp_path):
