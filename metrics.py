@@ -39,30 +39,32 @@ def _safe(fn, *args, **kwargs):
     return value if np.isfinite(value) else None
 
 
-def roc_auc(y_true, proba, classes, average: str = "macro"):
-    """One-vs-rest ROC-AUC over the classes present (binary: AUC of the positive class)."""
+def _one_vs_rest(score, y_true, proba, classes):
+    """(scores, supports) of ``score(is_class, class_probability)`` for each class present; a binary
+    task scores its positive class only. None when fewer than two classes are present."""
     y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
     present = [c for c in classes if c in set(y_true)]
     if len(present) < 2:
         return None
-    if len(classes) == 2:
-        return _safe(skm.roc_auc_score, y_true == classes[1], proba[:, 1])
-    scores = [skm.roc_auc_score(y_true == c, proba[:, classes.index(c)]) for c in present]
-    if average == "macro":
-        return float(np.mean(scores))
-    weights = np.array([(y_true == c).sum() for c in present], dtype=float)
-    return float(np.average(scores, weights=weights))
+    scored = [classes[1]] if len(classes) == 2 else present
+    return ([float(score(y_true == c, proba[:, classes.index(c)])) for c in scored],
+            [int((y_true == c).sum()) for c in scored])
+
+
+def roc_auc(y_true, proba, classes, average: str = "macro"):
+    """One-vs-rest ROC-AUC over the classes present (binary: AUC of the positive class);
+    ``average`` "macro" (plain mean) or "weighted" (by each class's rows)."""
+    result = _one_vs_rest(skm.roc_auc_score, y_true, proba, classes)
+    if result is None:
+        return None
+    scores, supports = result
+    return float(np.mean(scores) if average == "macro" else np.average(scores, weights=supports))
 
 
 def average_precision(y_true, proba, classes):
     """Macro average precision (area under the precision-recall curve) over the classes present."""
-    y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
-    present = [c for c in classes if c in set(y_true)]
-    if len(present) < 2:
-        return None
-    if len(classes) == 2:
-        return _safe(skm.average_precision_score, y_true == classes[1], proba[:, 1])
-    return float(np.mean([skm.average_precision_score(y_true == c, proba[:, classes.index(c)]) for c in present]))
+    result = _one_vs_rest(skm.average_precision_score, y_true, proba, classes)
+    return None if result is None else float(np.mean(result[0]))
 
 
 def expected_calibration_error(y_true, proba, classes, n_bins: int = ECE_BINS):
