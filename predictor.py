@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from input_utils import (InputError, ZipLimits, extract_zip_safely, match_rows_to_images, read_metadata_csv,
                          resolve_column)
 
@@ -125,9 +126,10 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     images_dir = os.path.join(work, "images")
     files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
     table, label_col, notes = _images_to_predict(request, images_dir, files)
+    table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes)
     for note in notes:
         pipeline.log(f"WARNING: {note}")
-    model, predictions = _predict_table(model_dir, manifest, table, images_dir, request.batch_size)
+    model, predictions = _predict_table(model_dir, manifest, table, request.batch_size)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     summary = _summary(request, manifest, predictions, files, notes, started)
     pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
@@ -170,18 +172,33 @@ def _device() -> str:
     return ludwig_trainer.describe_device()
 
 
-def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_dir: str,
-                   batch_size: int) -> pd.DataFrame:
+def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str]) -> pd.DataFrame:
+    """The training's image rules: odd images converted the same way, unreadable ones skipped and named
+    (the run stops above the same 5% limit)."""
+    checked = check_images(images_dir, table["image_file"].tolist(), converted_dir)
+    if checked.bad:
+        listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:10])
+        if len(checked.bad) > DEFAULT_MAX_BAD_FRACTION * len(table):
+            raise InputError(f"{len(checked.bad)} of {len(table)} images cannot be used: {listing}")
+        notes.append(f"{len(checked.bad)} unreadable image(s) skipped: {listing}")
+    if checked.converted:
+        notes.append(f"{len(checked.converted)} image(s) converted as in training "
+                     f"({'; '.join(sorted(set(checked.converted.values()))[:5])})")
+    kept = table.assign(read_path=checked.paths)
+    return kept[kept["read_path"].notna()].reset_index(drop=True)
+
+
+def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int):
     import ludwig_trainer
     import timm_backbone
     from ludwig.api import LudwigModel
 
     timm_backbone.register_with_ludwig()
     model = LudwigModel.load(model_dir, backend="local")
-    ludwig_table = pd.DataFrame({"image_path": [os.path.join(images_dir, f) for f in table["image_file"]]})
+    ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]
     proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
-    out = table.copy()
+    out = table.drop(columns=["read_path"])
     if manifest["task"] == "binary":
         out["predicted_label"] = np.where(proba[:, 1] >= manifest["threshold"], classes[1], classes[0])
         out["threshold"] = manifest["threshold"]

@@ -143,3 +143,32 @@ def test_a_crash_during_training_leaves_no_outputs(tmp_path, monkeypatch, capsys
     assert code == 137
     assert "out of memory" in capsys.readouterr().err
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_previous_run_is_replaced_only_when_asked(run_dir, tmp_path, capsys):
+    import shutil
+
+    previous = tmp_path / "previous"
+    shutil.copytree(run_dir, previous)
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(previous),
+                                   *TINY])
+    assert code == 2 and "holds a previous run: pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not ours")
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(tmp_path / "mine"), "--overwrite", *TINY])
+    assert code == 2 and "refusing to delete files there" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+def test_missing_pretrained_weights_offline_say_how_to_provide_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_cache"))
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(tmp_path / "out"), "--model-name", "resnet18", "--image-size", "32",
+                                   "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "could not load pretrained weights for 'resnet18'" in err
+    assert "HF_HUB_OFFLINE=1" in err and "--pretrained-weights FILE" in err
+    assert os.listdir(tmp_path / "out") == []

@@ -74,3 +74,31 @@ def test_foreign_or_tampered_models_are_refused(trained, tmp_path, capsys, extra
     assert _predict(tmp_path / "p", model) == 2
     assert message in capsys.readouterr().err
     assert os.listdir(tmp_path / "p") == []
+
+
+def test_other_sizes_and_modes_are_handled_as_in_training(trained, tmp_path):
+    """An image saved as RGBA, CMYK or 16-bit grey, or at another size, is classified after the same
+    conversion as in training: a fully opaque RGBA copy gives the RGB picture's probabilities."""
+    import io
+
+    from PIL import Image
+
+    with zipfile.ZipFile(DEMO_ZIP) as archive:
+        picture = Image.open(io.BytesIO(archive.read("images/ISIC_0025319_orig.jpg"))).convert("RGB")
+
+    def encoded(img, fmt):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return buf.getvalue()
+
+    grey16 = Image.fromarray((np.asarray(picture.convert("L"), dtype=np.uint16) * 257))
+    members = {"rgb.png": encoded(picture, "PNG"), "rgba.png": encoded(picture.convert("RGBA"), "PNG"),
+               "cmyk.jpg": encoded(picture.convert("CMYK"), "JPEG"), "grey16.png": encoded(grey16, "PNG"),
+               "large.png": encoded(picture.resize((300, 300)), "PNG")}
+    images = make_zip(tmp_path / "odd.zip", members)
+    assert image_learner_cli.main(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", images,
+                                   "--output-dir", str(tmp_path / "p")]) == 0
+    predictions = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("image")
+    assert sorted(predictions.index) == sorted(members)
+    probs = predictions.filter(like="prob_")
+    np.testing.assert_allclose(probs.loc["rgba.png"], probs.loc["rgb.png"], atol=1e-5)
