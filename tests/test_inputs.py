@@ -50,6 +50,12 @@ def test_refuses_a_decompression_bomb(tmp_path):
         extract_zip_safely(str(archive), str(tmp_path / "out2"), ZipLimits(max_total_bytes=1024, max_ratio=1e9))
 
 
+def test_refuses_too_many_members(tmp_path):
+    archive = make_zip(tmp_path / "many.zip", {f"{i}.png": b"x" for i in range(5)})
+    with pytest.raises(InputError, match="has 5 members, more than the limit of 4"):
+        extract_zip_safely(archive, str(tmp_path / "out"), ZipLimits(max_members=4))
+
+
 def test_refuses_a_file_that_is_not_a_zip(tmp_path):
     path = tmp_path / "images.zip"
     path.write_bytes(b"not a zip at all")
