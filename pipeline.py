@@ -174,7 +174,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     threshold = _binary_threshold(data, proba) if data.task == "binary" else None
     predictions = _predictions_table(data, proba, threshold)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-    all_metrics = metrics.metrics_by_split(predictions, _class_order(data), opts.random_seed)
+    with timer.stage("computing metrics (with bootstrap intervals)"):
+        all_metrics = metrics.metrics_by_split(predictions, _class_order(data), opts.random_seed)
     write_json(os.path.join(out, "metrics.json"), all_metrics)
     predictor.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
