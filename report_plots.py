@@ -43,23 +43,32 @@ def learning_curves(history: pd.DataFrame, best_epoch: int | None) -> str | None
     return to_html(fig)
 
 
+def _curve_classes(y_true, classes) -> list[str] | None:
+    """Classes that get a one-vs-rest curve: those present (binary: the positive class only); None when
+    fewer than two classes are present, as no curve is defined then."""
+    present = [c for c in classes if c in set(y_true)]
+    if len(present) < 2:
+        return None
+    return present if len(classes) > 2 else [classes[1]]
+
+
 def roc_curves(y_true, proba, classes) -> str | None:
     """One-vs-rest ROC per class present, plus the micro and macro averages."""
     y_true = np.asarray(y_true).astype(str)
-    present = [c for c in classes if c in set(y_true)]
-    if len(present) < 2:
+    curve_classes = _curve_classes(y_true, classes)
+    if curve_classes is None:
         return None
     fig = go.Figure()
     grid = np.linspace(0, 1, 201)
     tprs = []
-    for c in (present if len(classes) > 2 else [classes[1]]):
+    for c in curve_classes:
         k = classes.index(c)
         fpr, tpr, _ = skm.roc_curve(y_true == c, proba[:, k])
         tprs.append(np.interp(grid, fpr, tpr))
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{c} (AUC {skm.auc(fpr, tpr):.3f})"))
     if len(classes) > 2:
-        onehot = np.column_stack([y_true == c for c in present])
-        fpr, tpr, _ = skm.roc_curve(onehot.ravel(), proba[:, [classes.index(c) for c in present]].ravel())
+        onehot = np.column_stack([y_true == c for c in curve_classes])
+        fpr, tpr, _ = skm.roc_curve(onehot.ravel(), proba[:, [classes.index(c) for c in curve_classes]].ravel())
         fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", line=dict(dash="dot", width=3, color="black"),
                                  name=f"micro-average (AUC {skm.auc(fpr, tpr):.3f})"))
         macro = np.mean(tprs, axis=0)
@@ -75,11 +84,11 @@ def roc_curves(y_true, proba, classes) -> str | None:
 def pr_curves(y_true, proba, classes) -> str | None:
     """Precision-recall per class present (binary: the positive class), with each class's prevalence."""
     y_true = np.asarray(y_true).astype(str)
-    present = [c for c in classes if c in set(y_true)]
-    if len(present) < 2:
+    curve_classes = _curve_classes(y_true, classes)
+    if curve_classes is None:
         return None
     fig = go.Figure()
-    for c in (present if len(classes) > 2 else [classes[1]]):
+    for c in curve_classes:
         k = classes.index(c)
         precision, recall, _ = skm.precision_recall_curve(y_true == c, proba[:, k])
         ap = skm.average_precision_score(y_true == c, proba[:, k])
