@@ -7,9 +7,12 @@ cd "$here"
 py=$(bash scripts/ensure_env.sh) || exit 1
 bash scripts/ensure_chromium.sh || exit 1
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The tests get a temp dir of their own: the check that they leave nothing behind is then not confused
+# by other programs on the machine writing to the shared /tmp.
+test_tmp=$(mktemp -d)
+trap 'rm -rf "$log" "$test_tmp"' EXIT
 
-"$py" -m pytest "$@" 2>&1 | tee "$log"
+TMPDIR=$test_tmp "$py" -m pytest "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 if [ "$status" -eq 5 ]; then
     echo "error: pytest collected no tests" >&2
