@@ -32,6 +32,7 @@ class DataOptions:
     positive_label: str | None = None
     max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
     max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
+    workers: int = 1  # processes that decode and hash the images
 
 
 @dataclass
@@ -110,7 +111,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     matched = _drop_repeated_rows(match.table, label_col, warnings)
 
     matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
-                                         options.max_bad_image_fraction)
+                                         options.max_bad_image_fraction, options.workers)
     warnings += image_notes
 
     classes = sorted(matched[label_col].unique())
@@ -215,10 +216,11 @@ def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[st
     return matched[~repeated].reset_index(drop=True)
 
 
-def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float):
+def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float,
+                  workers: int = 1):
     """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
     files = list(dict.fromkeys(matched["image_file"]))
-    checked = check_images(image_root, files, converted_dir)
+    checked = check_images(image_root, files, converted_dir, workers)
     notes = []
     if checked.bad:
         listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:MAX_LISTED])

@@ -12,8 +12,10 @@ Rules (documented in the README):
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +26,8 @@ from leakage_guard import image_hashes
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")
 PLAIN_FORMATS = ("JPEG", "PNG")
+# Below this many images a process pool costs more than it saves (each worker starts a fresh Python).
+MIN_IMAGES_PER_POOL = 200
 
 
 @dataclass
@@ -81,25 +85,42 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def check_images(root: str, rel_paths: list[str], converted_dir: str) -> CheckedImages:
-    """Check every image under ``root``; converted copies are written below ``converted_dir``."""
+def _check_one(job: tuple[str, str, str]) -> tuple[str | None, str | None, tuple[int, int] | None, np.ndarray | None]:
+    """Check one image: (path to read, reason it is bad, size, hashes); converted copies are written here."""
+    root, rel, converted_dir = job
+    source = os.path.join(root, rel)
+    try:
+        img, changes = check_image(source)
+    except ValueError as err:
+        return None, str(err), None, None
+    hashes = image_hashes(img)  # hashed here: each image is decoded once
+    if not changes:
+        return source, None, img.size, hashes
+    target = os.path.join(converted_dir, rel + ".png")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    img.save(target, format="PNG")
+    return target, "; ".join(changes), img.size, hashes
+
+
+def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1) -> CheckedImages:
+    """Check every image under ``root``; converted copies are written below ``converted_dir``.
+
+    ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
+    threads); results keep the order of ``rel_paths``."""
+    jobs = [(root, rel, converted_dir) for rel in rel_paths]
+    if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))))
+    else:
+        outcomes = [_check_one(job) for job in jobs]
     result = CheckedImages(paths=[])
-    for rel in rel_paths:
-        source = os.path.join(root, rel)
-        try:
-            img, changes = check_image(source)
-        except ValueError as err:
-            result.bad[rel] = str(err)
-            result.paths.append(None)
+    for rel, (path, note, size, hashes) in zip(rel_paths, outcomes):
+        result.paths.append(path)
+        if path is None:
+            result.bad[rel] = note
             continue
-        result.sizes.append(img.size)
-        result.hashes.append(image_hashes(img))  # hashed here: each image is decoded once
-        if changes:
-            target = os.path.join(converted_dir, rel + ".png")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            img.save(target, format="PNG")
-            result.converted[rel] = "; ".join(changes)
-            result.paths.append(target)
-        else:
-            result.paths.append(source)
+        result.sizes.append(size)
+        result.hashes.append(hashes)
+        if note:
+            result.converted[rel] = note
     return result

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     import image_check
     import input_utils
     import leakage_guard
-    from ludwig_config import AUGMENTATIONS
+    from ludwig_config import AUGMENTATIONS, LR_SCHEDULES
 
     parser = argparse.ArgumentParser(
         prog="image-learner", description=__doc__.split("\n\n")[0],
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many epochs without validation-loss improvement (0: never)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=0.001)
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
+                       help="constant, or cosine: one epoch of warm-up, then cosine decay to 0 by the last epoch")
     train.add_argument("--random-seed", type=int, default=42, help="seeds the split and the training")
     train.add_argument("--augmentation", default="random_horizontal_flip",
                        help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
@@ -137,12 +139,13 @@ def request_from_args(args: argparse.Namespace):
         split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
-        max_missing_fraction=args.max_missing_fraction)
+        max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers))
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,
         early_stop=args.early_stop, batch_size=args.batch_size, learning_rate=args.learning_rate,
         random_seed=args.random_seed, augmentation=args.augmentation, class_weights=args.class_weights,
+        lr_schedule=args.lr_schedule,
         preprocessing_workers=max(1, args.preprocessing_workers))
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,

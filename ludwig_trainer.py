@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE
+from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
 
 # Ludwig's names for its per-epoch metrics -> honest names (Ludwig's multiclass "accuracy" is
 # torchmetrics' macro-averaged recall, i.e. balanced accuracy; "accuracy_micro" is plain accuracy).
@@ -57,22 +57,27 @@ def history_table(train_stats: dict, task: str) -> pd.DataFrame:
     return table
 
 
-def best_epoch_of(history: pd.DataFrame) -> int:
-    """The epoch Ludwig kept: lowest validation loss (first on ties), as its validation_metric says."""
-    if "validation_loss" not in history or history["validation_loss"].isna().all():
+def best_epoch_of(history: pd.DataFrame, task: str) -> int:
+    """The epoch Ludwig kept: highest validation selection metric (first on ties, as Ludwig only
+    moves on a strict improvement); the last epoch when there was no validation."""
+    column = "validation_" + SELECTION_METRIC[task][1]
+    if column not in history or history[column].isna().all():
         return int(history["epoch"].iloc[-1])
-    return int(history.loc[history["validation_loss"].idxmin(), "epoch"])
+    return int(history.loc[history[column].idxmax(), "epoch"])
 
 
-def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str) -> TrainedModel:
-    """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``."""
+def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str,
+          callbacks: list | None = None) -> TrainedModel:
+    """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``.
+
+    ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one)."""
     import timm_backbone
 
     timm_backbone.register_with_ludwig()
     from ludwig.api import LudwigModel
 
     started = time.time()
-    model = LudwigModel(config, logging_level=logging.INFO)
+    model = LudwigModel(config, logging_level=logging.INFO, callbacks=callbacks)
     results = model.train(
         dataset=table,
         output_directory=os.path.join(work_dir, "ludwig"),
@@ -87,7 +92,7 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)
     shutil.move(trained_dir, model_dir)
     history = history_table(results.train_stats, task)
-    return TrainedModel(model, model_dir, history, best_epoch_of(history), describe_device(), seconds)
+    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), describe_device(), seconds)
 
 
 def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: str,

@@ -157,7 +157,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     _write_split_csv(data, os.path.join(out, "split.csv"))
 
     ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, opts)
-    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight)
+    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight,
+                                               train_rows=int((data.table["split"] == 0).sum()))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
 
@@ -196,7 +197,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                   "image_size": opts.image_size},
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
                      "class_weights_used": class_weights or positive_weight,
-                     "epochs_run": len(trained.history), "best_epoch": trained.best_epoch},
+                     "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
+                     "best_epoch_chosen_by": "highest validation "
+                                             + ludwig_config.SELECTION_METRIC[data.task][1].replace("_", " ")},
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
 import pandas as pd
+import psutil
 from PIL import Image, ImageOps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,3 +68,46 @@ def run_tool(csv: str, zip_path: str, out: str, *args: str, report: bool = False
         summary = json.load(handle)
     summary["wall_s"] = time.time() - started
     return summary
+
+
+def build_repeated(n: int, out_dir: str) -> tuple[str, str]:
+    """N images: the 258 shared originals (600x450 JPEG) repeated under distinct names, each repeat
+    with its own lesion ids. Returns (csv, zip)."""
+    labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
+    rows = []
+    zip_path = os.path.join(out_dir, f"images_{n}.zip")
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(n):
+            row = labels.iloc[i % len(labels)]
+            name = f"img{i:05d}_{row.image_id}.jpg"
+            archive.write(os.path.join(SHARED, row.image_path), name)
+            rows.append({"image_path": name, "label": row.dx, "lesion_id": f"{row.lesion_id}_{i // len(labels)}"})
+    csv_path = os.path.join(out_dir, f"metadata_{n}.csv")
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    return csv_path, zip_path
+
+
+def measured(cmd: list[str], json_output: bool = True) -> tuple[dict, float, float]:
+    """Run cmd; returns its JSON output (last line), wall seconds and peak RSS (GB) summed over it and
+    its child processes, sampled every 50 ms."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)]))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    done.set()
+    if proc.returncode:
+        raise RuntimeError(err[-3000:])
+    result = json.loads(out.strip().splitlines()[-1]) if json_output else {}
+    return result, time.perf_counter() - started, peak[0] / 1e9

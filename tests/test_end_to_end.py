@@ -87,6 +87,18 @@ def test_predictions_are_probabilities_and_metrics_recompute(run_dir):
         balanced_accuracy_score(test["true_label"], test["predicted_label"]))
 
 
+def test_the_kept_epoch_has_the_best_validation_balanced_accuracy_and_made_the_predictions(run_dir):
+    history = pd.read_csv(run_dir / "training_history.csv").set_index("epoch")
+    best = json.loads((run_dir / "run_summary.json").read_text())["training"]["best_epoch"]
+    assert history.loc[best, "validation_balanced_accuracy"] == history["validation_balanced_accuracy"].max()
+    assert best == history["validation_balanced_accuracy"].idxmax()  # the first of equal epochs
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    for part in ("validation", "test"):
+        rows = predictions[predictions["split"] == part]
+        assert history.loc[best, f"{part}_accuracy"] == pytest.approx(
+            accuracy_score(rows["true_label"], rows["predicted_label"]), abs=1e-6)
+
+
 def test_same_seed_same_split_and_numbers(run_dir, isolated):
     again = _train(isolated / "again", "--sample-id-column", "lesion_id")
     assert pd.read_csv(run_dir / "split.csv").equals(pd.read_csv(again / "split.csv"))
@@ -100,6 +112,8 @@ def test_binary_task_uses_the_validation_threshold(isolated):
                  csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["task"] == "binary" and summary["positive_label"] == "mel"
+    history = pd.read_csv(out / "training_history.csv").set_index("epoch")
+    assert summary["training"]["best_epoch"] == history["validation_roc_auc"].idxmax()
     predictions = pd.read_csv(out / "predictions.csv")
     assert [c for c in predictions.columns if c.startswith("prob_")] == ["prob_nv", "prob_mel"]
     expected = np.where(predictions["prob_mel"] >= summary["threshold"], "mel", "nv")

@@ -117,3 +117,27 @@ def test_a_few_unreadable_images_are_skipped_and_named(tmp_path):
 def test_too_many_unreadable_images_stop_the_run(tmp_path):
     with pytest.raises(InputError, match=r"3 of 23 images cannot be used \(more than 5%\): img20.jpg"):
         _prepared(tmp_path, n_good=20, n_bad=3)
+
+
+def test_worker_processes_give_the_same_result_in_the_same_order(tmp_path, monkeypatch):
+    import image_check
+
+    root = tmp_path / "in"
+    root.mkdir()
+    names = []
+    for i in range(12):
+        kind = ("ok", "grey", "broken")[i % 3]
+        names.append(f"{i:02d}_{kind}.png")
+        picture = _rgb(i).convert("L") if kind == "grey" else _rgb(i)
+        data = b"not an image" if kind == "broken" else _save(picture, "PNG")
+        (root / names[-1]).write_bytes(data)
+    names.reverse()  # not the directory's order
+    serial = check_images(str(root), names, str(tmp_path / "conv1"))
+    monkeypatch.setattr(image_check, "MIN_IMAGES_PER_POOL", 2)
+    pooled = check_images(str(root), names, str(tmp_path / "conv2"), workers=2)
+    assert [p and os.path.basename(p) for p in pooled.paths] == [p and os.path.basename(p) for p in serial.paths]
+    assert pooled.bad == serial.bad and len(pooled.bad) == 4
+    assert pooled.converted == serial.converted and len(pooled.converted) == 4
+    assert pooled.sizes == serial.sizes
+    np.testing.assert_array_equal(np.stack(pooled.hashes), np.stack(serial.hashes))
+    assert sorted(os.listdir(tmp_path / "conv2")) == sorted(os.listdir(tmp_path / "conv1"))

@@ -26,8 +26,9 @@ def test_tutorial_configuration():
     assert image["augmentation"] == [{"type": "random_horizontal_flip"}]
     assert cfg["output_features"] == [{"name": "label", "type": "category", "top_k": 3}]
     assert cfg["trainer"] == {"epochs": 30, "batch_size": 32, "eval_batch_size": 32, "learning_rate": 0.001,
-                              "early_stop": 5,
-                              "validation_field": "label", "validation_metric": "loss"}
+                              "learning_rate_scheduler": {"decay": None}, "early_stop": 5,
+                              "validation_field": "label", "validation_metric": "accuracy"}
+    assert image["preprocessing"]["mode"] == "lazy"  # decoded per batch: memory does not grow with the data
     assert cfg["preprocessing"]["split"] == {"type": "fixed", "column": "split"}
 
 
@@ -47,6 +48,18 @@ def test_binary_task_with_balanced_weight():
     assert cfg["output_features"] == [{"name": "label", "type": "binary",
                                        "loss": {"type": "binary_weighted_cross_entropy", "positive_class_weight": 3.0}}]
     assert _encoder(cfg)["use_pretrained"] is False
+    assert cfg["trainer"]["validation_metric"] == "roc_auc"  # the threshold is tuned afterwards
+
+
+def test_cosine_schedule_decays_once_over_the_epochs_after_warm_up():
+    opts = TrainingOptions(model_name="resnet18", image_size=64, epochs=10, batch_size=32, lr_schedule="cosine")
+    # 364 training rows: 12 steps per epoch (the last one partial); 1 epoch of warm-up, 9 of decay
+    assert build_ludwig_config(opts, "multiclass", train_rows=364)["trainer"]["learning_rate_scheduler"] == {
+        "decay": "cosine", "warmup_evaluations": 1, "t_0": 108, "eta_min": 0.0}
+    assert ludwig_config.learning_rate_scheduler("cosine", 1, 10, 4) == {
+        "decay": "cosine", "warmup_evaluations": 0, "t_0": 3, "eta_min": 0.0}
+    with pytest.raises(InputError, match="unknown learning-rate schedule 'step'"):
+        ludwig_config.learning_rate_scheduler("step", 10, 364, 32)
 
 
 def test_multiclass_balanced_class_weights():

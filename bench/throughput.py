@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Training throughput: the tool's Ludwig training against a raw PyTorch loop on pre-decoded tensors.
+
+Same model (random init: speed does not depend on the weights), image size, batch size, optimizer
+(Adam), horizontal flips and torch thread count. The tool trains through ``ludwig_trainer.train`` with
+the config ``ludwig_config`` builds, from the shared HAM10000 JPEGs (600x450), and a Ludwig callback
+times the training phase of each epoch (first batch to the start of evaluation). The raw loop gets the
+same images already decoded and resized to uint8 tensors. Images/s of the last epoch are reported (the
+first includes one-off warm-up).
+
+    python bench/throughput.py [--models caformer_s18 tf_efficientnet_lite0] [--sizes 96 224] \
+        [--images 96] [--epochs 2] [--modes lazy eager]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import SHARED  # noqa: E402
+import ludwig_config  # noqa: E402
+import ludwig_trainer  # noqa: E402
+from ludwig.callbacks import Callback  # noqa: E402
+
+
+class EpochTimer(Callback):
+    """Seconds of each epoch's training phase: epoch start to the start of its evaluation."""
+
+    def __init__(self):
+        self.started, self.seconds = None, []
+
+    def on_epoch_start(self, trainer, progress_tracker, save_path):
+        self.started = time.perf_counter()
+
+    def on_eval_start(self, trainer, progress_tracker, save_path):
+        if self.started is not None:
+            self.seconds.append(time.perf_counter() - self.started)
+            self.started = None
+
+
+def decoded(paths: list[str], size: int) -> torch.Tensor:
+    """uint8 N x 3 x size x size, resized as Ludwig's 'interpolate' does (bilinear, antialiased)."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        out[i] = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].round().clamp(0, 255).byte()
+    return out
+
+
+def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, epochs: int) -> list[float]:
+    import timm
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=n_classes)
+    cfg = model.pretrained_cfg
+    mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+    y = torch.randint(0, n_classes, (len(x),))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    seconds = []
+    for _ in range(epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(x))
+        for start in range(0, len(x), batch_size):
+            rows = order[start:start + batch_size]
+            images = (x[rows].float() / 255.0 - mean) / std
+            flip = torch.rand(len(rows)) < 0.5
+            images[flip] = images[flip].flip(-1)
+            loss = F.cross_entropy(model(images), y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def tool(model_name: str, table: pd.DataFrame, size: int, batch_size: int, epochs: int, mode: str) -> list[float]:
+    options = ludwig_config.TrainingOptions(model_name=model_name, image_size=size, use_pretrained=False,
+                                            epochs=epochs, early_stop=0, batch_size=batch_size,
+                                            augmentation=["random_horizontal_flip"], preprocessing_mode=mode)
+    config = ludwig_config.build_ludwig_config(options, "multiclass", train_rows=int((table.split == 0).sum()))
+    timer = EpochTimer()
+    with tempfile.TemporaryDirectory() as work:
+        ludwig_trainer.train(table, config, work, os.path.join(work, "model"), 42, "multiclass", callbacks=[timer])
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["caformer_s18", "tf_efficientnet_lite0"])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 224])
+    parser.add_argument("--images", type=int, default=96, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", default=["lazy", "eager"], help="the tool's preprocessing modes")
+    args = parser.parse_args()
+    labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
+    paths = [os.path.abspath(os.path.join(SHARED, p)) for p in labels.image_path[:args.images + 16]]
+    table = pd.DataFrame({"image_path": paths, "label": labels.dx[:len(paths)].tolist(),
+                          "split": [0] * args.images + [1] * 8 + [2] * 8})
+    n_classes = table.label.nunique()
+    print(f"torch threads {torch.get_num_threads()}; {args.images} training images, batch {args.batch_size}")
+    print("| model | size | raw loop img/s | " + " | ".join(f"tool ({m}) img/s | tool/raw" for m in args.modes) + " |")
+    print("|---|---|---|" + "---|---|" * len(args.modes))
+    for model_name in args.models:
+        for size in args.sizes:
+            raw = args.images / raw_loop(model_name, decoded(paths[:args.images], size), n_classes,
+                                         args.batch_size, args.epochs)[-1]
+            cells = []
+            for mode in args.modes:
+                rate = args.images / tool(model_name, table, size, args.batch_size, args.epochs, mode)[-1]
+                cells.append(f"{rate:.1f} | {rate / raw:.0%}")
+            print(f"| {model_name} | {size} | {raw:.1f} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
