@@ -59,10 +59,11 @@ def _listed(items, limit: int = MAX_LISTED) -> str:
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
-            converted_dir: str | None = None) -> PreparedData:
+            converted_dir: str | None = None, resize_to: int | None = None) -> PreparedData:
     """Read, match, check, group and split; every user mistake raises InputError naming what is wrong.
 
-    Converted copies of odd images (EXIF-rotated, CMYK, 16-bit, …) go to ``converted_dir``.
+    Converted copies of odd images (EXIF-rotated, CMYK, 16-bit, …) go to ``converted_dir``, resized to
+    ``resize_to`` pixels square when given (the model's input size).
     """
     split_utils.validate_probabilities(options.split_probabilities)
     raw = read_metadata_csv(csv_path)
@@ -111,7 +112,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     matched = _drop_repeated_rows(match.table, label_col, warnings)
 
     matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
-                                         options.max_bad_image_fraction, options.workers)
+                                         options.max_bad_image_fraction, options.workers, resize_to)
     warnings += image_notes
 
     classes = sorted(matched[label_col].unique())
@@ -217,10 +218,10 @@ def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[st
 
 
 def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float,
-                  workers: int = 1):
+                  workers: int = 1, resize_to: int | None = None):
     """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
     files = list(dict.fromkeys(matched["image_file"]))
-    checked = check_images(image_root, files, converted_dir, workers)
+    checked = check_images(image_root, files, converted_dir, workers, resize_to)
     notes = []
     if checked.bad:
         listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:MAX_LISTED])

@@ -8,6 +8,10 @@ Rules (documented in the README):
 - EXIF orientation is applied; grey, palette, CMYK, 16-bit and float images become 8-bit RGB;
   transparent pixels are composited on white. Converted copies go to the scratch folder as PNG; the
   user's files are never modified.
+- With ``resize_to``, the copy the model reads is also resized (bilinear, antialiased) to the model's
+  square input size, as PNG: Ludwig then decodes a small file every epoch instead of the full-size
+  original (bench/throughput.py), and memory stays bounded by the batch. Hashes and sizes are taken
+  from the full-size image.
 """
 
 from __future__ import annotations
@@ -85,29 +89,37 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str]) -> tuple[str | None, str | None, tuple[int, int] | None, np.ndarray | None]:
-    """Check one image: (path to read, reason it is bad, size, hashes); converted copies are written here."""
-    root, rel, converted_dir = job
+def _check_one(job: tuple[str, str, str, int | None]
+               ) -> tuple[str | None, str | None, tuple[int, int] | None, np.ndarray | None]:
+    """Check one image: (path to read, what was converted or why it is bad, size, hashes); converted
+    or resized copies are written here."""
+    root, rel, converted_dir, resize_to = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
     except ValueError as err:
         return None, str(err), None, None
     hashes = image_hashes(img)  # hashed here: each image is decoded once
-    if not changes:
-        return source, None, img.size, hashes
+    size = img.size
+    resize = bool(resize_to) and size != (resize_to, resize_to)
+    if not changes and not resize:
+        return source, None, size, hashes
+    if resize:
+        img = img.resize((resize_to, resize_to), Image.Resampling.BILINEAR)
     target = os.path.join(converted_dir, rel + ".png")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    img.save(target, format="PNG")
-    return target, "; ".join(changes), img.size, hashes
+    img.save(target, format="PNG", compress_level=1)  # fast to write and to decode; lossless
+    return target, "; ".join(changes) or None, size, hashes
 
 
-def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1) -> CheckedImages:
-    """Check every image under ``root``; converted copies are written below ``converted_dir``.
+def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
+                 resize_to: int | None = None) -> CheckedImages:
+    """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
+    written below ``converted_dir``.
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
     threads); results keep the order of ``rel_paths``."""
-    jobs = [(root, rel, converted_dir) for rel in rel_paths]
+    jobs = [(root, rel, converted_dir, resize_to) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             outcomes = list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))))
@@ -117,7 +129,7 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     for rel, (path, note, size, hashes) in zip(rel_paths, outcomes):
         result.paths.append(path)
         if path is None:
-            result.bad[rel] = note
+            result.bad[rel] = note or "unreadable"
             continue
         result.sizes.append(size)
         result.hashes.append(hashes)

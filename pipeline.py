@@ -147,7 +147,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         image_files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
     with timer.stage("matching CSV rows and splitting"):
         data = dataset_prep.prepare(request.csv_file, images_dir, image_files, request.data,
-                                    converted_dir=os.path.join(work, "converted"))
+                                    converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
     counts = data.dataset["class_counts"]

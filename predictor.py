@@ -126,7 +126,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     images_dir = os.path.join(work, "images")
     files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
     table, label_col, notes = _images_to_predict(request, images_dir, files)
-    table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes)
+    table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"])
     for note in notes:
         pipeline.log(f"WARNING: {note}")
     model, predictions = _predict_table(model_dir, manifest, table, request.batch_size)
@@ -172,10 +172,11 @@ def _device() -> str:
     return ludwig_trainer.describe_device()
 
 
-def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str]) -> pd.DataFrame:
-    """The training's image rules: odd images converted the same way, unreadable ones skipped and named
-    (the run stops above the same 5% limit)."""
-    checked = check_images(images_dir, table["image_file"].tolist(), converted_dir)
+def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str],
+                    image_size: int) -> pd.DataFrame:
+    """The training's image rules: odd images converted and resized the same way, unreadable ones
+    skipped and named (the run stops above the same 5% limit)."""
+    checked = check_images(images_dir, table["image_file"].tolist(), converted_dir, resize_to=image_size)
     if checked.bad:
         listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:10])
         if len(checked.bad) > DEFAULT_MAX_BAD_FRACTION * len(table):

@@ -149,7 +149,11 @@ def register_with_ludwig() -> None:
                 param.requires_grad_(trainable)
 
         def forward(self, inputs: torch.Tensor):
-            return {ENCODER_OUTPUT: self.model((inputs - self.pixel_mean) / self.pixel_std)}
+            pixels = (inputs - self.pixel_mean) / self.pixel_std
+            # Channels-last whatever layout the batch came in (Ludwig's resized images arrive in NCHW,
+            # decoded ones in NHWC strides): convolutions run in it up to 1.7x faster on CPU
+            # (bench/throughput.py), and one fixed layout keeps the numbers reproducible.
+            return {ENCODER_OUTPUT: self.model(pixels.contiguous(memory_format=torch.channels_last))}
 
         @staticmethod
         def get_schema_cls():

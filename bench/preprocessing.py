@@ -4,9 +4,10 @@
 Sets of N images are synthesised by repeating the 258 shared HAM10000 JPEGs (600x450) under distinct
 names. Each side runs in its own process, sampled every 50 ms for the summed RSS of it and its workers:
 
-- tool: safe unzip, CSV matching, decode + check + leakage-guard hash of every image (``--workers``
-  processes), grouped split, then Ludwig's own preprocessing (``LudwigModel.preprocess``; lazy mode: no
-  pixels are kept, each batch is decoded when training needs it);
+- tool: safe unzip, CSV matching, decode + check + leakage-guard hash of every image and a PNG copy
+  resized to SIZE (``--workers`` processes), grouped split, then Ludwig's own preprocessing
+  (``LudwigModel.preprocess``; lazy mode: no pixels are kept, each batch is decoded when training
+  needs it);
 - plain loop: unzip, then for each image PIL open, RGB, resize to SIZE (bilinear) into one uint8 array
   (the simplest in-memory cache).
 
@@ -35,7 +36,7 @@ times["unzip"] = time.perf_counter() - started
 started = time.perf_counter()
 data = dataset_prep.prepare(csv, os.path.join(work, "images"), files,
                             dataset_prep.DataOptions(sample_id_column="lesion_id", workers=int(workers)),
-                            converted_dir=os.path.join(work, "converted"))
+                            converted_dir=os.path.join(work, "converted"), resize_to=int(size))
 times["check_hash_split"] = time.perf_counter() - started
 started = time.perf_counter()
 timm_backbone.register_with_ludwig()

@@ -132,12 +132,35 @@ def test_worker_processes_give_the_same_result_in_the_same_order(tmp_path, monke
         data = b"not an image" if kind == "broken" else _save(picture, "PNG")
         (root / names[-1]).write_bytes(data)
     names.reverse()  # not the directory's order
-    serial = check_images(str(root), names, str(tmp_path / "conv1"))
     monkeypatch.setattr(image_check, "MIN_IMAGES_PER_POOL", 2)
-    pooled = check_images(str(root), names, str(tmp_path / "conv2"), workers=2)
+    pooled = check_images(str(root), names, str(tmp_path / "conv2"), workers=2, resize_to=24)
+    serial = check_images(str(root), names, str(tmp_path / "conv1"), resize_to=24)
     assert [p and os.path.basename(p) for p in pooled.paths] == [p and os.path.basename(p) for p in serial.paths]
     assert pooled.bad == serial.bad and len(pooled.bad) == 4
     assert pooled.converted == serial.converted and len(pooled.converted) == 4
     assert pooled.sizes == serial.sizes
     np.testing.assert_array_equal(np.stack(pooled.hashes), np.stack(serial.hashes))
     assert sorted(os.listdir(tmp_path / "conv2")) == sorted(os.listdir(tmp_path / "conv1"))
+
+
+def test_resize_to_writes_model_sized_copies_and_keeps_full_size_facts(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "big.jpg").write_bytes(_save(_rgb(1, (60, 45)), "JPEG"))
+    (root / "exact.png").write_bytes(_save(_rgb(2, (32, 32)), "PNG"))
+    (root / "grey.png").write_bytes(_save(_rgb(3, (50, 50)).convert("L"), "PNG"))
+    names = ["big.jpg", "exact.png", "grey.png"]
+    full = check_images(str(root), names, str(tmp_path / "full"))
+    small = check_images(str(root), names, str(tmp_path / "small"), resize_to=32)
+    assert small.paths == [str(tmp_path / "small" / "big.jpg.png"), str(root / "exact.png"),
+                           str(tmp_path / "small" / "grey.png.png")]
+    for path in small.paths:
+        with Image.open(path) as img:
+            assert img.size == (32, 32) and img.mode == "RGB"
+    assert small.sizes == full.sizes == [(60, 45), (32, 32), (50, 50)]
+    np.testing.assert_array_equal(np.stack(small.hashes), np.stack(full.hashes))
+    assert small.converted == full.converted and list(small.converted) == ["grey.png"]  # resizing is no conversion
+    with Image.open(root / "big.jpg") as original:
+        expected = np.asarray(original.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    with Image.open(small.paths[0]) as copy:
+        np.testing.assert_array_equal(np.asarray(copy), expected)  # lossless copy of the bilinear resize
