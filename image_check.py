@@ -129,7 +129,7 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     for rel, (path, note, size, hashes) in zip(rel_paths, outcomes):
         result.paths.append(path)
         if path is None:
-            result.bad[rel] = note or "unreadable"
+            result.bad[rel] = note
             continue
         result.sizes.append(size)
         result.hashes.append(hashes)

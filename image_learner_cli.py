@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--early-stop", type=int, default=5,
-                       help="stop after this many epochs without validation-loss improvement (0: never)")
+                       help="stop after this many epochs without improvement of the validation balanced accuracy "
+                            "(ROC-AUC for binary tasks), which also picks the kept epoch (0: never)")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=0.001)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",

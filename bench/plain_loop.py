@@ -33,16 +33,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import metrics  # noqa: E402
 
 
-def load_images(zip_path: str, names: list[str], size: int) -> torch.Tensor:
-    """Decode once, resize to size x size (bilinear), uint8 N x 3 x H x W: pre-decoded tensors."""
-    out = torch.empty((len(names), 3, size, size), dtype=torch.uint8)
-    with zipfile.ZipFile(zip_path) as archive, tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(names):
-            path = archive.extract(name, tmp)
-            img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-            out[i] = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                                   align_corners=False)[0].round().clamp(0, 255).byte()
+def decode_files(paths: list[str], size: int) -> torch.Tensor:
+    """Decode once, resize to size x size as Ludwig's 'interpolate' does (bilinear, antialiased):
+    uint8 N x 3 x H x W, the pre-decoded tensors the plain loops train on."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, path in enumerate(paths):
+        img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        out[i] = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                               align_corners=False)[0].round().clamp(0, 255).byte()
     return out
+
+
+def load_images(zip_path: str, names: list[str], size: int) -> torch.Tensor:
+    """decode_files on the members ``names`` of ``zip_path``."""
+    with zipfile.ZipFile(zip_path) as archive, tempfile.TemporaryDirectory() as tmp:
+        return decode_files([archive.extract(name, tmp) for name in names], size)
 
 
 def main() -> None:

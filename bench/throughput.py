@@ -28,10 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import SHARED  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import SHARED  # noqa: E402
+from plain_loop import decode_files  # noqa: E402
 import image_check  # noqa: E402
 import ludwig_config  # noqa: E402
 import ludwig_trainer  # noqa: E402
@@ -56,16 +57,6 @@ class EpochTimer(Callback):
             self.seconds.append(time.perf_counter() - self.started)
             self.batches.append(self.running)
             self.started = None
-
-
-def decoded(paths: list[str], size: int) -> torch.Tensor:
-    """uint8 N x 3 x size x size, resized as Ludwig's 'interpolate' does (bilinear, antialiased)."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, path in enumerate(paths):
-        img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
-        out[i] = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
-                               align_corners=False)[0].round().clamp(0, 255).byte()
-    return out
 
 
 def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, epochs: int,
@@ -136,7 +127,7 @@ def main() -> None:
             checked = image_check.check_images("/", [p.lstrip("/") for p in table.image_path], scratch, workers=2,
                                                resize_to=size)
             resized = table.assign(image_path=checked.paths)
-            x = decoded(paths[:args.images], size)
+            x = decode_files(paths[:args.images], size)
             for model_name in args.models:
                 def images_per_s(seconds: list[float]) -> float:
                     return args.images / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
