@@ -16,13 +16,12 @@ import time
 import numpy as np
 import pandas as pd
 import yaml
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 import metrics
 import report_images
 import report_plots
 
-TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
 METRIC_LABELS = {
@@ -146,8 +145,9 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
             summary.get("task"))
     except Exception as err:  # saliency is illustration: never lose the report over it
         saliency, saliency_reason = [], f"Grad-CAM failed on this backbone ({type(err).__name__}: {err})"
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    # A package, not a folder beside this file: found the same way from a checkout and from a wheel.
+    env = Environment(loader=PackageLoader("image_learner_templates", "."),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
         else f"{v:.{digits}f}"
     html = env.get_template("report.html.j2").render(
