@@ -2,7 +2,9 @@
 # Creates (once) and prints the path of the Python environment the project runs in.
 # The environment lives outside the clone, keyed by a hash of the dependency list, so fresh clones
 # (CI) reuse it; a changed dependency list gets a new one. Override the location with
-# IMAGE_LEARNER_ENV_DIR. All progress goes to stderr; stdout is only the environment's python.
+# IMAGE_LEARNER_ENV_DIR. Runs started together wait for one build (a lock beside the environment), and
+# an environment appears under its name only when complete. All progress goes to stderr; stdout is
+# only the environment's python.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -49,22 +51,45 @@ key=$(printf '%s\n%s\n' "$pyver" "$deps" | sha256sum | cut -c1-16)
 env_root=${IMAGE_LEARNER_ENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/image-learner}
 venv="$env_root/venv-py$pyver-$key"
 
+mkdir -p "$env_root"
+
+# One run at a time per environment: a second run waits for the first one's build instead of deleting
+# it. flock(2) through Python (no util-linux needed): the lock belongs to the open file, which this
+# shell keeps as fd 9 until it exits, so the kernel releases it even when the run is killed.
+exec 9>>"$venv.lock"
+lock() {  # lock fd 9; with an argument: fail at once instead of waiting
+    "$base_python" -c 'import fcntl, sys; fcntl.flock(9, fcntl.LOCK_EX | (fcntl.LOCK_NB if sys.argv[1:] else 0))' "$@"
+}
+if ! lock now 2>/dev/null; then
+    echo "image-learner: waiting for another run preparing $venv" >&2
+    lock || { echo "error: cannot lock $venv.lock" >&2; exit 1; }
+fi
+
 if [ ! -f "$venv/.complete" ]; then
     echo "image-learner: creating environment $venv (first run only, a few minutes)" >&2
-    rm -rf "$venv"
-    mkdir -p "$env_root"
-    "$base_python" -m venv "$venv"
-    "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location 'file:" >&2 || true
+    # What killed runs left (no build runs now: we hold the lock): unfinished build folders, a link
+    # being swapped in, an unfinished environment built in place by earlier versions of this script.
+    rm -rf "$venv" "$venv"-build-* "$venv"-link-*
+    # Built under a temporary name and published complete by one atomic rename. Venvs are not
+    # relocatable (pip writes the interpreter's absolute path into console scripts), so the build
+    # folder stays where it is and the final name becomes a symlink to it.
+    build="$venv-build-$$"
+    trap 'if [ ! -f "$build/.complete" ]; then rm -rf "$build"; fi' EXIT
+    "$base_python" -m venv "$build"
+    "$build/bin/python" -m pip install -q --upgrade pip setuptools wheel 2>&1 | grep -v "^WARNING: Location 'file:" >&2 || true
     mapfile -t dep_array <<<"$deps"
     # pip's log is filtered of its warnings about this machine's absent local mirrors.
     log="$env_root/install-$key.log"
-    if ! "$venv/bin/python" -m pip install -q "${dep_array[@]}" >"$log" 2>&1; then
+    if ! "$build/bin/python" -m pip install -q "${dep_array[@]}" >"$log" 2>&1; then
         grep -v "^WARNING: Location 'file:" "$log" >&2 || true
         echo "error: installing dependencies failed (log: $log)" >&2
         exit 1
     fi
     grep -v "^WARNING: Location 'file:" "$log" >&2 || true
-    touch "$venv/.complete"
+    touch "$build/.complete"
+    ln -s "$(basename "$build")" "$venv-link-$$"
+    "$base_python" -c 'import os, sys; os.replace(sys.argv[1], sys.argv[2])' "$venv-link-$$" "$venv"
+    trap - EXIT
 fi
 
 # Point the environment's `image-learner` command at this checkout (cheap; needed when several
