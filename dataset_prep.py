@@ -14,7 +14,8 @@ import pandas as pd
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups
 import split_utils
-from input_utils import IMAGE_EXTENSIONS, InputError, match_rows_to_images, read_metadata_csv, resolve_column
+from input_utils import (IMAGE_EXTENSIONS, InputError, label_text, match_rows_to_images, missing_value_like,
+                         read_metadata_csv, resolve_column)
 
 MAX_LISTED = 10  # rows/files named in a message before "…and N more"
 
@@ -24,7 +25,8 @@ class DataOptions:
     image_column: str = "image_path"
     target_column: str = "label"
     sample_id_column: str | None = None
-    split_column: str | None = None  # None: use a column named "split" when the CSV has one
+    split_column: str | None = None  # None: use a column named "split" when the CSV has one …
+    random_split: bool = False  # … unless this is set: split at random, any split column ignored
     split_probabilities: tuple[float, float, float] = split_utils.DEFAULT_PROBABILITIES
     random_seed: int = 42
     leakage_guard: bool = True
@@ -71,18 +73,13 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     label_col = resolve_column(raw, options.target_column, "label", "--target-column")
     sample_col = (resolve_column(raw, options.sample_id_column, "sample id", "--sample-id-column")
                   if options.sample_id_column else None)
-    split_col = _find_split_column(raw, options.split_column)
+    split_col, split_found_by_name, split_ignored = _find_split_column(raw, options)
     if label_col == image_col:
         raise InputError(f"the label column and the image column are both {label_col!r}: the CSV needs a separate "
                          f"label column (its columns are: {', '.join(repr(c) for c in raw.columns)})")
     warnings: list[str] = []
 
-    labels = raw[label_col].astype(str).str.strip()
-    empty = np.flatnonzero((labels == "") | labels.str.lower().isin(["nan", "na", "none", "null"]))
-    if len(empty):
-        raise InputError(f"label column {label_col!r} is empty on CSV line(s) {_listed(empty + 2)}; "
-                         "label every row or remove the unlabelled ones")
-    raw = raw.assign(**{label_col: labels})
+    raw = raw.assign(**{label_col: label_text(raw[label_col], label_col).to_numpy()})
 
     match = match_rows_to_images(raw, image_col, image_files)
     if match.n_images == 0:
@@ -120,9 +117,10 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
                          "rows; a classifier needs at least two")
     counts = matched[label_col].value_counts()
-    for label, n in counts[counts < 3].items():
-        warnings.append(f"class {label!r} has only {n} image(s): it goes to the training split first, so "
-                        "validation/test may hold none of it")
+    for label in missing_value_like(classes):
+        warnings.append(f"class {label!r} ({counts[label]} images) is spelled like a missing-value marker: it was "
+                        "treated as a class of its own (labels are kept as written; only an empty cell is "
+                        "missing). If those rows are unlabelled, remove them from the CSV")
     task = "binary" if len(classes) == 2 else "multiclass"
     positive = None
     if task == "binary":
@@ -156,22 +154,21 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                   + (["leakage guard (flips/rotations/duplicates)"] if options.leakage_guard else []),
                   "column": split_col}
     if split_col:
-        codes = split_utils.parse_split_column(matched[split_col], split_col)
+        codes = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         present = set(codes.tolist())
         if present == {0}:
             raise InputError(f"split column {split_col!r} marks every row as train; mark some as test")
-        split_info["method"] = f"user column {split_col!r}"
+        split_info["method"] = f"user column {split_col!r}" + (
+            " (used because of its name; --random-split ignores it)" if split_found_by_name else "")
         if 1 not in present:
             codes = split_utils.carve_validation(table["label"], codes, table["group"],
                                                  options.split_probabilities, options.random_seed)
             split_info["method"] += ", validation carved out of train (seeded, stratified, grouped)"
-        if 2 not in present:
-            warnings.append(f"split column {split_col!r} has no test rows: the report can only show "
-                            "validation numbers, which also chose the best epoch")
     else:
         codes = split_utils.random_split(table["label"], table["group"], options.split_probabilities,
                                          options.random_seed)
-        split_info["method"] = "random, stratified by label, seeded"
+        split_info["method"] = "random, stratified by label, seeded" + (
+            f" (column {split_ignored!r} ignored: --random-split)" if split_ignored else "")
     table["split"] = codes
 
     leakage = _leakage_facts(table, true_groups, options)
@@ -182,13 +179,15 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
             "optimistic (memory, not skill). Examples: "
             + "; ".join(" = ".join(g) for g in leakage["straddling_examples"][:3])
         )
-    for name, n in zip(split_utils.SPLIT_NAMES, np.bincount(codes, minlength=3)):
-        if n == 0 and name == "train":
-            raise InputError("the split left no training rows")
-    missing_in_train = sorted(set(classes) - set(table.loc[table["split"] == 0, "label"]))
-    if missing_in_train:
-        warnings.append(f"class(es) {_listed(missing_in_train)} have no training rows: the model cannot "
-                        "predict them")
+    if not (codes == 0).any():
+        raise InputError("the split left no training rows")
+    errors, split_notes = split_utils.check_split(table["label"], codes, table["group"],
+                                                  options.split_probabilities, split_col)
+    if errors:
+        raise InputError(f"the random split (seed {options.random_seed}, shares "
+                         f"{'/'.join(f'{p:g}' for p in options.split_probabilities)}) is unusable: "
+                         + "; ".join(errors[:-1]) + ". " + errors[-1])
+    warnings += split_notes
 
     dataset = {
         "csv_rows": match.n_rows, "images_in_zip": match.n_images, "matched_rows": len(table),
@@ -241,10 +240,16 @@ def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, ma
     return kept, notes
 
 
-def _find_split_column(raw: pd.DataFrame, wanted: str | None) -> str | None:
-    if wanted:
-        return resolve_column(raw, wanted, "split", "--split-column")
-    return next((c for c in raw.columns if c.strip().lower() == "split"), None)
+def _find_split_column(raw: pd.DataFrame, options: DataOptions):
+    """(column to split by, found by its name?, a split column ignored because of --random-split)."""
+    by_name = next((c for c in raw.columns if c.strip().lower() == "split"), None)
+    if options.random_split:
+        if options.split_column:
+            raise InputError("--random-split and --split-column contradict each other: pass one of them")
+        return None, False, by_name
+    if options.split_column:
+        return resolve_column(raw, options.split_column, "split", "--split-column"), False, None
+    return by_name, by_name is not None, None
 
 
 def _leakage_facts(table: pd.DataFrame, true_groups: np.ndarray, options: DataOptions) -> dict:

@@ -37,8 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--target-column", default="label", help="class label column (name or 1-based index)")
     io.add_argument("--sample-id-column", default=None,
                     help="patient/lesion id column: all images of one id stay in one split")
-    io.add_argument("--split-column", default=None,
-                    help="column with 0/1/2 or train/validation/test; default: a column named 'split' if present")
     io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     io.add_argument("--no-report", action="store_true",
                     help="skip report.html (sweeps and benchmarks; every table is still written)")
@@ -48,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip unreadable images, but stop when more than this share are unreadable")
 
     split = parser.add_argument_group("split")
+    how = split.add_mutually_exclusive_group()
+    how.add_argument("--split-column", default=None,
+                     help="column with 0/1/2 or train/validation/test: your own split (empty splits or classes "
+                          "missing from a split are then warnings, not errors). Default: a column named 'split' "
+                          "if the CSV has one (the log says so), else a random split")
+    how.add_argument("--random-split", action="store_true",
+                     help="split at random (seeded, stratified, grouped) even when the CSV has a 'split' column")
     split.add_argument("--split-probabilities", nargs=3, type=float, default=[0.7, 0.1, 0.2],
-                       metavar=("TRAIN", "VALIDATION", "TEST"), help="random split proportions")
+                       metavar=("TRAIN", "VALIDATION", "TEST"),
+                       help="random split proportions; 0 for validation or test means no such split (otherwise an "
+                            "empty split or a class missing from train or test stops the run). With a split column "
+                            "lacking validation rows: the share of train carved out as validation")
     split.add_argument("--leakage-guard", action=argparse.BooleanOptionalAction, default=True,
                        help="keep images that are the same picture up to flips/rotations in one split")
     split.add_argument("--leakage-max-distance", type=int, default=leakage_guard.DEFAULT_MAX_DISTANCE,
@@ -137,6 +145,7 @@ def request_from_args(args: argparse.Namespace):
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
         sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
+        random_split=args.random_split,
         split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,

@@ -25,6 +25,15 @@ DEFAULT_MAX_TOTAL_BYTES = 20 * 1024**3  # 20 GiB uncompressed
 DEFAULT_MAX_MEMBERS = 1_000_000
 DEFAULT_MAX_RATIO = 200  # compressed:uncompressed; JPEG/PNG barely compress, bombs reach 1000+
 
+# Spellings spreadsheets and pandas use for "no value" (compared lower-case). A label is kept exactly as
+# written, so these are legal class names; a class spelled like one only earns a warning.
+MISSING_VALUE_MARKERS = frozenset({
+    "n/a", "na", "#n/a", "#n/a n/a", "#na", "<na>", "nan", "-nan", "none", "null", "#null!", "nil", "missing",
+    "-", "--", "?", "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan",
+})
+# Text columns of the tables this tool writes (predictions.csv, split.csv), re-read as text, never as NA.
+OUTPUT_TEXT_COLUMNS = ("image", "image_file", "split", "label", "true_label", "predicted_label", "sample_id")
+
 
 class InputError(Exception):
     """A problem with the user's input files or options; the message is shown as is."""
@@ -149,6 +158,33 @@ def read_metadata_csv(csv_path: str) -> pd.DataFrame:
     if table.empty:
         raise InputError(f"metadata CSV {os.path.basename(csv_path)!r} has a header but no rows")
     return table
+
+
+def label_text(values: pd.Series, column: str, csv_lines=None) -> pd.Series:
+    """The one rule for label text: every value is kept as written (stripped), ``N/A`` or ``null``
+    included; only an empty cell is a missing label, an error naming its CSV lines."""
+    labels = pd.Series(values).astype(str).str.strip().reset_index(drop=True)
+    lines = pd.Series(range(2, len(labels) + 2) if csv_lines is None else list(csv_lines))
+    empty = lines[(labels == "").to_numpy()].tolist()
+    if empty:
+        more = f" …and {len(empty) - 10} more" if len(empty) > 10 else ""
+        raise InputError(f"label column {column!r} is empty on CSV line(s) {', '.join(map(str, empty[:10]))}{more}; "
+                         "label every row or remove the unlabelled ones")
+    return labels
+
+
+def missing_value_like(names) -> list[str]:
+    """The names that read like a spreadsheet's "no value" marker (``N/A``, ``NaN``, ``None``, ``-`` …)."""
+    return [n for n in names if str(n).strip().lower() in MISSING_VALUE_MARKERS]
+
+
+def read_output_csv(path: str, text_columns=OUTPUT_TEXT_COLUMNS) -> pd.DataFrame:
+    """Re-read a table this tool wrote: text columns as text exactly as written (a class ``N/A`` or
+    ``None`` stays that string, ``01`` stays ``01``); only an empty numeric cell is NaN."""
+    header = pd.read_csv(path, nrows=0).columns
+    text = [c for c in header if c in text_columns]
+    return pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False,
+                       na_values={c: [""] for c in header if c not in text})
 
 
 def resolve_column(table: pd.DataFrame, wanted: str | int | None, role: str, option: str) -> str:

@@ -154,6 +154,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     log(f"{len(data.table)} images, {len(data.classes)} classes ({data.task}); split "
         + ", ".join(f"{k} {sum(v.values())}" for k, v in counts.items())
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
+    log(f"split: {data.split['method']}")
     _write_split_csv(data, os.path.join(out, "split.csv"))
 
     ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, opts)

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from input_utils import (InputError, ZipLimits, extract_zip_safely, match_rows_to_images, read_metadata_csv,
-                         resolve_column)
+from input_utils import (InputError, ZipLimits, extract_zip_safely, label_text, match_rows_to_images,
+                         read_metadata_csv, resolve_column)
 
 MANIFEST = "image_learner.json"
 FORMAT = "image-learner-model"
@@ -98,7 +98,7 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
              if match.unmatched_rows else [])
     table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
     if label_col:
-        table["true_label"] = match.table[label_col].astype(str).str.strip().to_numpy()
+        table["true_label"] = label_text(match.table[label_col], label_col, match.table["csv_line"]).to_numpy()
     return table, label_col, notes
 
 

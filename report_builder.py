@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from input_utils import read_output_csv
 import metrics
 import report_images
 import report_plots
@@ -59,8 +60,8 @@ BACKBONE_PAPERS = (("caformer", "metaformer"), ("convformer", "metaformer"), ("p
 def _read_run(output_dir: str):
     with open(os.path.join(output_dir, "run_summary.json")) as handle:
         summary = json.load(handle)
-    labels_as_text = {"true_label": str, "predicted_label": str}  # "01" stays "01"
-    predictions = pd.read_csv(os.path.join(output_dir, "predictions.csv"), dtype=labels_as_text)
+    # Labels as written: "01" stays "01", a class "N/A" or "None" stays that text (never NaN).
+    predictions = read_output_csv(os.path.join(output_dir, "predictions.csv"))
     if "split" not in predictions:  # predictions on new images: all evaluated as test
         predictions["split"] = "test"
     history_path = os.path.join(output_dir, "training_history.csv")

@@ -39,16 +39,18 @@ def validate_probabilities(probabilities) -> tuple[float, float, float]:
     return probs
 
 
-def parse_split_column(values: pd.Series, column: str) -> np.ndarray:
-    """Map 0/1/2 or train/validation/test (any case) to split codes; name the first bad row."""
+def parse_split_column(values: pd.Series, column: str, csv_lines=None) -> np.ndarray:
+    """Map 0/1/2 or train/validation/test (any case) to split codes; name the first bad row by its
+    CSV line (``csv_lines``: the rows' lines in the file, as rows without an image were left out)."""
     codes = np.empty(len(values), dtype=np.int64)
-    for i, raw in enumerate(values):
+    lines = range(2, len(values) + 2) if csv_lines is None else list(csv_lines)
+    for i, (raw, line) in enumerate(zip(values, lines)):
         key = str(raw).strip().lower()
         if key.endswith(".0"):  # Excel turns 1 into 1.0
             key = key[:-2]
         if key not in _SPLIT_SPELLINGS:
             raise InputError(
-                f"split column {column!r}, CSV line {i + 2}: {raw!r} is not one of 0/1/2 or "
+                f"split column {column!r}, CSV line {line}: {raw!r} is not one of 0/1/2 or "
                 "train/validation/test"
             )
         codes[i] = _SPLIT_SPELLINGS[key]
@@ -85,7 +87,9 @@ def _assign(labels: np.ndarray, groups: np.ndarray, probs, rng: np.random.Genera
 
     Per label stratum (a group counts for its most common label), groups go largest first (ties
     in seeded random order) to the split furthest below its target. With single-row groups this
-    gives every split within one row of its target for every class.
+    gives every split within one row of its target for every class. Splits equally far below their
+    targets (e.g. train and test for the second of two equal groups) are told apart by the deficit
+    relative to the target, then by the seeded generator: ties never all go to train.
     """
     out = np.full(len(labels), -1, dtype=np.int64)
     group_ids, inverse = np.unique(groups, return_inverse=True)
@@ -103,10 +107,22 @@ def _assign(labels: np.ndarray, groups: np.ndarray, probs, rng: np.random.Genera
         target = np.asarray(probs[:n_splits], dtype=float) * sizes.sum()
         filled = np.zeros(n_splits)
         for g in stratum:
-            k = int(np.argmax(target - filled))
+            k = _furthest_below(target, filled, rng)
             filled[k] += len(members[g])
             out[members[g]] = k
     return out
+
+
+def _furthest_below(target: np.ndarray, filled: np.ndarray, rng: np.random.Generator) -> int:
+    """The split with the largest deficit (rows below target); ties (up to rounding) go to the largest
+    deficit relative to the target share, remaining ties to a seeded draw."""
+    deficit = target - filled
+    tol = 1e-9 * max(1.0, float(target.sum()))
+    tied = np.flatnonzero(deficit >= deficit.max() - tol)
+    if len(tied) > 1:  # the largest deficit is positive while rows remain, so tied targets are > 0
+        relative = deficit[tied] / target[tied]
+        tied = tied[relative >= relative.max() - 1e-9]
+    return int(tied[0] if len(tied) == 1 else tied[rng.integers(len(tied))])
 
 
 def random_split(labels, groups=None, probabilities=DEFAULT_PROBABILITIES, seed: int = 42) -> np.ndarray:
@@ -136,6 +152,70 @@ def carve_validation(labels, split_codes, groups=None, probabilities=DEFAULT_PRO
     sub = _assign(labels[train], groups[train], (1 - share, share), rng, 2)
     codes[train[sub == 1]] = 1
     return codes
+
+
+def _listed(items, limit: int = 10) -> str:
+    items = list(items)
+    return "; ".join(items[:limit]) + (f" …and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def check_split(labels, codes, groups, probabilities, user_column: str | None = None) -> tuple[list[str], list[str]]:
+    """Problems of a finished split, as (errors, warnings), each naming the rows per split.
+
+    A random split must give validation and test rows (unless their share is 0) and every class
+    training and test rows; otherwise the numbers reported would be missing or meaningless, so it is
+    an error saying what to change. With the user's split column the user chose: the same facts
+    are warnings. A class without validation rows is always a warning.
+    """
+    probs = validate_probabilities(probabilities)
+    labels, codes, groups = np.asarray(labels).astype(str), np.asarray(codes), np.asarray(groups)
+    per_class = pd.crosstab(labels, codes).reindex(columns=range(3), fill_value=0)
+    groups_per_class = pd.Series(groups).groupby(labels).nunique()
+
+    def counts(values) -> str:
+        return ", ".join(f"{name} {int(n)}" for name, n in zip(SPLIT_NAMES, values))
+
+    def described(cls) -> str:
+        n, g = int(per_class.loc[cls].sum()), int(groups_per_class[cls])
+        return f"{cls!r} ({n} image(s) in {g} group(s): {counts(per_class.loc[cls])})"
+
+    totals = per_class.sum(axis=0).to_numpy()
+    errors, warnings = [], []
+    wanted = [1, 2] if user_column is None else [1]  # the user's column decides whether there is a test split
+    for k in wanted:
+        if totals[k] == 0 and probs[k] > 0:
+            (errors if user_column is None else warnings).append(
+                f"the {SPLIT_NAMES[k]} split is empty ({counts(totals)} images)"
+                + ("" if user_column is None else f": add {SPLIT_NAMES[k]} rows to split column {user_column!r}"))
+    if user_column is not None and totals[2] == 0:
+        warnings.append(f"split column {user_column!r} has no test rows: the report can only show validation "
+                        "numbers, which also chose the best epoch")
+    if user_column is None and probs[2] == 0:
+        warnings.append("the test share is 0: there is no test split, so the report can only show validation "
+                        "numbers, which also chose the best epoch")
+    no_train = [c for c in per_class.index if per_class.loc[c, 0] == 0]
+    no_test = [c for c in per_class.index if per_class.loc[c, 2] == 0 and totals[2] > 0 and c not in no_train]
+    no_validation = [c for c in per_class.index if per_class.loc[c, 1] == 0 and totals[1] > 0]
+    if user_column is None and (no_train or no_test):
+        errors.append("class(es) without training or test images: " + _listed(map(described, no_train + no_test)))
+    elif user_column is not None:
+        if no_train:
+            warnings.append(f"class(es) {_listed(map(described, no_train))} have no training rows: the model "
+                            "cannot predict them")
+        if no_test:
+            warnings.append(f"class(es) {_listed(map(described, no_test))} have no test rows: the report has no "
+                            "test numbers for them")
+    if no_validation:
+        warnings.append(f"class(es) {_listed(map(described, no_validation))} have no validation rows: the kept "
+                        "epoch is chosen without them")
+    if errors:
+        errors.append(
+            "Groups are kept whole (an image with its flipped or rotated copies, and all images sharing a "
+            f"--sample-id-column id): {len(set(groups.tolist()))} group(s) for {len(labels)} images are too few "
+            "or too large for these shares. Change one of: add images or use smaller groups; remove the rows of "
+            "a rare class; other --split-probabilities (a 0 share for validation or test is accepted and means "
+            "no such split); or give your own split with --split-column")
+    return errors, warnings
 
 
 @dataclass

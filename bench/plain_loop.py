@@ -31,6 +31,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import metrics  # noqa: E402
+from input_utils import read_output_csv  # noqa: E402
 
 
 def decode_files(paths: list[str], size: int) -> torch.Tensor:
@@ -72,7 +73,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
 
-    split = pd.read_csv(os.path.join(args.run_dir, "split.csv"))
+    split = read_output_csv(os.path.join(args.run_dir, "split.csv"))  # labels as written, never NaN
     classes = sorted(split["label"].unique())
     y = torch.tensor(split["label"].map({c: i for i, c in enumerate(classes)}).to_numpy())
     x = load_images(args.image_zip, split["image_file"].tolist(), args.size)

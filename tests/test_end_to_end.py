@@ -135,6 +135,15 @@ def test_missing_label_column_fails_cleanly(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["meta.csv", "out"]
 
 
+def test_a_split_column_that_is_not_in_the_csv_fails_cleanly(tmp_path, capsys):
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(tmp_path / "out"), *TINY, "--split-column", "fold"])
+    assert code == 2
+    assert ("split column 'fold' (--split-column) is not in the CSV; its columns are: 'image_path', 'label', "
+            "'lesion_id', 'image_id'") in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []
+
+
 def test_zip_that_matches_no_row_fails_cleanly(tmp_path):
     table = pd.read_csv(DEMO_CSV)
     table["image_path"] = "other/" + table["image_path"].str.replace("images/", "x_")
@@ -186,3 +195,23 @@ def test_missing_pretrained_weights_offline_say_how_to_provide_them(tmp_path, mo
     assert "could not load pretrained weights for 'resnet18'" in err
     assert "HF_HUB_OFFLINE=1" in err and "--pretrained-weights FILE" in err
     assert os.listdir(tmp_path / "out") == []
+
+
+def test_labels_spelled_like_missing_values_train_and_stay_text(tmp_path, capsys):
+    """'N/A' and 'null' are classes: training finishes and every output holds the label text (pandas
+    used to re-read them as NaN from predictions.csv, killing the run after training)."""
+    table = pd.read_csv(DEMO_CSV)
+    table["label"] = table["label"].replace({"akiec": "N/A", "bcc": "null"})
+    table.to_csv(tmp_path / "meta.csv", index=False)
+    out = tmp_path / "out"
+    assert image_learner_cli.main(["--csv-file", str(tmp_path / "meta.csv"), "--image-zip", DEMO_ZIP,
+                                   "--output-dir", str(out), *TINY, "--epochs", "1"]) == 0
+    assert "class 'N/A' (20 images) is spelled like a missing-value marker" in capsys.readouterr().out
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert predictions["true_label"].value_counts()[["N/A", "null"]].tolist() == [20, 20]
+    assert {"prob_N/A", "prob_null"} <= set(predictions.columns)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"N/A", "null"} <= {row["class"] for row in metrics["test"]["per_class"]}
+    report = (out / "report.html").read_text()
+    assert "<td>N/A</td>" in report and "<td>null</td>" in report
+    assert "class &#39;null&#39; (20 images) is spelled like a missing-value marker" in report

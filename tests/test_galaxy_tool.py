@@ -25,7 +25,7 @@ def _form(**changes):
     """Parameter values as Galaxy hands them to the Cheetah template (defaults of the form)."""
     values = {
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
-        "image_column": "1", "target_column": "2", "sample_id_column": None, "split_column": None,
+        "image_column": "1", "target_column": "2", "sample_id_column": None, "data_split": {"method": "random"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
         "augmentation": "random_horizontal_flip",
@@ -77,7 +77,8 @@ def test_default_form_is_the_tutorial_run(source):
     args, argv = _cli_args(source)
     assert (args.csv_file, args.image_zip, args.output_dir) == ("/data/meta.csv", "/data/images.zip", "outputs")
     assert (args.image_column, args.target_column) == ("1", "2")
-    assert args.sample_id_column is None and args.split_column is None
+    assert args.sample_id_column is None
+    assert args.random_split and args.split_column is None  # the form's default: random, as its help says
     assert args.model_name == "caformer_s18_384" and args.use_pretrained and args.fine_tune
     assert args.image_size is None  # the backbone's own size
     assert args.augmentation == "random_horizontal_flip"
@@ -90,18 +91,48 @@ def test_default_form_is_the_tutorial_run(source):
 
 def test_every_other_field_maps_to_its_flag(source):
     args, _ = _cli_args(
-        source, sample_id_column="3", split_column="5", backbone={"source": "custom", "model_name": "resnet18.a1_in1k"},
+        source, sample_id_column="3", data_split={"method": "column", "split_column": "5"},
+        backbone={"source": "custom", "model_name": "resnet18.a1_in1k"},
         use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation=None,
         training={"epochs": 2, "early_stop": 0, "batch_size": 8, "learning_rate": 0.0005, "random_seed": 7,
                   "train_split": 0.6, "validation_split": 0.2, "test_split": 0.2, "class_weights": "balanced",
                   "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5})
-    assert (args.sample_id_column, args.split_column) == ("3", "5")
+    assert (args.sample_id_column, args.split_column, args.random_split) == ("3", "5", False)
     assert args.model_name == "resnet18.a1_in1k" and not args.use_pretrained and not args.fine_tune
     assert args.image_size == 96 and args.augmentation == "none"
     assert (args.epochs, args.early_stop, args.batch_size, args.learning_rate, args.random_seed) == (2, 0, 8, 0.0005, 7)
     assert args.split_probabilities == [0.6, 0.2, 0.2]
     assert args.class_weights == "balanced" and not args.leakage_guard and args.positive_label == "malignant"
     assert args.max_missing_fraction == 0.5
+
+
+@pytest.mark.parametrize("data_split, flags", [
+    ({"method": "random"}, ["--random-split"]),
+    ({"method": "column", "split_column": "5"}, ["--split-column", "5"]),
+])
+def test_how_to_split_maps_to_exactly_one_flag(source, data_split, flags):
+    _, argv = _cli_args(source, data_split=data_split)
+    split_flags = [a for a in argv if a in ("--random-split", "--split-column")]
+    assert split_flags == flags[:1]
+    assert argv[argv.index(flags[0]):argv.index(flags[0]) + len(flags)] == flags
+
+
+def test_both_ways_to_split_have_a_galaxy_test(source):
+    methods = set()
+    for test in source.root.find("tests"):
+        for cond in test.iter("conditional"):
+            if cond.get("name") == "data_split":
+                methods |= {p.get("value") for p in cond.iter("param") if p.get("name") == "method"}
+    select = next(p for p in source.root.iter("param") if p.get("name") == "method")
+    assert methods == {o.get("value") for o in select.iter("option")} == {"random", "column"}
+
+
+def test_the_cli_refuses_two_ways_to_split_at_once(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        image_learner_cli.main(["--csv-file", "m.csv", "--image-zip", "i.zip", "--output-dir", "o",
+                                "--random-split", "--split-column", "split"])
+    assert exit_info.value.code == 2
+    assert "argument --split-column: not allowed with argument --random-split" in capsys.readouterr().err
 
 
 def test_several_augmentations_are_passed_comma_separated(source):

@@ -81,7 +81,7 @@ def test_missing_images_above_the_threshold_stop_the_run(tmp_path):
 
 @pytest.mark.parametrize("labels, message", [
     (["a", "", "b", "a"], r"empty on CSV line\(s\) 3"),
-    (["a", "NaN", "b", "a"], r"empty on CSV line\(s\) 3"),
+    (["a", "b", "  ", "a", "b", ""], r"empty on CSV line\(s\) 4, 7"),
     (["a", "a", "a", "a"], "only one class"),
 ])
 def test_bad_labels_name_the_lines(tmp_path, labels, message):
@@ -90,21 +90,60 @@ def test_bad_labels_name_the_lines(tmp_path, labels, message):
         _prepare(tmp_path, rows)
 
 
-def test_numeric_labels_are_class_names_and_rare_classes_are_flagged(tmp_path):
-    rows = [{"image_path": f"img{i}.png", "label": ["0", "1", "01"][min(i % 10, 2) if i < 21 else 0]}
-            for i in range(22)]
-    rows[-1]["label"] = "7"  # a class with a single image
+def test_numeric_labels_are_class_names(tmp_path):
+    rows = [{"image_path": f"img{i}.png", "label": ["0", "1", "01"][min(i % 10, 2)]} for i in range(21)]
     data = _prepare(tmp_path, rows)
-    assert data.classes == ["0", "01", "1", "7"]  # text: "01" is not "1"
+    assert data.classes == ["0", "01", "1"]  # text: "01" is not "1"
     assert data.task == "multiclass"
-    assert any("class '7' has only 1 image(s)" in w for w in data.warnings)
+    # "1" (2 images) lands in train and test, none in validation: said, not hidden
+    assert any("'1' (2 image(s) in 2 group(s): train 1, validation 0, test 1) have no validation rows" in w
+               for w in data.warnings)
+
+
+def _rare_class_rows():
+    rows = [{"image_path": f"img{i}.png", "label": "ab"[i % 2], "split": ["train", "test"][i % 5 == 0]}
+            for i in range(20)]
+    return rows + [{"image_path": "img20.png", "label": "7", "split": "train"}]  # a class with a single image
+
+
+def test_a_class_too_rare_for_train_and_test_stops_a_random_split(tmp_path):
+    with pytest.raises(InputError, match=r"class\(es\) without training or test images: '7' \(1 image\(s\) in 1 "
+                                         r"group\(s\): train 1, validation 0, test 0\).*remove the rows of a rare"):
+        _prepare(tmp_path, _rare_class_rows(), random_split=True)
+
+
+def test_a_class_missing_from_the_users_test_split_is_a_warning(tmp_path):
+    data = _prepare(tmp_path, _rare_class_rows())  # the CSV's "split" column: the user's choice
+    assert data.split["column"] == "split"
+    assert any("'7' (1 image(s) in 1 group(s): train 1, validation 0, test 0) have no test rows" in w
+               for w in data.warnings)
+
+
+def test_two_patients_per_class_cannot_fill_three_splits(tmp_path):
+    """Before: every tie went to train, so this gave train 40 / validation 0 / test 0 with exit 0."""
+    rows = [{"image_path": f"img{i}.png", "label": "abcd"[i // 10], "patient": f"p{i // 5}"} for i in range(40)]
+    with pytest.raises(InputError, match=r"the validation split is empty \(train 20, validation 0, test 20 "
+                                         r"images\).*8 group\(s\) for 40 images.*--split-probabilities"):
+        _prepare(tmp_path, rows, sample_id_column="patient")
+    # a 0 validation share asks for no validation split: then the same data is fine
+    data = _prepare(tmp_path / "no_val", rows, sample_id_column="patient", split_probabilities=(0.5, 0.0, 0.5))
+    counts = {k: sum(v.values()) for k, v in data.dataset["class_counts"].items()}
+    assert counts == {"train": 20, "validation": 0, "test": 20}
+
+
+def test_bad_split_value_names_its_csv_line_when_earlier_rows_have_no_image(tmp_path):
+    rows = [{"image_path": f"img{i}.png", "label": "ab"[i % 2], "split": "train"} for i in range(30)]
+    rows[25]["split"] = "holdout"  # CSV line 27
+    files = [r["image_path"] for r in rows[2:]]  # the first two rows (lines 2, 3) have no image
+    with pytest.raises(InputError, match=r"split column 'split', CSV line 27: 'holdout'"):
+        _prepare(tmp_path, rows, files=files)
 
 
 def test_paths_with_dot_slash_and_backslashes_match(tmp_path):
     rows = [{"image_path": (".\\sub\\" if i % 2 else "./sub/") + f"img{i}.png", "label": "ab"[i % 2]}
-            for i in range(6)]
-    data = _prepare(tmp_path, rows, files=[f"sub/img{i}.png" for i in range(6)])
-    assert data.table["image_file"].tolist() == [f"sub/img{i}.png" for i in range(6)]
+            for i in range(10)]
+    data = _prepare(tmp_path, rows, files=[f"sub/img{i}.png" for i in range(10)])
+    assert data.table["image_file"].tolist() == [f"sub/img{i}.png" for i in range(10)]
 
 
 def test_hostile_archive_never_writes_outside(tmp_path):
@@ -114,3 +153,18 @@ def test_hostile_archive_never_writes_outside(tmp_path):
         extract_zip_safely(archive, str(tmp_path / "job" / "out"))
     assert set(os.listdir(tmp_path)) - outside_before == {"evil.zip", "job"}
     assert not os.path.exists(tmp_path.parent / "escaped.png")
+
+
+def test_a_split_column_is_used_by_name_unless_a_random_split_is_asked_for(tmp_path):
+    rows = [{"image_path": f"img{i}.png", "label": "ab"[i % 2], "Split": ["train", "test"][i % 5 == 0]}
+            for i in range(40)]
+    auto = _prepare(tmp_path / "auto", rows)
+    assert auto.split["column"] == "Split"
+    assert auto.split["method"].startswith("user column 'Split' (used because of its name; --random-split ignores it)")
+    random = _prepare(tmp_path / "random", rows, random_split=True)
+    assert random.split["column"] is None
+    assert random.split["method"] == "random, stratified by label, seeded (column 'Split' ignored: --random-split)"
+    chosen = _prepare(tmp_path / "chosen", rows, split_column="3")
+    assert chosen.split["method"].startswith("user column 'Split', validation carved")
+    with pytest.raises(InputError, match="--random-split and --split-column contradict each other"):
+        _prepare(tmp_path / "both", rows, random_split=True, split_column="Split")

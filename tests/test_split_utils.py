@@ -105,3 +105,59 @@ def test_union_groups_joins_transitively():
 def test_straddling_groups_are_found():
     report = split_utils.find_straddling_groups([0, 0, 1, 1, 2], [0, 2, 1, 1, 0])
     assert report.n_groups == 1 and report.n_rows == 2 and report.examples == [[0, 1]]
+
+
+def test_ties_do_not_all_go_to_train():
+    """Two patients of five images per class: the second patient ties train and test (2 rows below
+    target each); it used to go to train every time: train 40, validation 0, test 0."""
+    labels = np.repeat(list("abcd"), 10)
+    groups = np.repeat(np.arange(8), 5)
+    for seed in range(5):
+        codes = split_utils.random_split(labels, groups, seed=seed)
+        for label in "abcd":
+            assert np.bincount(codes[labels == label], minlength=3).tolist() == [5, 0, 5]
+
+
+def test_exact_ties_are_broken_by_the_seed():
+    """Equal shares, the larger group first: train and test tie exactly (also relative to their
+    targets), so the seed decides; it used to be train every time."""
+    labels, groups = np.array(["a"] * 3), np.array([0, 0, 1])
+    firsts = {int(split_utils.random_split(labels, groups, (0.5, 0.0, 0.5), seed)[0]) for seed in range(20)}
+    assert firsts == {0, 2}
+    assert split_utils.random_split(labels, groups, (0.5, 0.0, 0.5), 3).tolist() == \
+        split_utils.random_split(labels, groups, (0.5, 0.0, 0.5), 3).tolist()
+
+
+def test_an_empty_validation_split_is_an_error_naming_the_counts():
+    labels = np.repeat(list("abcd"), 10)
+    groups = np.repeat(np.arange(8), 5)
+    codes = split_utils.random_split(labels, groups)
+    errors, _ = split_utils.check_split(labels, codes, groups, (0.7, 0.1, 0.2))
+    assert errors[0] == "the validation split is empty (train 20, validation 0, test 20 images)"
+    assert "8 group(s) for 40 images" in errors[-1] and "--split-column" in errors[-1]
+    # asked for: a 0 validation share means no validation split
+    errors, _ = split_utils.check_split(labels, split_utils.random_split(labels, groups, (0.5, 0, 0.5)), groups,
+                                        (0.5, 0, 0.5))
+    assert errors == []
+
+
+def test_a_class_without_test_rows_is_an_error_for_a_random_split_and_a_warning_for_a_user_split():
+    labels = np.array(["a"] * 10 + ["b"] * 10 + ["rare"])
+    codes = np.array([0] * 7 + [1] + [2] * 2 + [0] * 7 + [1] + [2] * 2 + [0])
+    groups = np.arange(len(labels))
+    errors, _ = split_utils.check_split(labels, codes, groups, (0.7, 0.1, 0.2))
+    assert errors[0] == ("class(es) without training or test images: 'rare' (1 image(s) in 1 group(s): "
+                         "train 1, validation 0, test 0)")
+    errors, warnings = split_utils.check_split(labels, codes, groups, (0.7, 0.1, 0.2), user_column="split")
+    assert errors == []
+    assert any("'rare' (1 image(s) in 1 group(s): train 1, validation 0, test 0) have no test rows" in w
+               for w in warnings)
+    no_validation = np.where(codes == 1, 0, codes)
+    errors, warnings = split_utils.check_split(labels, no_validation, groups, (0.7, 0.1, 0.2), user_column="split")
+    assert errors == [] and any(w.startswith("the validation split is empty (train 17, validation 0, test 4")
+                                for w in warnings)
+
+
+def test_split_column_errors_name_the_csv_line_given():
+    with pytest.raises(InputError, match=r"CSV line 9: 'holdout'"):
+        split_utils.parse_split_column(pd.Series(["train", "holdout"]), "split", csv_lines=[4, 9])
