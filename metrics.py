@@ -7,8 +7,17 @@ from Ludwig's training statistics. Conventions for all functions:
   order; ``y_pred``: predicted names (default: the arg-max class). For a binary task ``classes`` is
   ``[negative, positive]`` and ``y_pred`` comes from the chosen threshold.
 - A metric that cannot be computed on the given rows (one class only, no rows) is ``None``.
-- Ranking metrics (ROC-AUC, average precision) use the classes present in ``y_true`` only; the
-  classes that are absent are listed under ``classes_absent``.
+- Every macro average (precision, recall, F1, balanced accuracy, ROC-AUC, average precision) is the
+  plain mean over the classes present in that split's ``y_true``; a class with no true rows there has
+  no recall and no ROC curve, so it is left out of all of them alike. ``macro_over`` lists the classes
+  averaged, ``classes_absent`` those left out (the per-class table still shows every class). A binary
+  task's ROC-AUC and average precision are those of the positive class (its ROC-AUC equals the mean
+  over both classes; average precision is the usual positive-class figure).
+- Calibration (ECE, reliability diagram), 10 equal-width bins: binary tasks bin P(positive) and
+  compare each bin's mean P(positive) with its observed fraction of positives (as
+  ``sklearn.calibration.calibration_curve``), which does not depend on the decision threshold;
+  multiclass tasks bin the top-class probability and compare it with how often the arg-max class (the
+  predicted label there) is right. ECE is the bins' absolute gaps weighted by their share of rows.
 """
 
 from __future__ import annotations
@@ -68,23 +77,27 @@ def average_precision(y_true, proba, classes):
 
 
 def expected_calibration_error(y_true, proba, classes, n_bins: int = ECE_BINS):
-    """ECE of the top-class confidence: 10 equal-width bins on the maximum probability, the bins'
-    |accuracy - mean confidence| weighted by their share of rows. Also returns the bins
-    (lower edge, upper edge, rows, accuracy, mean confidence) for a reliability diagram."""
+    """ECE by the calibration rule in the module docstring. Also returns the non-empty bins
+    (lower edge, upper edge, rows, observed, mean predicted) for a reliability diagram: observed is
+    the fraction of positives (binary) or of right arg-max predictions (multiclass), mean predicted
+    the mean P(positive) or the mean top-class probability."""
     y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
     if len(y_true) == 0:
         return None, []
-    confidence = proba.max(axis=1)
-    correct = np.asarray(classes)[proba.argmax(axis=1)] == y_true
+    if len(classes) == 2:  # threshold-free: the positive-class probability against the positive rate
+        predicted, observed = proba[:, 1], y_true == classes[1]
+    else:
+        predicted, observed = proba.max(axis=1), np.asarray(classes)[proba.argmax(axis=1)] == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    # bins closed on the right, 0 in the first one, as calibration_curve bins them
+    which = np.clip(np.digitize(predicted, edges[1:-1], right=True), 0, n_bins - 1)
     ece, bins = 0.0, []
     for b in range(n_bins):
         rows = which == b
         if rows.any():
-            acc, conf = correct[rows].mean(), confidence[rows].mean()
-            ece += rows.mean() * abs(acc - conf)
-            bins.append((float(edges[b]), float(edges[b + 1]), int(rows.sum()), float(acc), float(conf)))
+            obs, pred = observed[rows].mean(), predicted[rows].mean()
+            ece += rows.mean() * abs(obs - pred)
+            bins.append((float(edges[b]), float(edges[b + 1]), int(rows.sum()), float(obs), float(pred)))
     return float(ece), bins
 
 
@@ -127,6 +140,7 @@ def split_metrics(y_true, proba, classes, y_pred=None) -> dict:
             out[f"top_{k}_accuracy"] = _safe(skm.top_k_accuracy_score, y_true, sorted_proba, k=k, labels=sorted_classes)
     out["expected_calibration_error"] = expected_calibration_error(y_true, proba, classes)[0]
     out["roc_auc"] = out["roc_auc_macro"]  # short name kept for scripts written against earlier versions
+    out["macro_over"] = [c for c in classes if c in set(y_true)]
     out["classes_absent"] = [c for c in classes if c not in set(y_true)]
     return out
 

@@ -100,3 +100,39 @@ def test_bootstrap_interval_is_seeded():
     point = metrics.split_metrics(y_true, proba, CLASSES)
     for name, (low, high) in first.items():
         assert low <= point[name] <= high
+
+
+def test_binary_calibration_bins_the_positive_probability_not_the_arg_max():
+    """Binary calibration: P(positive) against the fraction of positives, so a tuned threshold can't
+    contradict it. Old rule (top-class confidence vs arg-max right) gives other bins and ECE here."""
+    from sklearn.calibration import calibration_curve
+
+    classes = ["benign", "malignant"]
+    y_true = ["benign", "malignant", "benign", "benign", "malignant", "malignant", "malignant", "malignant"]
+    p_pos = np.array([0.05, 0.25, 0.25, 0.25, 0.35, 0.75, 0.75, 0.75])
+    ece, bins = metrics.expected_calibration_error(y_true, np.column_stack([1 - p_pos, p_pos]), classes)
+    # (0,.1]: 1 row, mean .05, 0 positive -> gap .05; (.2,.3]: 3 rows, mean .25, 1/3 positive -> 1/12;
+    # (.3,.4]: 1 row, mean .35, all positive -> .65; (.7,.8]: 3 rows, mean .75, all positive -> .25
+    assert [b[0] for b in bins] == pytest.approx([0.0, 0.2, 0.3, 0.7]) and [b[2] for b in bins] == [1, 3, 1, 3]
+    assert [b[3] for b in bins] == pytest.approx([0, 1 / 3, 1, 1])
+    assert [b[4] for b in bins] == pytest.approx([0.05, 0.25, 0.35, 0.75])
+    # the arg-max rule put .25 and .75 in one (.7,.8] bin (6 rows, 5 right): ECE (.05 + .5 + .65) / 8 = .15
+    assert ece == pytest.approx((0.05 + 3 / 12 + 0.65 + 3 * 0.25) / 8)
+    observed, predicted = calibration_curve(np.array(y_true) == "malignant", p_pos, n_bins=10)
+    assert [b[3] for b in bins] == pytest.approx(observed) and [b[4] for b in bins] == pytest.approx(predicted)
+
+
+def test_every_macro_average_is_over_the_classes_present():
+    """Class d has no true rows but is predicted twice: left out of every macro average alike, and
+    metrics.json says which classes were averaged."""
+    classes = CLASSES + ["d"]
+    proba = np.hstack([PROBA, np.zeros((6, 1))])
+    y_pred = ["a", "d", "b", "b", "c", "d"]  # both mistakes now go to the absent class
+    result = metrics.split_metrics(Y_TRUE, proba, classes, y_pred)
+    assert result["macro_over"] == ["a", "b", "c"] and result["classes_absent"] == ["d"]
+    # a, b, c: precision 1, 1, 1 (d's precision 0 would drag it to .75); recall 1/2, 1, 1/2
+    assert result["macro_precision"] == pytest.approx(1.0)
+    assert result["macro_recall"] == pytest.approx(2 / 3) == result["balanced_accuracy"]
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert result["roc_auc_macro"] == pytest.approx((7 / 8 + 1 + 1) / 3)
+    assert metrics.split_metrics(Y_TRUE, PROBA, CLASSES)["macro_over"] == CLASSES
