@@ -136,3 +136,57 @@ def test_every_macro_average_is_over_the_classes_present():
     assert result["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
     assert result["roc_auc_macro"] == pytest.approx((7 / 8 + 1 + 1) / 3)
     assert metrics.split_metrics(Y_TRUE, PROBA, CLASSES)["macro_over"] == CLASSES
+
+
+def _sklearn_on_resample(y_true, proba, classes, y_pred):
+    """The headline metrics of one resample the slow, obvious way."""
+    from sklearn import metrics as skm
+
+    present = sorted(set(y_true))
+    auc = metrics.roc_auc(y_true, proba, classes)
+    return {"accuracy": skm.accuracy_score(y_true, y_pred),
+            "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
+            "macro_f1": skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0),
+            "roc_auc_macro": np.nan if auc is None else auc}
+
+
+@pytest.mark.parametrize("seed, n, classes", [(0, 12, ["a", "b", "c"]), (1, 7, ["x", "y"]), (2, 30, list("abcdefg")),
+                                              (3, 5, list("abcd")), (4, 40, ["neg", "pos"]), (5, 3, ["a", "b"])])
+def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes):
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice(classes, n)
+    proba = rng.dirichlet(np.ones(len(classes)), n).round(1)  # rounded: many tied scores
+    proba /= proba.sum(axis=1, keepdims=True)
+    y_pred = (np.where(proba[:, 1] >= 0.3, classes[1], classes[0]) if len(classes) == 2
+              else rng.choice(classes, n))  # binary: a tuned threshold; else: any labels, some absent ones
+    rows, values = metrics.bootstrap_samples(y_true, proba, classes, y_pred, n_resamples=60, seed=seed)
+    assert rows.shape == (60, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r, picked in enumerate(rows):
+            expected = _sklearn_on_resample(y_true[picked], proba[picked], classes, y_pred[picked])
+            for name, value in expected.items():
+                assert values[name][r] == pytest.approx(value, abs=1e-12, nan_ok=True), (name, r)
+
+
+def test_bootstrap_draws_the_same_resamples_as_one_call_per_resample():
+    """Same seed, same rows as the earlier loop that drew each resample with its own generator call."""
+    rng = np.random.default_rng(11)
+    expected = [rng.integers(0, 9, 9) for _ in range(25)]
+    assert np.array_equal(metrics.resample_rows(9, 25, 11), np.array(expected))
+
+
+def test_bootstrap_skips_undefined_resamples():
+    """Two rows of one class and one of another: many resamples hold one class only; ROC-AUC skips
+    them (NaN there, interval from the rest), the counting metrics never do."""
+    classes = ["a", "b"]
+    proba = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    rows, values = metrics.bootstrap_samples(["a", "a", "b"], proba, classes, n_resamples=200, seed=3)
+    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in rows])
+    assert one_class.any() and not one_class.all()
+    assert np.array_equal(np.isnan(values["roc_auc_macro"]), one_class)
+    assert not np.isnan(values["accuracy"]).any()
+    assert metrics.bootstrap_ci(["a", "a"], proba[:2], classes)["roc_auc_macro"] is None  # never defined
+    assert all(v is None for v in metrics.bootstrap_ci([], np.zeros((0, 2)), classes).values())
