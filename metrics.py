@@ -7,8 +7,17 @@ from Ludwig's training statistics. Conventions for all functions:
   order; ``y_pred``: predicted names (default: the arg-max class). For a binary task ``classes`` is
   ``[negative, positive]`` and ``y_pred`` comes from the chosen threshold.
 - A metric that cannot be computed on the given rows (one class only, no rows) is ``None``.
-- Ranking metrics (ROC-AUC, average precision) use the classes present in ``y_true`` only; the
-  classes that are absent are listed under ``classes_absent``.
+- Every macro average (precision, recall, F1, balanced accuracy, ROC-AUC, average precision) is the
+  plain mean over the classes present in that split's ``y_true``; a class with no true rows there has
+  no recall and no ROC curve, so it is left out of all of them alike. ``macro_over`` lists the classes
+  averaged, ``classes_absent`` those left out (the per-class table still shows every class). A binary
+  task's ROC-AUC and average precision are those of the positive class (its ROC-AUC equals the mean
+  over both classes; average precision is the usual positive-class figure).
+- Calibration (ECE, reliability diagram), 10 equal-width bins: binary tasks bin P(positive) and
+  compare each bin's mean P(positive) with its observed fraction of positives (as
+  ``sklearn.calibration.calibration_curve``), which does not depend on the decision threshold;
+  multiclass tasks bin the top-class probability and compare it with how often the arg-max class (the
+  predicted label there) is right. ECE is the bins' absolute gaps weighted by their share of rows.
 """
 
 from __future__ import annotations
@@ -68,23 +77,27 @@ def average_precision(y_true, proba, classes):
 
 
 def expected_calibration_error(y_true, proba, classes, n_bins: int = ECE_BINS):
-    """ECE of the top-class confidence: 10 equal-width bins on the maximum probability, the bins'
-    |accuracy - mean confidence| weighted by their share of rows. Also returns the bins
-    (lower edge, upper edge, rows, accuracy, mean confidence) for a reliability diagram."""
+    """ECE by the calibration rule in the module docstring. Also returns the non-empty bins
+    (lower edge, upper edge, rows, observed, mean predicted) for a reliability diagram: observed is
+    the fraction of positives (binary) or of right arg-max predictions (multiclass), mean predicted
+    the mean P(positive) or the mean top-class probability."""
     y_true, proba, classes, _ = _prepare(y_true, proba, classes, None)
     if len(y_true) == 0:
         return None, []
-    confidence = proba.max(axis=1)
-    correct = np.asarray(classes)[proba.argmax(axis=1)] == y_true
+    if len(classes) == 2:  # threshold-free: the positive-class probability against the positive rate
+        predicted, observed = proba[:, 1], y_true == classes[1]
+    else:
+        predicted, observed = proba.max(axis=1), np.asarray(classes)[proba.argmax(axis=1)] == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    # bins closed on the right, 0 in the first one, as calibration_curve bins them
+    which = np.clip(np.digitize(predicted, edges[1:-1], right=True), 0, n_bins - 1)
     ece, bins = 0.0, []
     for b in range(n_bins):
         rows = which == b
         if rows.any():
-            acc, conf = correct[rows].mean(), confidence[rows].mean()
-            ece += rows.mean() * abs(acc - conf)
-            bins.append((float(edges[b]), float(edges[b + 1]), int(rows.sum()), float(acc), float(conf)))
+            obs, pred = observed[rows].mean(), predicted[rows].mean()
+            ece += rows.mean() * abs(obs - pred)
+            bins.append((float(edges[b]), float(edges[b + 1]), int(rows.sum()), float(obs), float(pred)))
     return float(ece), bins
 
 
@@ -127,6 +140,7 @@ def split_metrics(y_true, proba, classes, y_pred=None) -> dict:
             out[f"top_{k}_accuracy"] = _safe(skm.top_k_accuracy_score, y_true, sorted_proba, k=k, labels=sorted_classes)
     out["expected_calibration_error"] = expected_calibration_error(y_true, proba, classes)[0]
     out["roc_auc"] = out["roc_auc_macro"]  # short name kept for scripts written against earlier versions
+    out["macro_over"] = [c for c in classes if c in set(y_true)]
     out["classes_absent"] = [c for c in classes if c not in set(y_true)]
     return out
 
@@ -147,33 +161,89 @@ def per_class_table(y_true, proba, classes, y_pred=None) -> list[dict]:
 
 def bootstrap_ci(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_resamples: int = 1000,
                  seed: int = 42, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals: rows resampled with replacement ``n_resamples`` times with a
-    seeded generator (same seed, same interval). Resamples where a metric is undefined are skipped."""
-    y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
-    rng = np.random.default_rng(seed)
-    samples = {name: [] for name in metric_names}
-    with warnings.catch_warnings():  # resamples missing a class make scikit-learn warn; expected here
-        warnings.simplefilter("ignore")
-        for _ in range(n_resamples):
-            rows = rng.integers(0, len(y_true), len(y_true))
-            values = _resampled_metrics(y_true[rows], proba[rows], classes, y_pred[rows], metric_names)
-            for name, value in values.items():
-                if value is not None:
-                    samples[name].append(value)
+    """Percentile bootstrap intervals of the headline metrics: rows resampled with replacement
+    ``n_resamples`` times with a seeded generator (same seed, same interval). Each resample is scored
+    by the same rules as a split (macro averages over the classes present in it); a resample on which
+    a metric is undefined (ROC-AUC with fewer than two classes in it) is skipped for that metric, and
+    a metric with fewer than 10 defined resamples gets no interval (None)."""
+    samples = bootstrap_samples(y_true, proba, classes, y_pred, metric_names, n_resamples, seed)[1]
     tail = (1.0 - level) / 2 * 100
-    return {name: ([float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] if len(v) >= 10 else None)
-            for name, v in samples.items()}
+    intervals = {}
+    for name, values in samples.items():
+        defined = values[~np.isnan(values)]
+        intervals[name] = ([float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
+                           if len(defined) >= 10 else None)
+    return intervals
 
 
-def _resampled_metrics(y_true, proba, classes, y_pred, names) -> dict:
-    present = sorted(set(y_true))
-    fns = {
-        "accuracy": lambda: skm.accuracy_score(y_true, y_pred),
-        "balanced_accuracy": lambda: skm.balanced_accuracy_score(y_true, y_pred),
-        "macro_f1": lambda: skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0),
-        "roc_auc_macro": lambda: roc_auc(y_true, proba, classes, "macro"),
-    }
-    return {name: (None if (v := fns[name]()) is None else float(v)) for name in names}
+def resample_rows(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Row indices of every bootstrap resample, shape (n_resamples, n). One generator call per
+    resample, in the order the earlier one-resample-at-a-time loop made them, so a seed keeps giving
+    the same resamples (numpy restarts its bounded-integer buffer on every call)."""
+    rng = np.random.default_rng(seed)
+    rows = np.empty((n_resamples, n), dtype=np.int64)
+    for r in range(n_resamples if n else 0):
+        rows[r] = rng.integers(0, n, n)
+    return rows
+
+
+def bootstrap_samples(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_resamples: int = 1000,
+                      seed: int = 42) -> tuple[np.ndarray, dict]:
+    """(resample row indices, {metric: value per resample, NaN where undefined}), all resamples at
+    once: counting metrics from per-resample confusion matrices, ROC-AUC as a weighted rank statistic
+    (each row weighted by how often the resample drew it). Equals scikit-learn on each resample."""
+    y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
+    n, k = len(y_true), len(classes)
+    rows = resample_rows(n, n_resamples, seed)
+    if n == 0:
+        return rows, {name: np.full(n_resamples, np.nan) for name in metric_names}
+    lookup = {c: i for i, c in enumerate(classes)}
+    if not set(y_true) <= set(lookup):
+        raise ValueError(f"true labels outside the classes: {sorted(set(y_true) - set(lookup))}")
+    true = np.array([lookup[v] for v in y_true], dtype=np.int64)
+    pred = np.array([lookup.get(v, k) for v in y_pred], dtype=np.int64)  # column k: a label outside classes
+    # how often each resample drew each row, (rows, resamples); float so BLAS does the products below,
+    # exact for counts and sums of products below 2**53
+    drawn = np.bincount((rows * n_resamples + np.arange(n_resamples)[:, None]).ravel(), minlength=n * n_resamples)
+    weights = drawn.reshape(n, n_resamples).astype(float)
+    pair = np.zeros((n, k * (k + 1)))
+    pair[np.arange(n), true * (k + 1) + pred] = 1.0  # each row's cell of the confusion matrix
+    confusion = (weights.T @ pair).round().astype(np.int64).reshape(n_resamples, k, k + 1)
+    hits = confusion[:, np.arange(k), np.arange(k)]
+    support, called = confusion.sum(axis=2), confusion[:, :, :k].sum(axis=1)
+    present = support > 0
+    n_present = present.sum(axis=1)
+    recall = hits / np.maximum(support, 1)
+    f1 = 2 * hits / np.maximum(support + called, 1)  # 2TP / (2TP + FP + FN); 0 where that is 0/0
+    values = {"accuracy": hits.sum(axis=1) / n,
+              "balanced_accuracy": (recall * present).sum(axis=1) / n_present,
+              "macro_f1": (f1 * present).sum(axis=1) / n_present}
+    if "roc_auc_macro" in metric_names:
+        scored = [1] if k == 2 else range(k)  # binary: the positive class
+        auc = np.column_stack([_weighted_auc(proba[:, c], true == c, weights) for c in scored])
+        with warnings.catch_warnings():  # classes absent from a resample are NaN columns there
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values["roc_auc_macro"] = np.where(n_present >= 2, np.nanmean(auc, axis=1), np.nan)
+    return rows, {name: values[name].astype(float) for name in metric_names}
+
+
+def _weighted_auc(scores, is_positive, weights) -> np.ndarray:
+    """Per resample (column of ``weights``: how often each row was drawn), the Mann-Whitney AUC of
+    ``scores`` for the positive rows against the rest, ties counting one half; NaN without positives
+    or negatives. The negatives are sorted once and cumulated; each positive adds its weight times the
+    negative weight below it plus half the tied one. Whole numbers (exact) until the final division."""
+    negative = np.flatnonzero(~is_positive)
+    negative = negative[np.argsort(scores[negative], kind="stable")]
+    positive_scores = scores[is_positive]
+    cumulated = np.zeros((len(negative) + 1, weights.shape[1]))
+    np.cumsum(weights[negative], axis=0, out=cumulated[1:])
+    sorted_negative = scores[negative]
+    below = cumulated[np.searchsorted(sorted_negative, positive_scores, side="left")]
+    up_to = cumulated[np.searchsorted(sorted_negative, positive_scores, side="right")]
+    drawn = weights[is_positive]
+    wins2 = (drawn * (below + up_to)).sum(axis=0)  # twice (wins + ties / 2)
+    pairs2 = 2 * drawn.sum(axis=0) * cumulated[-1]
+    return np.divide(wins2, pairs2, out=np.full(weights.shape[1], np.nan), where=pairs2 > 0)
 
 
 def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "validation", "test")) -> dict:

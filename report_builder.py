@@ -81,11 +81,17 @@ def _split_arrays(predictions: pd.DataFrame, classes: list[str], split: str):
             part["predicted_label"].to_numpy())
 
 
-def _metric_rows(per_split: dict):
+# A binary task scores the positive class only (metrics.py): its ROC-AUC and average precision say so.
+BINARY_LABELS = {"roc_auc_macro": "ROC-AUC", "roc_auc_weighted": "ROC-AUC (weighted: same as above)",
+                 "average_precision_macro": "Average precision (positive class)"}
+
+
+def _metric_rows(per_split: dict, task: str | None = None):
     """Rows of the metrics table: one per metric, a column per split, test with its 95% interval."""
     ci = per_split.get("test", {}).get("ci95") or {}
+    labels = {**METRIC_LABELS, **(BINARY_LABELS if task == "binary" else {})}
     rows = []
-    for key, label in METRIC_LABELS.items():
+    for key, label in labels.items():
         if any(key in m for m in per_split.values()):
             rows.append({"label": label, "values": {s: per_split[s].get(key) for s in per_split},
                          "ci": ci.get(key)})
@@ -152,8 +158,9 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
         else f"{v:.{digits}f}"
     html = env.get_template("report.html.j2").render(
-        s=summary, classes=classes, metric_rows=_metric_rows(per_split), metric_splits=list(per_split),
-        absent=per_split.get("test", {}).get("classes_absent", []),
+        s=summary, classes=classes, metric_rows=_metric_rows(per_split, summary.get("task")),
+        metric_splits=list(per_split),
+        absent={split: m["classes_absent"] for split, m in per_split.items() if m.get("classes_absent")},
         per_class=per_split.get("test", {}).get("per_class", []), confusion=_confusion_table(predictions, classes),
         figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
         gallery_reason=gallery_reason, saliency=saliency, saliency_reason=saliency_reason,

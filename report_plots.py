@@ -118,33 +118,49 @@ def confusion_matrices(y_true, y_pred, classes) -> str:
 
 
 def reliability_diagram(y_true, proba, classes) -> str | None:
-    """Accuracy against confidence per bin; the diagonal is perfect calibration."""
+    """Observed against predicted per bin, by metrics.expected_calibration_error's rule: binary tasks
+    P(positive) against the fraction of positives (no threshold involved), multiclass the top-class
+    probability against the share of right arg-max predictions. The diagonal is perfect calibration."""
     ece, bins = metrics.expected_calibration_error(y_true, proba, classes)
     if not bins:
         return None
+    if len(classes) == 2:
+        predicted, observed = f"mean P({classes[1]})", f"fraction {classes[1]}"
+    else:
+        predicted, observed = "mean top-class probability", "fraction right (arg-max class)"
     centres = [(lo + hi) / 2 for lo, hi, *_ in bins]
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=centres, y=[b[3] for b in bins], width=0.09, name="accuracy in bin",
+    fig.add_trace(go.Bar(x=centres, y=[b[3] for b in bins], width=0.09, name=f"{observed} in bin",
                          customdata=[[b[2], b[4]] for b in bins],
-                         hovertemplate="accuracy %{y:.2f}<br>mean confidence %{customdata[1]:.2f}<br>"
+                         hovertemplate=f"{observed} %{{y:.2f}}<br>{predicted} %{{customdata[1]:.2f}}<br>"
                                        "%{customdata[0]} images<extra></extra>"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"),
                              name="perfect calibration"))
-    fig.update_layout(title=f"Reliability diagram (test; ECE {ece:.3f})", xaxis_title="confidence (top class)",
-                      yaxis_title="accuracy", xaxis_range=[0, 1], yaxis_range=[0, 1.05])
+    axis = f"P({classes[1]})" if len(classes) == 2 else "top-class probability"
+    fig.update_layout(title=f"Reliability diagram (test; ECE {ece:.3f})", xaxis_title=f"{axis}, 10 bins",
+                      yaxis_title=observed, xaxis_range=[0, 1], yaxis_range=[0, 1.05])
     return to_html(fig)
 
 
+def predicted_class_probability(proba, classes, y_pred) -> np.ndarray:
+    """Each row's probability of its predicted label: the top class for multiclass, but for a binary
+    task with a tuned threshold possibly under 0.5 (P = 0.4 called positive at threshold 0.3)."""
+    column = {c: k for k, c in enumerate(classes)}
+    return np.array([proba[i, column[p]] if p in column else np.nan
+                     for i, p in enumerate(np.asarray(y_pred).astype(str))], dtype=float)
+
+
 def confidence_histogram(y_true, proba, classes, y_pred) -> str:
-    """Top-class confidence of right and wrong test predictions."""
-    confidence = proba.max(axis=1)
+    """Probability given to the predicted class (binary: the thresholded label), for right and wrong
+    test predictions."""
+    confidence = predicted_class_probability(proba, classes, y_pred)
     right = np.asarray(y_true).astype(str) == np.asarray(y_pred).astype(str)
     fig = go.Figure()
     for mask, name, colour in ((right, "correct", "#2ca02c"), (~right, "wrong", "#d62728")):
         fig.add_trace(go.Histogram(x=confidence[mask], name=f"{name} ({int(mask.sum())})", marker_color=colour,
                                    xbins=dict(start=0, end=1, size=0.05), opacity=0.75))
-    fig.update_layout(title="Confidence of test predictions", barmode="overlay", xaxis_title="confidence",
-                      yaxis_title="images")
+    fig.update_layout(title="Confidence of test predictions", barmode="overlay",
+                      xaxis_title="probability of the predicted class", yaxis_title="images")
     return to_html(fig)
 
 

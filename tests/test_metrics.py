@@ -100,3 +100,93 @@ def test_bootstrap_interval_is_seeded():
     point = metrics.split_metrics(y_true, proba, CLASSES)
     for name, (low, high) in first.items():
         assert low <= point[name] <= high
+
+
+def test_binary_calibration_bins_the_positive_probability_not_the_arg_max():
+    """Binary calibration: P(positive) against the fraction of positives, so a tuned threshold can't
+    contradict it. Old rule (top-class confidence vs arg-max right) gives other bins and ECE here."""
+    from sklearn.calibration import calibration_curve
+
+    classes = ["benign", "malignant"]
+    y_true = ["benign", "malignant", "benign", "benign", "malignant", "malignant", "malignant", "malignant"]
+    p_pos = np.array([0.05, 0.25, 0.25, 0.25, 0.35, 0.75, 0.75, 0.75])
+    ece, bins = metrics.expected_calibration_error(y_true, np.column_stack([1 - p_pos, p_pos]), classes)
+    # (0,.1]: 1 row, mean .05, 0 positive -> gap .05; (.2,.3]: 3 rows, mean .25, 1/3 positive -> 1/12;
+    # (.3,.4]: 1 row, mean .35, all positive -> .65; (.7,.8]: 3 rows, mean .75, all positive -> .25
+    assert [b[0] for b in bins] == pytest.approx([0.0, 0.2, 0.3, 0.7]) and [b[2] for b in bins] == [1, 3, 1, 3]
+    assert [b[3] for b in bins] == pytest.approx([0, 1 / 3, 1, 1])
+    assert [b[4] for b in bins] == pytest.approx([0.05, 0.25, 0.35, 0.75])
+    # the arg-max rule put .25 and .75 in one (.7,.8] bin (6 rows, 5 right): ECE (.05 + .5 + .65) / 8 = .15
+    assert ece == pytest.approx((0.05 + 3 / 12 + 0.65 + 3 * 0.25) / 8)
+    observed, predicted = calibration_curve(np.array(y_true) == "malignant", p_pos, n_bins=10)
+    assert [b[3] for b in bins] == pytest.approx(observed) and [b[4] for b in bins] == pytest.approx(predicted)
+
+
+def test_every_macro_average_is_over_the_classes_present():
+    """Class d has no true rows but is predicted twice: left out of every macro average alike, and
+    metrics.json says which classes were averaged."""
+    classes = CLASSES + ["d"]
+    proba = np.hstack([PROBA, np.zeros((6, 1))])
+    y_pred = ["a", "d", "b", "b", "c", "d"]  # both mistakes now go to the absent class
+    result = metrics.split_metrics(Y_TRUE, proba, classes, y_pred)
+    assert result["macro_over"] == ["a", "b", "c"] and result["classes_absent"] == ["d"]
+    # a, b, c: precision 1, 1, 1 (d's precision 0 would drag it to .75); recall 1/2, 1, 1/2
+    assert result["macro_precision"] == pytest.approx(1.0)
+    assert result["macro_recall"] == pytest.approx(2 / 3) == result["balanced_accuracy"]
+    assert result["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+    assert result["roc_auc_macro"] == pytest.approx((7 / 8 + 1 + 1) / 3)
+    assert metrics.split_metrics(Y_TRUE, PROBA, CLASSES)["macro_over"] == CLASSES
+
+
+def _sklearn_on_resample(y_true, proba, classes, y_pred):
+    """The headline metrics of one resample the slow, obvious way."""
+    from sklearn import metrics as skm
+
+    present = sorted(set(y_true))
+    auc = metrics.roc_auc(y_true, proba, classes)
+    return {"accuracy": skm.accuracy_score(y_true, y_pred),
+            "balanced_accuracy": skm.balanced_accuracy_score(y_true, y_pred),
+            "macro_f1": skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0),
+            "roc_auc_macro": np.nan if auc is None else auc}
+
+
+@pytest.mark.parametrize("seed, n, classes", [(0, 12, ["a", "b", "c"]), (1, 7, ["x", "y"]), (2, 30, list("abcdefg")),
+                                              (3, 5, list("abcd")), (4, 40, ["neg", "pos"]), (5, 3, ["a", "b"])])
+def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes):
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.choice(classes, n)
+    proba = rng.dirichlet(np.ones(len(classes)), n).round(1)  # rounded: many tied scores
+    proba /= proba.sum(axis=1, keepdims=True)
+    y_pred = (np.where(proba[:, 1] >= 0.3, classes[1], classes[0]) if len(classes) == 2
+              else rng.choice(classes, n))  # binary: a tuned threshold; else: any labels, some absent ones
+    rows, values = metrics.bootstrap_samples(y_true, proba, classes, y_pred, n_resamples=60, seed=seed)
+    assert rows.shape == (60, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r, picked in enumerate(rows):
+            expected = _sklearn_on_resample(y_true[picked], proba[picked], classes, y_pred[picked])
+            for name, value in expected.items():
+                assert values[name][r] == pytest.approx(value, abs=1e-12, nan_ok=True), (name, r)
+
+
+def test_bootstrap_draws_the_same_resamples_as_one_call_per_resample():
+    """Same seed, same rows as the earlier loop that drew each resample with its own generator call."""
+    rng = np.random.default_rng(11)
+    expected = [rng.integers(0, 9, 9) for _ in range(25)]
+    assert np.array_equal(metrics.resample_rows(9, 25, 11), np.array(expected))
+
+
+def test_bootstrap_skips_undefined_resamples():
+    """Two rows of one class and one of another: many resamples hold one class only; ROC-AUC skips
+    them (NaN there, interval from the rest), the counting metrics never do."""
+    classes = ["a", "b"]
+    proba = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    rows, values = metrics.bootstrap_samples(["a", "a", "b"], proba, classes, n_resamples=200, seed=3)
+    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in rows])
+    assert one_class.any() and not one_class.all()
+    assert np.array_equal(np.isnan(values["roc_auc_macro"]), one_class)
+    assert not np.isnan(values["accuracy"]).any()
+    assert metrics.bootstrap_ci(["a", "a"], proba[:2], classes)["roc_auc_macro"] is None  # never defined
+    assert all(v is None for v in metrics.bootstrap_ci([], np.zeros((0, 2)), classes).values())

@@ -19,12 +19,14 @@ EVIL = "<script>alert(1)</script>"
 CHROMIUM = "/usr/bin/chromium"
 
 
-def write_run(folder, classes, task="multiclass", seed=0):
+def write_run(folder, classes, task="multiclass", seed=0, absent_from_test=None):
     """A finished run's files, as pipeline.py writes them, with plausible random predictions."""
     rng = np.random.default_rng(seed)
     n = 90
     split = np.array(["train"] * 60 + ["validation"] * 10 + ["test"] * 20)
     truth = np.array([classes[i % len(classes)] for i in range(n)])
+    others = [c for c in classes if c != absent_from_test]
+    truth[(split == "test") & (truth == absent_from_test)] = others[0]
     logits = rng.normal(size=(n, len(classes))) + 2.0 * (np.asarray(classes)[None, :] == truth[:, None])
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     threshold = 0.5 if task == "binary" else None
@@ -123,3 +125,34 @@ def test_tables_hold_the_numbers_and_the_leak_warning(tmp_path):
     assert "Leakage: the test numbers below are optimistic" in html
     assert "<noscript>" in html
     assert "Not shown: the images are not available" in html  # rebuilt from files: says why
+
+
+def test_absent_classes_are_named_as_left_out_of_the_macro_averages(tmp_path):
+    run = write_run(str(tmp_path / "run"), ["akiec", "mel", "nv"], absent_from_test="mel")
+    test_metrics = json.load(open(os.path.join(run, "metrics.json")))["test"]
+    assert test_metrics["macro_over"] == ["akiec", "nv"] and test_metrics["classes_absent"] == ["mel"]
+    html = " ".join(open(report_builder.build_report(run), encoding="utf-8").read().split())
+    note = re.search(r'<p class="muted" id="absent-classes">(.*?)</p>', html, re.S).group(1)
+    assert "Absent from the test split" in note and "left out of its macro averages" in note and "mel" in note
+    assert "plain means over the classes present in that split's true labels" in html  # the rule, always stated
+
+
+def test_binary_calibration_is_explained_as_threshold_free(tmp_path):
+    run = write_run(str(tmp_path / "run"), ["benign", "malignant"], task="binary")
+    html = " ".join(open(report_builder.build_report(run), encoding="utf-8").read().split())
+    assert "does not depend on the decision threshold" in html  # the guide
+    assert "10 equal-width bins of P(malignant), each bin's mean against its fraction of malignant" in html
+    assert "fraction malignant" in html and "mean P(malignant)" in html  # the diagram's axis and hover text
+    assert "top-class probability" not in html  # the multiclass rule is not shown
+    assert "Average precision (positive class)" in html
+
+
+def test_confidence_is_the_probability_of_the_thresholded_label():
+    """Binary at threshold 0.3: P(malignant) = 0.4 is called malignant, so its confidence is 0.4, not
+    the top-class 0.6 of benign (which contradicted the label shown as right or wrong)."""
+    import report_plots
+
+    proba = np.array([[0.6, 0.4], [0.8, 0.2], [0.1, 0.9]])
+    confidence = report_plots.predicted_class_probability(proba, ["benign", "malignant"],
+                                                          ["malignant", "benign", "malignant"])
+    assert confidence == pytest.approx([0.4, 0.8, 0.9])
