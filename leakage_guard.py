@@ -93,15 +93,22 @@ def thumbnail_symmetry(thumbs: np.ndarray, k: int) -> np.ndarray:
     return thumbs
 
 
-def colour_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 65536) -> np.ndarray:
+def colour_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: int = 65536,
+                     tolerance: float = np.inf) -> np.ndarray:
     """Mean absolute difference (0-255) between the thumbnails of images i[p] and j[p], the smallest
-    over the 8 symmetries of j's (the hash already matched the structure)."""
-    out = np.empty(len(i), dtype=np.float32)
-    for start in range(0, len(i), batch):
-        a = thumbs[i[start:start + batch]].astype(np.int16)
-        b = thumbs[j[start:start + batch]].astype(np.int16)
-        out[start:start + batch] = np.min([np.abs(a - thumbnail_symmetry(b, k)).mean(axis=(1, 2, 3))
-                                           for k in range(8)], axis=0)
+    over the 8 symmetries of j's (the hash already matched the structure).
+
+    Pairs whose mean colours alone differ by more than ``tolerance`` (a lower bound of the distance
+    under any symmetry) get that bound instead: enough to reject them, without the 8 comparisons."""
+    means = thumbs.reshape(len(thumbs), -1, 3).mean(axis=1, dtype=np.float32)
+    out = np.abs(means[i] - means[j]).mean(axis=1)
+    todo = np.flatnonzero(out <= tolerance)
+    for start in range(0, len(todo), batch):
+        rows = todo[start:start + batch]
+        a = thumbs[i[rows]].astype(np.int16)
+        b = thumbs[j[rows]].astype(np.int16)
+        out[rows] = np.min([np.abs(a - thumbnail_symmetry(b, k)).mean(axis=(1, 2, 3), dtype=np.float32)
+                            for k in range(8)], axis=0)
     return out
 
 
@@ -152,5 +159,5 @@ def duplicate_groups(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int =
     some flip/rotation) and whose thumbnails match within ``colour_tolerance`` share an id."""
     check_max_distance(max_distance)
     i, j = hash_pairs(hashes, max_distance)
-    same_colours = colour_distances(thumbs, i, j) <= colour_tolerance
+    same_colours = colour_distances(thumbs, i, j, tolerance=colour_tolerance) <= colour_tolerance
     return connected_groups(len(hashes), i[same_colours], j[same_colours])
