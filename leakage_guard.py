@@ -137,8 +137,8 @@ def min_distances(hashes: np.ndarray) -> np.ndarray:
 
 
 def hash_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i, j), i != j, with image i's identity hash within ``max_distance`` of one of the 8
-    symmetric hashes of image j: the same pairs as ``min_distances(hashes) <= max_distance``."""
+    """Pairs (i, j), i < j, where one image's identity hash is within ``max_distance`` of one of the
+    8 symmetric hashes of the other: the pairs of ``min_distances(hashes) <= max_distance``, either way."""
     n = len(hashes)
     # A symmetric image (or a flat one) repeats hashes among its 8: index each distinct one once.
     rows = hashes.reshape(n * 8, WORDS)
@@ -149,6 +149,10 @@ def hash_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     keep = np.flatnonzero(~repeated.ravel())
     i, found = radius_pairs(rows[keep], hashes[:, 0, :], max_distance)
     j = keep[found] // 8
+    # One edge per unordered pair is enough for the groups (and the colour check is symmetric).
+    pairs = np.sort(np.minimum(i, j) * n + np.maximum(i, j))
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    i, j = pairs // n, pairs % n
     differ = i != j
     return i[differ], j[differ]
 

@@ -36,7 +36,8 @@ def test_every_pair_within_the_radius_is_found_and_nothing_else(radius):
 def test_skewed_data_with_many_identical_strings_stays_exact():
     """Hundreds of identical strings (every flat image hashes to zero) put them all in one bucket."""
     rng = np.random.default_rng(3)
-    database = np.concatenate([np.zeros((300, 4), np.uint64), _near_copies(rng, np.zeros((1, 4), np.uint64), 200, 30, 4),
+    zeros = np.zeros((1, 4), np.uint64)
+    database = np.concatenate([np.repeat(zeros, 300, axis=0), _near_copies(rng, zeros, 200, 30, 4),
                                rng.integers(0, 2**64, size=(300, 4), dtype=np.uint64, endpoint=False)])
     q, d = radius_pairs(database, database, 20, batch=1000)
     assert set(zip(q.tolist(), d.tolist())) == _brute_force(database, database, 20)
