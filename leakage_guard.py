@@ -29,16 +29,16 @@ WORDS = BLOCK * BLOCK // 64
 NOISE_FLOOR = 1.0
 # Largest Hamming distance (of 256 bits) still called "the same picture". Measured on the 258 shared
 # HAM10000 originals (bench/leakage_threshold.py): copies flipped, rotated, resized to 96 px and
-# re-encoded (PNG or JPEG q75) sit at 0-14; distinct lesions at 45 and more (the only closer pairs, 26
-# and 36, are re-photographs of one lesion). 20 leaves a margin on both sides.
+# re-encoded (PNG or JPEG q75) sit at 0-14; distinct lesions at 55 and more (the only closer pairs, 28
+# and 35, are re-photographs of one lesion). 20 leaves a margin on both sides.
 DEFAULT_MAX_DISTANCE = 20
-# Above this the threshold passes distinct photographs (nearest distinct HAM10000 lesions: 45 bits)
-# and the index's candidate lists grow towards all pairs.
+# Above this the threshold nears distinct photographs (distinct HAM10000 lesions: 55 bits and more, two
+# re-photographs of one lesion 28 and 35) and the index's candidate lists grow towards all pairs.
 MAX_DISTANCE_LIMIT = 40
 THUMB_SIDE = 8  # colour signature: 8x8 RGB box-filtered thumbnail (192 bytes)
 # Largest mean absolute difference (0-255 levels, over the 8x8x3 thumbnail, best of the 8 symmetries)
-# still called the same colours. Copies in bench/leakage_threshold.py: COPY_MAX; distinct flat colours
-# differ by far more.
+# still called the same colours. The HAM10000 copies of bench/leakage_threshold.py: at most 0.72; a flat
+# colour re-encoded as JPEG q30: at most 1.7; brightness x1.05: about 9 (no longer the same picture).
 COLOUR_TOLERANCE = 8.0
 
 
@@ -76,7 +76,8 @@ def image_hashes(image: Image.Image) -> np.ndarray:
 
 def image_thumbnail(image: Image.Image) -> np.ndarray:
     """The colour signature of ``image``: THUMB_SIDE x THUMB_SIDE x 3 uint8 box-filtered RGB."""
-    small = image.convert("RGB").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    small = rgb.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.uint8)
 
 
@@ -115,8 +116,8 @@ def colour_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: in
 def check_max_distance(max_distance: int) -> None:
     if not 0 <= max_distance <= MAX_DISTANCE_LIMIT:
         raise InputError(f"--leakage-max-distance must be between 0 and {MAX_DISTANCE_LIMIT} bits (of 256), got "
-                         f"{max_distance}: distinct photographs sit at 45 bits and more, so a larger value "
-                         "would group different pictures")
+                         f"{max_distance}: distinct photographs sit about 55 bits apart or more, so a larger "
+                         "value would group different pictures")
 
 
 def _distance_rows(hashes: np.ndarray, chunk: int = 64):
