@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from hamming_index import radius_pairs
+from hamming_index import radius_pairs, sorted_unique
 from input_utils import InputError
 from split_utils import connected_groups
 
@@ -101,7 +101,7 @@ def colour_distances(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray, batch: in
 
     Pairs whose mean colours alone differ by more than ``tolerance`` (a lower bound of the distance
     under any symmetry) get that bound instead: enough to reject them, without the 8 comparisons."""
-    means = thumbs.reshape(len(thumbs), -1, 3).mean(axis=1, dtype=np.float32)
+    means = thumbs.mean(axis=(1, 2), dtype=np.float32)
     out = np.abs(means[i] - means[j]).mean(axis=1)
     todo = np.flatnonzero(out <= tolerance)
     for start in range(0, len(todo), batch):
@@ -151,8 +151,7 @@ def hash_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     i, found = radius_pairs(rows[keep], hashes[:, 0, :], max_distance)
     j = keep[found] // 8
     # One edge per unordered pair is enough for the groups (and the colour check is symmetric).
-    pairs = np.sort(np.minimum(i, j) * n + np.maximum(i, j))
-    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    pairs = sorted_unique(np.minimum(i, j) * n + np.maximum(i, j))
     i, j = pairs // n, pairs % n
     differ = i != j
     return i[differ], j[differ]

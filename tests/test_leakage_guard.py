@@ -196,3 +196,9 @@ def test_index_finds_the_same_pairs_as_comparing_all_pairs():
         assert (i < j).all()
         expected = np.nonzero(np.triu(dist <= radius, 1))
         assert set(zip(i.tolist(), j.tolist())) == set(zip(expected[0].tolist(), expected[1].tolist()))
+
+
+def test_empty_and_tiny_sets():
+    for n in (0, 1, 2):
+        groups = duplicate_groups(np.zeros((n, 8, 4), np.uint64), np.zeros((n, 8, 8, 3), np.uint8))
+        assert groups.tolist() == [0] * n  # two identical flat black images are one picture
