@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from leakage_guard import DEFAULT_MAX_DISTANCE, duplicate_groups
+from leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
 from input_utils import (IMAGE_EXTENSIONS, InputError, label_text, match_rows_to_images, missing_value_like,
                          read_metadata_csv, resolve_column)
@@ -68,6 +68,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     ``resize_to`` pixels square when given (the model's input size).
     """
     split_utils.validate_probabilities(options.split_probabilities)
+    check_max_distance(options.leakage_max_distance)
     raw = read_metadata_csv(csv_path)
     image_col = resolve_column(raw, options.image_column, "image", "--image-column")
     label_col = resolve_column(raw, options.target_column, "label", "--target-column")
@@ -138,7 +139,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
     # decides whether they are also kept together by the split.
     hashes = np.stack(matched["hashes"].to_list())
-    dup_groups = duplicate_groups(hashes, options.leakage_max_distance)
+    thumbs = np.stack(matched["thumbs"].to_list())
+    dup_groups = duplicate_groups(hashes, thumbs, options.leakage_max_distance)
     table["duplicate_group"] = dup_groups
     sample_groups = None
     if sample_col:
@@ -232,11 +234,12 @@ def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, ma
         kinds = sorted(set(checked.converted.values()))
         notes.append(f"{len(checked.converted)} image(s) converted for training ({'; '.join(kinds[:5])}), "
                      f"e.g. {_listed(list(checked.converted)[:3])}")
-    readable_hashes = iter(checked.hashes)  # one hash per readable image, in file order
-    good = {f: (p, next(readable_hashes)) for f, p in zip(files, checked.paths) if p is not None}
+    fingerprints = iter(zip(checked.hashes, checked.thumbs))  # one per readable image, in file order
+    good = {f: (p, *next(fingerprints)) for f, p in zip(files, checked.paths) if p is not None}
     kept = matched[matched["image_file"].isin(good)].reset_index(drop=True)
     kept["read_path"] = [good[f][0] for f in kept["image_file"]]
     kept["hashes"] = [good[f][1] for f in kept["image_file"]]
+    kept["thumbs"] = [good[f][2] for f in kept["image_file"]]
     return kept, notes
 
 

@@ -10,8 +10,8 @@ Rules (documented in the README):
   user's files are never modified.
 - With ``resize_to``, the copy the model reads is also resized (bilinear, antialiased) to the model's
   square input size, as PNG: Ludwig then decodes a small file every epoch instead of the full-size
-  original (bench/throughput.py), and memory stays bounded by the batch. Hashes and sizes are taken
-  from the full-size image.
+  original (bench/throughput.py), and memory stays bounded by the batch. Hashes, colour thumbnails
+  and sizes are taken from the full-size image.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from leakage_guard import image_hashes
+from leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")
@@ -41,6 +41,7 @@ class CheckedImages:
     converted: dict[str, str] = field(default_factory=dict)  # relative path -> what was done
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the readable ones
     hashes: list[np.ndarray] = field(default_factory=list)  # leakage-guard hashes of the readable ones
+    thumbs: list[np.ndarray] = field(default_factory=list)  # leakage-guard colour thumbnails, likewise
 
 
 def _to_rgb8(img: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -89,27 +90,26 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str, int | None]
-               ) -> tuple[str | None, str | None, tuple[int, int] | None, np.ndarray | None]:
-    """Check one image: (path to read, what was converted or why it is bad, size, hashes); converted
-    or resized copies are written here."""
+def _check_one(job: tuple[str, str, str, int | None]) -> tuple:
+    """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail));
+    converted or resized copies are written here."""
     root, rel, converted_dir, resize_to = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
     except ValueError as err:
         return None, str(err), None, None
-    hashes = image_hashes(img)  # hashed here: each image is decoded once
+    fingerprint = image_hashes(img), image_thumbnail(img)  # here: each image is decoded once
     size = img.size
     resize = bool(resize_to) and size != (resize_to, resize_to)
     if not changes and not resize:
-        return source, None, size, hashes
+        return source, None, size, fingerprint
     if resize:
         img = img.resize((resize_to, resize_to), Image.Resampling.BILINEAR)
     target = os.path.join(converted_dir, rel + ".png")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     img.save(target, format="PNG", compress_level=1)  # fast to write and to decode; lossless
-    return target, "; ".join(changes) or None, size, hashes
+    return target, "; ".join(changes) or None, size, fingerprint
 
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
@@ -126,13 +126,14 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     else:
         outcomes = [_check_one(job) for job in jobs]
     result = CheckedImages(paths=[])
-    for rel, (path, note, size, hashes) in zip(rel_paths, outcomes):
+    for rel, (path, note, size, fingerprint) in zip(rel_paths, outcomes):
         result.paths.append(path)
         if path is None:
             result.bad[rel] = note
             continue
         result.sizes.append(size)
-        result.hashes.append(hashes)
+        result.hashes.append(fingerprint[0])
+        result.thumbs.append(fingerprint[1])
         if note:
             result.converted[rel] = note
     return result

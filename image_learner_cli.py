@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--leakage-guard", action=argparse.BooleanOptionalAction, default=True,
                        help="keep images that are the same picture up to flips/rotations in one split")
     split.add_argument("--leakage-max-distance", type=int, default=leakage_guard.DEFAULT_MAX_DISTANCE,
-                       help="largest hash distance (of 256 bits) counted as the same picture")
+                       help="largest hash distance (of 256 bits, 0-40) counted as the same picture")
     split.add_argument("--positive-label", default=None,
                        help="binary tasks: the positive class (default: the second in sorted order)")
 

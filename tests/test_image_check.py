@@ -91,7 +91,9 @@ def test_converted_copies_leave_the_originals_alone(tmp_path):
     checked = check_images(str(tmp_path / "in"), ["grey.png", "ok.jpg"], str(tmp_path / "conv"))
     assert checked.paths == [str(tmp_path / "conv" / "grey.png.png"), str(tmp_path / "in" / "ok.jpg")]
     assert Image.open(tmp_path / "in" / "grey.png").mode == "L"
-    assert len(checked.hashes) == 2
+    assert len(checked.hashes) == len(checked.thumbs) == 2
+    # the colour thumbnail is taken from the decoded, oriented RGB image: grey stays grey
+    assert checked.thumbs[0].shape == (8, 8, 3) and (checked.thumbs[0] == checked.thumbs[0][..., :1]).all()
 
 
 def _prepared(tmp_path, n_good, n_bad, **options):
@@ -140,6 +142,7 @@ def test_worker_processes_give_the_same_result_in_the_same_order(tmp_path, monke
     assert pooled.converted == serial.converted and len(pooled.converted) == 4
     assert pooled.sizes == serial.sizes
     np.testing.assert_array_equal(np.stack(pooled.hashes), np.stack(serial.hashes))
+    np.testing.assert_array_equal(np.stack(pooled.thumbs), np.stack(serial.thumbs))
     assert sorted(os.listdir(tmp_path / "conv2")) == sorted(os.listdir(tmp_path / "conv1"))
 
 
@@ -159,6 +162,7 @@ def test_resize_to_writes_model_sized_copies_and_keeps_full_size_facts(tmp_path)
             assert img.size == (32, 32) and img.mode == "RGB"
     assert small.sizes == full.sizes == [(60, 45), (32, 32), (50, 50)]
     np.testing.assert_array_equal(np.stack(small.hashes), np.stack(full.hashes))
+    np.testing.assert_array_equal(np.stack(small.thumbs), np.stack(full.thumbs))
     assert small.converted == full.converted and list(small.converted) == ["grey.png"]  # resizing is no conversion
     with Image.open(root / "big.jpg") as original:
         expected = np.asarray(original.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
