@@ -61,11 +61,13 @@ def _listed(items, limit: int = MAX_LISTED) -> str:
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
-            converted_dir: str | None = None, resize_to: int | None = None) -> PreparedData:
+            converted_dir: str | None = None, resize_to: int | None = None,
+            skipped_files: list[str] = ()) -> PreparedData:
     """Read, match, check, group and split; every user mistake raises InputError naming what is wrong.
 
     Converted copies of odd images (EXIF-rotated, CMYK, 16-bit, …) go to ``converted_dir``, resized to
-    ``resize_to`` pixels square when given (the model's input size).
+    ``resize_to`` pixels square when given (the model's input size). ``skipped_files``: the ZIP's
+    members that were not extracted because they are not images.
     """
     split_utils.validate_probabilities(options.split_probabilities)
     check_max_distance(options.leakage_max_distance)
@@ -84,9 +86,10 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
 
     match = match_rows_to_images(raw, image_col, image_files)
     if match.n_images == 0:
+        others = sorted(set(image_files) | set(skipped_files))
         raise InputError("the image ZIP holds no image files (" + ", ".join(IMAGE_EXTENSIONS) + ")"
-                         + (f"; it has {len(image_files)} other files such as {_listed(image_files[:3])}"
-                            if image_files else "; it is empty"))
+                         + (f"; it has {len(others)} other files such as {_listed(others[:3])}"
+                            if others else "; it is empty"))
     if match.table.empty:
         raise InputError(
             f"no CSV row matched an image in the ZIP (column {image_col!r}). CSV paths look like "
@@ -192,7 +195,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     warnings += split_notes
 
     dataset = {
-        "csv_rows": match.n_rows, "images_in_zip": match.n_images, "matched_rows": len(table),
+        "csv_rows": match.n_rows, "images_in_zip": match.n_images, "non_image_files_skipped": len(skipped_files),
+        "matched_rows": len(table),
         "unmatched_rows": len(match.unmatched_rows), "unmatched_csv_lines": match.unmatched_rows[:50],
         "unused_images": len(match.unused_images), "unused_image_examples": match.unused_images[:50],
         "class_counts": {name: table.loc[table["split"] == k, "label"].value_counts().reindex(classes, fill_value=0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -121,8 +122,7 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     threads); results keep the order of ``rel_paths``."""
     jobs = [(root, rel, converted_dir, resize_to) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))))
+        outcomes = _check_in_pool(jobs, workers)
     else:
         outcomes = [_check_one(job) for job in jobs]
     result = CheckedImages(paths=[])
@@ -137,3 +137,27 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
         if note:
             result.converted[rel] = note
     return result
+
+
+def _check_in_pool(jobs: list, workers: int) -> list:
+    before = set(multiprocessing.active_children())
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+    try:
+        return list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (workers * 16))))
+    except BaseException:
+        # Stopped (SIGTERM/SIGINT as an exception) or failed: end the workers now instead of letting
+        # them finish every queued image, and leave none running.
+        pool.shutdown(wait=False, cancel_futures=True)
+        started = set(multiprocessing.active_children()) - before
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.join(10)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

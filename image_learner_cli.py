@@ -5,14 +5,18 @@
     image-learner predict --model trained_model.zip --image-zip new.zip --output-dir out [--csv-file meta.csv]
 
 Exit codes: 0 success; 2 bad input or options (the message names the file, row or column);
-3 pretrained weights unavailable; 137 out of memory (Galaxy may retry with more); 1 anything else.
+3 pretrained weights unavailable; 137 out of memory (Galaxy may retry with more); 143 / 130 stopped by
+SIGTERM / SIGINT (outputs and scratch files removed); 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 # Galaxy runs this file directly from the tool directory: make its sibling modules importable.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -162,13 +166,55 @@ def request_from_args(args: argparse.Namespace):
                                overwrite=args.overwrite, make_report=not args.no_report)
 
 
+class Stopped(BaseException):
+    """SIGTERM (Galaxy's cancel or walltime) or SIGINT as an exception, so that the cleanup every run
+    does after a failure (outputs, scratch folder, worker processes) also runs then. A BaseException:
+    ``except Exception`` in a library does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def signals_as_exceptions():
+    """While the block runs, SIGTERM and SIGINT raise :class:`Stopped` in the main thread; the first one
+    only: later ones are ignored so they cannot cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum, frame):
+        for other in previous:
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for signum in previous:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv[0] if argv[:1] in (["train"], ["predict"]) else "train"
     argv = argv[1:] if argv[:1] == [mode] else argv
     args = (build_predict_parser() if mode == "predict" else build_parser()).parse_args(argv)
+    with signals_as_exceptions():
+        try:
+            return _run(mode, args)
+        except Stopped as stop:
+            print(f"image-learner: stopped by {stop}; partial outputs and scratch files were removed",
+                  file=sys.stderr)
+            return 128 + stop.signum
 
-    import pipeline
+
+def _run(mode: str, args: argparse.Namespace) -> int:
+    import run_files
     import timm_backbone
     from input_utils import InputError
 
@@ -178,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
 
             predictor.predict(predict_request_from_args(args))
         else:
+            import pipeline
+
             pipeline.run(request_from_args(args))
     except InputError as err:
         print(f"image-learner: error: {err}", file=sys.stderr)
@@ -194,9 +242,21 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_OOM
         raise
-    pipeline.log(f"done: outputs in {os.path.abspath(args.output_dir)}")
+    run_files.log(f"done: outputs in {os.path.abspath(args.output_dir)}")
     return 0
 
 
+def command() -> None:
+    """The program (``image-learner``, ``python image_learner_cli.py``); tests call :func:`main`."""
+    code = main()
+    if code in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+        # Stopped, outputs and scratch folder removed: leave now instead of waiting for, or crashing at
+        # exit on, threads the libraries still run (Ludwig's image decoding, torch's pools; seen: SIGABRT).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

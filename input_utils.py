@@ -12,6 +12,7 @@ import shutil
 import stat
 import unicodedata
 import zipfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -65,20 +66,42 @@ def _safe_member_path(name: str) -> str:
     return "/".join(parts)
 
 
-def extract_zip_safely(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimits()) -> list[str]:
-    """Extract the regular files of ``zip_path`` into ``dest_dir``.
+@dataclass
+class UnpackedZip:
+    files: list[str]  # extracted, relative to the destination
+    skipped: list[str]  # regular members left in the archive (not selected)
 
-    Refuses path traversal, absolute paths, links, encrypted members and archives over ``limits``
-    (checked on the bytes actually written, not on the sizes the archive claims). OS junk
-    (``__MACOSX/``, ``.DS_Store``) is skipped. Returns the extracted paths relative to ``dest_dir``.
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def extract_images(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimits()) -> UnpackedZip:
+    """The images ZIP: only image files are written; other members are checked like every member, then
+    left in the archive and listed in ``skipped``."""
+    return _unpack(zip_path, dest_dir, limits, is_image_name)
+
+
+def extract_zip_safely(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimits(),
+                       keep: Callable[[str], bool] | Collection[str] | None = None) -> list[str]:
+    """Extract the regular files of ``zip_path`` into ``dest_dir``; with ``keep`` (a predicate on, or a
+    collection of, member paths) only those.
+
+    Refuses path traversal, absolute paths, links, encrypted members, a path that is both a file and a
+    folder, and archives over ``limits`` (checked on the bytes actually written, not on the sizes the
+    archive claims). OS junk (``__MACOSX/``, ``.DS_Store``) is skipped. Returns the extracted paths
+    relative to ``dest_dir``.
     """
+    return _unpack(zip_path, dest_dir, limits, keep).files
+
+
+def _unpack(zip_path: str, dest_dir: str, limits: ZipLimits, keep) -> UnpackedZip:
     if not os.path.isfile(zip_path):
         raise InputError(f"image ZIP {zip_path!r} does not exist")
     if not zipfile.is_zipfile(zip_path):
         raise InputError(f"image ZIP {os.path.basename(zip_path)!r} is not a ZIP archive")
-    os.makedirs(dest_dir, exist_ok=True)
-    extracted: list[str] = []
-    total = 0
+    if keep is not None and not callable(keep):
+        keep = set(keep).__contains__
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as err:
@@ -89,23 +112,57 @@ def extract_zip_safely(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimi
             raise InputError(
                 f"image ZIP has {len(members)} members, more than the limit of {limits.max_members}"
             )
-        for info in members:
-            rel = _safe_member_path(info.filename)
-            if info.is_dir() or not rel or _is_junk(rel):
+        regular = _checked_members(members)  # every member, extracted or not: nothing written yet
+        unpacked = UnpackedZip(files=[], skipped=[])
+        os.makedirs(dest_dir, exist_ok=True)
+        total = 0
+        for rel, info in regular:
+            if keep is not None and not keep(rel):
+                unpacked.skipped.append(rel)
                 continue
+            target = os.path.join(dest_dir, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            total += _copy_member(archive, info, target, limits, total)
+            unpacked.files.append(rel)
+    return unpacked
+
+
+def _checked_members(members: list[zipfile.ZipInfo]) -> list[tuple[str, zipfile.ZipInfo]]:
+    """The regular files as (relative path, member); raises for a hostile or contradictory member."""
+    files: dict[str, str] = {}  # relative path -> member name
+    folders: dict[str, str] = {}  # relative folder -> a member that needs it
+    regular = []
+    for info in members:
+        rel = _safe_member_path(info.filename)
+        if not rel or _is_junk(rel):
+            continue
+        if not info.is_dir():
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode) or (mode and not stat.S_ISREG(mode) and stat.S_IFMT(mode)):
                 raise InputError(f"ZIP member {info.filename!r} is a link or special file; refusing the archive")
             if info.flag_bits & 0x1:
                 raise InputError(f"ZIP member {info.filename!r} is encrypted; upload an unencrypted ZIP")
-            target = os.path.join(dest_dir, *rel.split("/"))
-            if os.path.exists(target):
-                raise InputError(f"ZIP member {info.filename!r} appears twice in the archive")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            written = _copy_member(archive, info, target, limits, total)
-            total += written
-            extracted.append(rel)
-    return extracted
+            if rel in files:
+                raise InputError(f"ZIP member {rel!r} appears twice in the archive (as {files[rel]!r} and "
+                                 f"{info.filename!r}); refusing the archive")
+        # A path cannot be a file and a folder at once: ``a`` and ``a/b.png``, in either order.
+        parts = rel.split("/")
+        needed = ["/".join(parts[:k]) for k in range(1, len(parts))] + ([rel] if info.is_dir() else [])
+        for folder in needed:
+            if folder in files:
+                raise _file_and_folder(folder, files[folder], info.filename)
+            folders.setdefault(folder, info.filename)
+        if not info.is_dir():
+            if rel in folders:
+                raise _file_and_folder(rel, info.filename, folders[rel])
+            files[rel] = info.filename
+            regular.append((rel, info))
+    return regular
+
+
+def _file_and_folder(path: str, file_member: str, folder_member: str) -> InputError:
+    return InputError(f"ZIP members {file_member!r} and {folder_member!r} conflict: {path!r} would be both a file "
+                      "and a folder; refusing the archive")
 
 
 def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, limits: ZipLimits,

@@ -7,20 +7,26 @@ trained model directory is then moved to its final place and Ludwig's checkpoint
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
+from run_files import log
 
 # Ludwig's names for its per-epoch metrics -> honest names (Ludwig's multiclass "accuracy" is
 # torchmetrics' macro-averaged recall, i.e. balanced accuracy; "accuracy_micro" is plain accuracy).
 CATEGORY_METRIC_NAMES = {"accuracy": "balanced_accuracy", "accuracy_micro": "accuracy"}
 HISTORY_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
+PROGRESS_STEPS = 10  # prediction logs its progress about this many times
 
 
 @dataclass
@@ -77,7 +83,7 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     from ludwig.api import LudwigModel
 
     started = time.time()
-    model = LudwigModel(config, logging_level=logging.INFO, callbacks=callbacks)
+    model = LudwigModel(config, logging_level=logging.INFO, callbacks=[_keep_sigint_handler(), *(callbacks or [])])
     results = model.train(
         dataset=table,
         output_directory=os.path.join(work_dir, "ludwig"),
@@ -95,10 +101,42 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     return TrainedModel(model, model_dir, history, best_epoch_of(history, task), describe_device(), seconds)
 
 
+def _keep_sigint_handler():
+    """A Ludwig callback that puts back the SIGINT handler Ludwig replaces during training: on Ctrl-C,
+    Ludwig would end training early and save the model as if training had finished, while the run should
+    stop and remove its outputs, as on SIGTERM (image_learner_cli.signals_as_exceptions)."""
+    from ludwig.callbacks import Callback
+
+    class KeepSigintHandler(Callback):
+        def __init__(self):
+            self.handler = signal.getsignal(signal.SIGINT)
+
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            if threading.current_thread() is threading.main_thread() and self.handler is not None:
+                signal.signal(signal.SIGINT, self.handler)
+
+    return KeepSigintHandler()
+
+
 def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: str,
                           batch_size: int) -> np.ndarray:
-    """Class probabilities (rows x classes, in ``classes`` order) for every row of ``table``."""
-    predictions, _ = model.predict(dataset=table[[IMAGE_FEATURE]], batch_size=batch_size)
+    """Class probabilities (rows x classes, in ``classes`` order) for every row of ``table``.
+
+    Predicts in about ten chunks of whole batches and logs the progress after each: Ludwig's own bar is
+    silent for a loaded model, and a chunk costs no more than one call for everything."""
+    if table.empty:
+        return np.zeros((0, len(classes)))
+    chunk = max(1, math.ceil(len(table) / PROGRESS_STEPS / batch_size)) * batch_size
+    started, parts = time.time(), []
+    with warnings.catch_warnings():
+        # Prediction tables have no split column; Ludwig warns about that on every call.
+        warnings.filterwarnings("ignore", message="column: 'split' is required by the dataset splitter")
+        for start in range(0, len(table), chunk):
+            part, _ = model.predict(dataset=table[[IMAGE_FEATURE]].iloc[start:start + chunk], batch_size=batch_size)
+            parts.append(part)
+            done = min(start + chunk, len(table))
+            log(f"predicted {done} of {len(table)} images ({done / len(table):.0%}) in {time.time() - started:.1f} s")
+    predictions = pd.concat(parts, ignore_index=True)
     if task == "binary":
         positive = predictions[f"{LABEL_FEATURE}_probabilities_True"].to_numpy(dtype=float)
         return np.column_stack([1.0 - positive, positive])

@@ -1,20 +1,16 @@
 """The training run, stage by stage: inputs -> split -> Ludwig config -> training -> outputs -> report.
 
-Everything is written below the output directory; the scratch space (``.work``) is removed at the
-end, and after a failure every file this run created is removed too, so no half-finished outputs
+Everything is written below the output directory; the scratch folder (``.work-<random>``) is removed at
+the end, and after a failure every file this run created is removed too, so no half-finished outputs
 are ever mistaken for results.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,13 +23,9 @@ import metrics
 import predictor
 import split_utils
 import timm_backbone
-from input_utils import InputError, ZipLimits, extract_zip_safely
-
-TOOL_VERSION = "0.1.0"
-SUMMARY_FILE = "run_summary.json"
-OUTPUT_FILES = ("predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
-                SUMMARY_FILE, "trained_model.zip", "report.html")
-OUTPUT_DIRS = ("model",)
+from input_utils import InputError, ZipLimits, extract_images
+from run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
+                       prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
 
 @dataclass
@@ -46,56 +38,6 @@ class RunRequest:
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
     make_report: bool = True
-
-
-def log(message: str) -> None:
-    print(f"[image-learner] {message}", flush=True)
-
-
-class StageTimer:
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str):
-        log(f"{name} …")
-        started = time.time()
-        yield
-        self.seconds[name] = round(time.time() - started, 2)
-        log(f"{name} done in {self.seconds[name]:.1f} s")
-
-
-@contextmanager
-def scratch_tempdir(work: str):
-    """Point every library's temporary files (tempfile, $TMPDIR: Ludwig's locks, torch's caches) at
-    ``work`` while the block runs, then delete it: nothing is left outside the output directory."""
-    os.makedirs(work, exist_ok=True)
-    previous_tempdir, previous_env = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir = os.environ["TMPDIR"] = work
-    try:
-        yield work
-    finally:
-        tempfile.tempdir = previous_tempdir
-        if previous_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = previous_env
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def prepare_output_dir(path: str, overwrite: bool) -> None:
-    """An empty or new directory; a previous run's outputs are replaced only with ``overwrite``."""
-    if os.path.isdir(path) and os.listdir(path):
-        ours = os.path.isfile(os.path.join(path, SUMMARY_FILE))
-        if not overwrite:
-            raise InputError(f"output directory {path!r} is not empty"
-                             + ("; it holds a previous run: pass --overwrite to replace it" if ours else ""))
-        if not ours:
-            raise InputError(f"output directory {path!r} is not empty and holds no previous run; "
-                             "refusing to delete files there")
-        remove_outputs(path)
-        shutil.rmtree(os.path.join(path, ".work"), ignore_errors=True)
-    os.makedirs(path, exist_ok=True)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -126,16 +68,15 @@ def run(request: RunRequest) -> dict:
     out = os.path.abspath(request.output_dir)
     split_utils.validate_probabilities(request.data.split_probabilities)
     prepare_output_dir(out, request.overwrite)
-    work = os.path.join(out, ".work")
     try:
-        with scratch_tempdir(work):
+        with scratch_tempdir(out) as work:
             resolve_training_options(request)  # first torch import: its temp files land in work too
             summary = _run_stages(request, out, work)
-    except BaseException:
+        summary["timings_s"]["total"] = round(time.time() - total_started, 2)
+        write_json(os.path.join(out, SUMMARY_FILE), summary)
+    except BaseException:  # also a stop signal turned into an exception by the CLI
         remove_outputs(out)
         raise
-    summary["timings_s"]["total"] = round(time.time() - total_started, 2)
-    write_json(os.path.join(out, SUMMARY_FILE), summary)
     return summary
 
 
@@ -144,10 +85,12 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     opts = request.training
     images_dir = os.path.join(work, "images")
     with timer.stage("unpacking images"):
-        image_files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
+        unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
+    log_skipped_members(unpacked)
     with timer.stage("matching CSV rows and splitting"):
-        data = dataset_prep.prepare(request.csv_file, images_dir, image_files, request.data,
-                                    converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size)
+        data = dataset_prep.prepare(request.csv_file, images_dir, unpacked.files, request.data,
+                                    converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size,
+                                    skipped_files=unpacked.skipped)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
     counts = data.dataset["class_counts"]
@@ -278,36 +221,3 @@ def _weights_source(opts) -> str:
     if opts.pretrained_weights:
         return f"local file {os.path.basename(opts.pretrained_weights)}"
     return "timm / Hugging Face hub" + (" (offline cache)" if os.environ.get("HF_HUB_OFFLINE") else "")
-
-
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("ludwig", "torch", "timm", "scikit-learn", "pandas", "numpy", "Pillow", "plotly"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def write_json(path: str, payload: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(payload, handle, indent=2, default=_json_default)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def remove_outputs(out: str) -> None:
-    """After a failure: remove what this run wrote (the directory was empty or ours before)."""
-    for name in OUTPUT_FILES + OUTPUT_DIRS:
-        target = os.path.join(out, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target, ignore_errors=True)
-        elif os.path.exists(target):
-            os.remove(target)

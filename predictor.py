@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from input_utils import (InputError, ZipLimits, extract_zip_safely, label_text, match_rows_to_images,
-                         read_metadata_csv, resolve_column)
+from input_utils import (InputError, ZipLimits, extract_images, extract_zip_safely, label_text,
+                         match_rows_to_images, read_metadata_csv, resolve_column)
+from run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
+                       prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
 MANIFEST = "image_learner.json"
 FORMAT = "image-learner-model"
@@ -104,65 +106,71 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
 
 def predict(request: PredictRequest) -> pd.DataFrame:
     """Write predictions.csv (and, with true labels, metrics.json) into the output directory."""
-    import pipeline  # output-directory handling is shared with training
-
     started = time.time()
     out = os.path.abspath(request.output_dir)
-    pipeline.prepare_output_dir(out, request.overwrite)
-    work = os.path.join(out, ".work")
+    prepare_output_dir(out, request.overwrite)
     try:
-        with pipeline.scratch_tempdir(work):
+        with scratch_tempdir(out) as work:
             predictions = _predict_in(request, out, work, started)
     except BaseException:
-        pipeline.remove_outputs(out)
+        remove_outputs(out)
         raise
     return predictions
 
 
 def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
-    import pipeline
-
-    model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
+    timer = StageTimer()
+    with timer.stage("unpacking the model"):
+        model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
     images_dir = os.path.join(work, "images")
-    files = extract_zip_safely(request.image_zip, images_dir, request.zip_limits)
-    table, label_col, notes = _images_to_predict(request, images_dir, files)
-    table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"])
+    with timer.stage("unpacking images"):
+        unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
+    log_skipped_members(unpacked)
+    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files)
+    with timer.stage(f"checking {len(table)} images"):
+        table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"])
     for note in notes:
-        pipeline.log(f"WARNING: {note}")
-    model, predictions = _predict_table(model_dir, manifest, table, request.batch_size)
+        log(f"WARNING: {note}")
+    with timer.stage(f"loading the model and predicting {len(table)} images"):
+        model, predictions = _predict_table(model_dir, manifest, table, request.batch_size)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-    summary = _summary(request, manifest, predictions, files, notes, started)
-    pipeline.write_json(os.path.join(out, pipeline.SUMMARY_FILE), summary)
+    found = None
     if label_col:
-        pipeline.write_json(os.path.join(out, "metrics.json"), summary["metrics"])
+        with timer.stage("computing metrics (with bootstrap intervals)"):
+            found = _evaluate(predictions, manifest)
+        write_json(os.path.join(out, "metrics.json"), found)
+    timings = {**timer.seconds, "total": round(time.time() - started, 2)}
+    write_json(os.path.join(out, SUMMARY_FILE), _summary(request, manifest, predictions, unpacked, notes, found,
+                                                         timings))
+    if label_col:
         import report_builder  # the training report's builder, test section only
 
-        report_builder.build_report(out, images_dir=images_dir, ludwig_model=model)
+        with timer.stage("writing the report"):
+            report_builder.build_report(out, images_dir=images_dir, ludwig_model=model)
     return predictions
 
 
-def _summary(request, manifest, predictions, files, notes, started) -> dict:
+def _summary(request, manifest, predictions, unpacked, notes, found_metrics, timings) -> dict:
     """run_summary.json of a prediction run, shaped like training's so the same report reads it."""
-    import pipeline
-
     labelled = "true_label" in predictions
     counts = predictions["true_label"].value_counts().to_dict() if labelled else {}
+    files = unpacked.files
     return {
-        "mode": "predict", "tool": {"name": "image-learner", "version": pipeline.TOOL_VERSION},
+        "mode": "predict", "tool": {"name": "image-learner", "version": TOOL_VERSION},
         "inputs": {"csv_file": os.path.basename(request.csv_file or "") or "none",
                    "image_zip": os.path.basename(request.image_zip)},
         "task": manifest["task"], "classes": manifest["classes"], "positive_label": manifest["positive_label"],
         "threshold": manifest["threshold"], "warnings": notes, "manifest": manifest,
-        "dataset": {"csv_rows": len(predictions), "images_in_zip": len(files), "matched_rows": len(predictions),
+        "dataset": {"csv_rows": len(predictions), "images_in_zip": len(files),
+                    "non_image_files_skipped": len(unpacked.skipped), "matched_rows": len(predictions),
                     "unmatched_rows": 0, "unused_images": len(files) - len(predictions),
                     "class_counts": {"test": counts}},
         "split": {"method": "none: a saved model applied to new images (all evaluated as test)",
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
                   "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
-        "training": {}, "device": _device(), "versions": pipeline.library_versions(),
-        "metrics": _evaluate(predictions, manifest) if labelled else None,
-        "timings_s": {"prediction": round(time.time() - started, 2)},
+        "training": {}, "device": _device(), "versions": library_versions(),
+        "metrics": found_metrics, "timings_s": timings,
     }
 
 

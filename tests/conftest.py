@@ -1,6 +1,12 @@
 """Shared fixtures: paths to the bundled real test data, and tiny synthetic image sets."""
 
 import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -11,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_DATA = os.path.join(ROOT, "test-data")
 DEMO_ZIP = os.path.join(TEST_DATA, "ham10000_demo_images.zip")
 DEMO_CSV = os.path.join(TEST_DATA, "ham10000_demo_metadata.csv")
+CLI = os.path.join(ROOT, "image_learner_cli.py")
 
 
 def make_zip(path, members: dict) -> str:
@@ -31,6 +38,65 @@ def png_bytes(seed: int, size: int = 32) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def start_cli(tmp_path):
+    """Starts the CLI in its own process (stdout and stderr merged into a queue of lines, temporary files
+    in ``tmp_path/tmp``); one still running at the end of the test is killed."""
+    started = []
+
+    def start(args):
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen([sys.executable, CLI, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        started.append(process)
+        process.lines = queue.Queue()
+        process.reader = threading.Thread(target=lambda: [process.lines.put(line) for line in process.stdout],
+                                          daemon=True)
+        process.reader.start()
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_for_line(process, text, seconds=300):
+    """Read the output line by line until one holds ``text``; fail after ``seconds``."""
+    seen, deadline = [], time.time() + seconds
+    while time.time() < deadline:
+        try:
+            line = process.lines.get(timeout=1)
+        except queue.Empty:
+            assert process.poll() is None, "the CLI ended early:\n" + "".join(seen[-40:])
+            continue
+        seen.append(line)
+        if text in line:
+            return seen
+    pytest.fail(f"no line with {text!r} within {seconds} s:\n" + "".join(seen[-40:]))
+
+
+def stop_and_check(process, signum, out, tmp_path):
+    """Send ``signum``; the CLI exits 128 + signum, saying so, and leaves no outputs, no scratch folder,
+    no temporary file and no child process."""
+    import psutil
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signum)
+    code = process.wait(timeout=120)
+    process.reader.join(30)
+    output = "".join(process.lines.queue)
+    assert code == 128 + signum, output[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in output
+    assert "Traceback" not in output, output[-3000:]
+    assert os.listdir(out) == []  # no outputs, no .work-* scratch folder
+    assert os.listdir(tmp_path / "tmp") == []
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import dataset_prep
-from conftest import make_zip, png_bytes
+import image_learner_cli
+from conftest import DEMO_CSV, make_zip, png_bytes
 from input_utils import InputError, extract_zip_safely
 
 
@@ -151,7 +152,7 @@ def test_hostile_archive_never_writes_outside(tmp_path):
     archive = make_zip(tmp_path / "evil.zip", {"ok.png": png_bytes(1), "../../escaped.png": png_bytes(2)})
     with pytest.raises(InputError):
         extract_zip_safely(archive, str(tmp_path / "job" / "out"))
-    assert set(os.listdir(tmp_path)) - outside_before == {"evil.zip", "job"}
+    assert set(os.listdir(tmp_path)) - outside_before == {"evil.zip"}  # every member is checked before writing
     assert not os.path.exists(tmp_path.parent / "escaped.png")
 
 
@@ -168,3 +169,27 @@ def test_a_split_column_is_used_by_name_unless_a_random_split_is_asked_for(tmp_p
     assert chosen.split["method"].startswith("user column 'Split', validation carved")
     with pytest.raises(InputError, match="--random-split and --split-column contradict each other"):
         _prepare(tmp_path / "both", rows, random_split=True, split_column="Split")
+
+
+def test_a_zip_with_a_file_and_a_folder_of_one_name_exits_2_naming_both(tmp_path, capsys):
+    images = make_zip(tmp_path / "images.zip", {"images/a": b"not an image", "images/a/b.png": png_bytes(1)})
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", images, "--output-dir", str(tmp_path / "out"),
+                                   "--model-name", "test_efficientnet", "--image-size", "32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'images/a' and 'images/a/b.png' conflict" in err and "Traceback" not in err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_non_image_members_are_counted_for_the_summary(tmp_path):
+    rows = _rows(10)
+    root = tmp_path / "images"
+    data = _prepare(tmp_path, rows)
+    assert data.dataset["non_image_files_skipped"] == 0
+    data = dataset_prep.prepare(str(tmp_path / "meta.csv"), str(root), [r["image_path"] for r in rows],
+                                dataset_prep.DataOptions(), converted_dir=str(tmp_path / "conv2"),
+                                skipped_files=["notes.txt", "a/readme.md"])
+    assert data.dataset["non_image_files_skipped"] == 2
+    with pytest.raises(InputError, match="holds no image files .*; it has 2 other files such as a/readme.md, notes"):
+        dataset_prep.prepare(str(tmp_path / "meta.csv"), str(root), [], dataset_prep.DataOptions(),
+                             skipped_files=["notes.txt", "a/readme.md"])

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from conftest import make_zip, png_bytes
-from input_utils import (InputError, ZipLimits, extract_zip_safely, match_rows_to_images, read_metadata_csv,
-                         resolve_column)
+from input_utils import (InputError, ZipLimits, extract_images, extract_zip_safely, match_rows_to_images,
+                         read_metadata_csv, resolve_column)
 
 
 def test_extracts_nested_folders_and_skips_os_junk(tmp_path):
@@ -105,3 +105,52 @@ def test_extracted_files_stay_inside_the_destination(tmp_path):
     before = set(os.listdir(tmp_path))
     extract_zip_safely(archive, str(tmp_path / "out"))
     assert set(os.listdir(tmp_path)) - before == {"out"}
+
+
+def test_the_image_zip_yields_only_images_and_counts_the_rest(tmp_path):
+    archive = make_zip(tmp_path / "a.zip", {
+        "imgs/1.png": png_bytes(1), "imgs/2.JPG": png_bytes(2), "imgs/notes.txt": b"text",
+        "run.sh": b"#!/bin/sh", "imgs/model.pkl": b"cos", "__MACOSX/imgs/._1.png": b"junk",
+    })
+    unpacked = extract_images(archive, str(tmp_path / "out"))
+    assert sorted(unpacked.files) == ["imgs/1.png", "imgs/2.JPG"]
+    assert sorted(unpacked.skipped) == ["imgs/model.pkl", "imgs/notes.txt", "run.sh"]
+    written = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "out")
+                     for d, _, files in os.walk(tmp_path / "out") for f in files)
+    assert written == ["imgs/1.png", "imgs/2.JPG"]
+
+
+def test_skipped_members_are_still_checked(tmp_path):
+    path = tmp_path / "link.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("ok.png", png_bytes(1))
+        info = zipfile.ZipInfo("notes")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(InputError, match="'notes' is a link"):
+        extract_images(str(path), str(tmp_path / "out"))
+
+
+def test_keep_selects_the_members_to_extract(tmp_path):
+    archive = make_zip(tmp_path / "m.zip", {"model/a.json": b"{}", "model/b.bin": b"x", "other.txt": b"y"})
+    assert extract_zip_safely(archive, str(tmp_path / "out"), keep={"model/a.json"}) == ["model/a.json"]
+    assert os.listdir(tmp_path / "out" / "model") == ["a.json"]
+    assert extract_zip_safely(archive, str(tmp_path / "out2"), keep=lambda m: m.endswith(".bin")) == ["model/b.bin"]
+
+
+@pytest.mark.parametrize("members", [["a", "a/b.png"], ["a/b.png", "a"], ["a/", "a"], ["a", "a/"],
+                                     ["x/a.png", "x/a.png/b.png"], ["a/b/c.png", "a/b"]])
+def test_a_path_that_is_both_a_file_and_a_folder_is_refused_naming_both(tmp_path, members):
+    archive = make_zip(tmp_path / "c.zip", {name: (b"" if name.endswith("/") else png_bytes(1)) for name in members})
+    for extract in (extract_zip_safely, extract_images):
+        with pytest.raises(InputError) as refused:
+            extract(archive, str(tmp_path / "out"))
+        assert all(repr(name) in str(refused.value) for name in members), str(refused.value)
+        assert "both a file and a folder" in str(refused.value)
+        assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_a_member_twice_names_both_spellings(tmp_path):
+    archive = make_zip(tmp_path / "d.zip", {"a/b.png": png_bytes(1), "./a/b.png": png_bytes(2)})
+    with pytest.raises(InputError, match=r"'a/b.png' appears twice in the archive \(as 'a/b.png' and './a/b.png'\)"):
+        extract_images(archive, str(tmp_path / "out"))

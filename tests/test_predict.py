@@ -1,6 +1,8 @@
 """Predict with a saved model: round trip equals training's predictions; offline; foreign ZIPs refused."""
 
+import json
 import os
+import signal
 import zipfile
 
 import numpy as np
@@ -8,7 +10,7 @@ import pandas as pd
 import pytest
 
 import image_learner_cli
-from conftest import DEMO_CSV, DEMO_ZIP, make_zip
+from conftest import DEMO_CSV, DEMO_ZIP, make_zip, stop_and_check, wait_for_line
 
 TINY = ["--model-name", "test_efficientnet", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
         "--preprocessing-workers", "1"]
@@ -102,3 +104,31 @@ def test_other_sizes_and_modes_are_handled_as_in_training(trained, tmp_path):
     assert sorted(predictions.index) == sorted(members)
     probs = predictions.filter(like="prob_")
     np.testing.assert_allclose(probs.loc["rgba.png"], probs.loc["rgb.png"], atol=1e-5)
+
+
+def test_prediction_logs_its_stages_and_skips_files_that_are_not_images(trained, tmp_path, capsys):
+    with zipfile.ZipFile(DEMO_ZIP) as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
+    members.update({"README.txt": b"about these images", "images/run.sh": b"#!/bin/sh"})
+    images = make_zip(tmp_path / "images.zip", members)
+    assert image_learner_cli.main(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", images,
+                                   "--output-dir", str(tmp_path / "p"), "--batch-size", "8"]) == 0
+    log = capsys.readouterr().out
+    for line in ("unpacking the model done in", "unpacking images done in",
+                 "2 file(s) in the image ZIP are not images and were skipped (README.txt, images/run.sh)",
+                 "checking 140 images done in", "loading the model and predicting 140 images …",
+                 "predicted 16 of 140 images (11%) in", "predicted 140 of 140 images (100%) in",
+                 "loading the model and predicting 140 images done in"):
+        assert f"[image-learner] {line}" in log, log
+    summary = json.loads((tmp_path / "p" / "run_summary.json").read_text())
+    assert summary["dataset"]["non_image_files_skipped"] == 2 and summary["dataset"]["images_in_zip"] == 140
+    assert {"unpacking images", "checking 140 images", "total"} <= set(summary["timings_s"])
+    assert len(pd.read_csv(tmp_path / "p" / "predictions.csv")) == 140
+
+
+def test_a_stopped_prediction_leaves_nothing(trained, tmp_path, start_cli):
+    out = tmp_path / "p"
+    process = start_cli(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", DEMO_ZIP,
+                         "--csv-file", DEMO_CSV, "--output-dir", str(out), "--batch-size", "8"])
+    wait_for_line(process, "[image-learner] predicted 16 of 140 images")  # batches of 8, chunks of 2 batches
+    stop_and_check(process, signal.SIGTERM, out, tmp_path)
