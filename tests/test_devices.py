@@ -104,25 +104,22 @@ def test_out_of_memory_message_names_the_sizes_and_what_to_lower():
     assert not devices.is_out_of_memory(RuntimeError("shape mismatch"))
 
 
-class _RaiseCudaOutOfMemory:
+def _cuda_out_of_memory_callback():
     """A Ludwig callback (its documented Callback API) that fails the first training step as CUDA would."""
+    from ludwig.callbacks import Callback
 
-    def __new__(cls):
-        from ludwig.callbacks import Callback
+    class RaiseOnFirstBatch(Callback):
+        def on_batch_start(self, trainer, progress_tracker, save_path):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB "
+                                              "total capacity; 78.0 GiB already allocated)")
 
-        class RaiseOnFirstBatch(Callback):
-            def on_batch_start(self, trainer, progress_tracker, save_path):
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB "
-                                                  "total capacity; 78.0 GiB already allocated)")
-
-        return RaiseOnFirstBatch()
+    return RaiseOnFirstBatch()
 
 
-def test_cuda_out_of_memory_inside_training_exits_137_naming_sizes_and_leaves_no_outputs(tmp_path, monkeypatch,
-                                                                                          capsys):
+def test_cuda_out_of_memory_in_training_exits_137_naming_sizes_and_leaves_no_outputs(tmp_path, monkeypatch, capsys):
     real_train = ludwig_trainer.train
     monkeypatch.setattr(ludwig_trainer, "train",  # our module, not Ludwig: the callback goes in through its API
-                        lambda *args, **kwargs: real_train(*args, callbacks=[_RaiseCudaOutOfMemory()], **kwargs))
+                        lambda *args, **kwargs: real_train(*args, callbacks=[_cuda_out_of_memory_callback()], **kwargs))
     out = tmp_path / "out"
     code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY])
     err = capsys.readouterr().err
