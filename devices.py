@@ -73,6 +73,8 @@ def autocast_dtype_name() -> str:
     """The dtype mixed precision runs in on this machine's GPU: bfloat16 where supported, else float16."""
     import torch
 
+    if not hasattr(torch, "set_autocast_dtype"):  # torch < 2.4: Ludwig's autocast stays at float16
+        return "float16"
     return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float16"
 
 
