@@ -46,7 +46,7 @@ import image_check  # noqa: E402
 CARRIED_IMAGES = os.path.join(ROOT, ".gpu_carry", "ham10000")
 DEMO_ZIP = os.path.join(ROOT, "test-data", "ham10000_demo_images.zip")
 DEMO_CSV = os.path.join(ROOT, "test-data", "ham10000_demo_metadata.csv")
-FULL = dict(model="caformer_s18", cli_model="caformer_s18_384", size=384, batch=32, raw_images=320, epochs=4,
+FULL = dict(model="caformer_s18", cli_model="caformer_s18_384", size=384, batch=32, raw_images=500, epochs=4,
             rows=1400, tutorial_epochs=3, workers=8)
 SMOKE = dict(model="test_efficientnet", cli_model="test_efficientnet", size=32, batch=8, raw_images=32, epochs=2,
              rows=60, tutorial_epochs=2, workers=1)
