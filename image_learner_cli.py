@@ -24,6 +24,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 EXIT_INPUT, EXIT_WEIGHTS, EXIT_OOM = 2, 3, 137
 
 
+def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = True) -> None:
+    import devices
+
+    group = parser.add_argument_group("hardware")
+    group.add_argument("--device", choices=devices.DEVICES, default="auto",
+                       help="auto: a CUDA GPU when one is visible, else the CPU; cuda without a GPU is an error")
+    if mixed_precision:
+        group.add_argument("--mixed-precision", choices=devices.MIXED_PRECISION, default="auto",
+                           help="auto: on with a GPU (bfloat16 where it has it, else float16 with loss scaling), "
+                                "off on the CPU")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import image_check
     import input_utils
@@ -103,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
     limits.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO,
                         help="largest uncompressed:compressed ratio of one member")
+    add_device_options(parser)
     return parser
 
 
@@ -127,6 +140,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
     parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
     parser.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO)
+    add_device_options(parser, mixed_precision=False)
     return parser
 
 
@@ -160,7 +174,8 @@ def request_from_args(args: argparse.Namespace):
         early_stop=args.early_stop, batch_size=args.batch_size, learning_rate=args.learning_rate,
         random_seed=args.random_seed, augmentation=args.augmentation, class_weights=args.class_weights,
         lr_schedule=args.lr_schedule,
-        preprocessing_workers=max(1, args.preprocessing_workers))
+        preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
+        mixed_precision=args.mixed_precision)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report)
@@ -215,10 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(mode: str, args: argparse.Namespace) -> int:
     import run_files
+    import devices
     import timm_backbone
     from input_utils import InputError
 
     try:
+        # First: --device cpu must hide the GPUs before anything starts CUDA (see devices.py).
+        devices.select(args.device, getattr(args, "mixed_precision", "auto"))
         if mode == "predict":
             import predictor
 
@@ -233,8 +251,8 @@ def _run(mode: str, args: argparse.Namespace) -> int:
     except timm_backbone.BackboneError as err:
         print(f"image-learner: error: {err}", file=sys.stderr)
         return EXIT_WEIGHTS
-    except MemoryError:
-        print("image-learner: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+    except MemoryError as err:  # devices.OutOfMemory names the sizes to lower
+        print(f"image-learner: error: {err or 'out of memory; lower --batch-size or --image-size'}", file=sys.stderr)
         return EXIT_OOM
     except RuntimeError as err:
         if "out of memory" in str(err).lower():

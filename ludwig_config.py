@@ -50,6 +50,9 @@ class TrainingOptions:
     # Ludwig's image "mode": "lazy" decodes each batch as it is needed (memory bounded by the batch),
     # "eager" decodes every image once up front and keeps them all in memory (float32).
     preprocessing_mode: str = "lazy"
+    # devices.DEVICES / devices.MIXED_PRECISION; pipeline resolves "auto" to what this machine runs.
+    device: str = "auto"
+    mixed_precision: str = "auto"
 
 
 # The validation metric that picks the kept epoch and drives early stopping, per task: Ludwig's name
@@ -160,6 +163,8 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
             "early_stop": options.early_stop if options.early_stop > 0 else -1,
             "validation_field": LABEL_FEATURE,
             "validation_metric": SELECTION_METRIC[task][0],
+            # CUDA autocast + loss scaling in Ludwig (devices.py picks bfloat16 where the GPU has it).
+            "use_mixed_precision": options.mixed_precision == "on",
         },
         "backend": {"type": "local"},
     }

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+import devices
 from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
 from run_files import log
 
@@ -35,16 +36,25 @@ class TrainedModel:
     model_dir: str
     history: pd.DataFrame
     best_epoch: int
-    device: str
+    device: str  # what ran, with its precision: "cuda (NVIDIA H100 …), bfloat16 mixed precision"
     seconds: float
 
 
-def describe_device() -> str:
-    import torch
+def describe_device(mixed_precision_dtype: str | None = None) -> str:
+    return devices.describe(mixed_precision_dtype)
 
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+
+def _image_size(config: dict) -> int | None:
+    try:
+        return int(config["input_features"][0]["preprocessing"]["height"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _out_of_memory(stage: str, batch_size: int, image_size: int | None,
+                   suggest_mixed_precision: bool) -> devices.OutOfMemory:
+    return devices.OutOfMemory(devices.oom_message(stage, describe_device(), batch_size, image_size,
+                                                   suggest_mixed_precision))
 
 
 def history_table(train_stats: dict, task: str) -> pd.DataFrame:
@@ -83,22 +93,37 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     from ludwig.api import LudwigModel
 
     started = time.time()
+    trainer = config["trainer"]
+    # Ludwig drops mixed precision on a CPU by itself; on a GPU, the dtype its autocast will use.
+    amp_dtype = devices.autocast_dtype_name() if trainer.get("use_mixed_precision") and _cuda() else None
     model = LudwigModel(config, logging_level=logging.INFO, callbacks=[_keep_sigint_handler(), *(callbacks or [])])
-    results = model.train(
-        dataset=table,
-        output_directory=os.path.join(work_dir, "ludwig"),
-        skip_save_processed_input=True,  # no HDF5 cache next to the user's data
-        skip_save_progress=True,  # no per-epoch checkpoints
-        skip_save_log=True,  # no TensorBoard logs
-        random_seed=seed,
-    )
+    try:
+        with devices.autocast_default(amp_dtype):
+            results = model.train(
+                dataset=table,
+                output_directory=os.path.join(work_dir, "ludwig"),
+                skip_save_processed_input=True,  # no HDF5 cache next to the user's data
+                skip_save_progress=True,  # no per-epoch checkpoints
+                skip_save_log=True,  # no TensorBoard logs
+                random_seed=seed,
+            )
+    except (MemoryError, RuntimeError) as err:
+        if devices.is_out_of_memory(err):
+            raise _out_of_memory("training", trainer["batch_size"], _image_size(config), not amp_dtype) from err
+        raise
     seconds = time.time() - started
     trained_dir = os.path.join(results.output_directory, "model")
     for leftover in ("training_checkpoints", "llm_eval_examples"):
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)
     shutil.move(trained_dir, model_dir)
     history = history_table(results.train_stats, task)
-    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), describe_device(), seconds)
+    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), describe_device(amp_dtype), seconds)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _keep_sigint_handler():
@@ -132,7 +157,13 @@ def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: 
         # Prediction tables have no split column; Ludwig warns about that on every call.
         warnings.filterwarnings("ignore", message="column: 'split' is required by the dataset splitter")
         for start in range(0, len(table), chunk):
-            part, _ = model.predict(dataset=table[[IMAGE_FEATURE]].iloc[start:start + chunk], batch_size=batch_size)
+            try:
+                part, _ = model.predict(dataset=table[[IMAGE_FEATURE]].iloc[start:start + chunk],
+                                        batch_size=batch_size)
+            except (MemoryError, RuntimeError) as err:
+                if devices.is_out_of_memory(err):
+                    raise _out_of_memory("predicting", batch_size, _image_size(model.config), False) from err
+                raise
             parts.append(part)
             done = min(start + chunk, len(table))
             log(f"predicted {done} of {len(table)} images ({done / len(table):.0%}) in {time.time() - started:.1f} s")

@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 import dataset_prep
+import devices
 import ludwig_config
 import metrics
 import predictor
@@ -41,8 +42,10 @@ class RunRequest:
 
 
 def resolve_training_options(request: RunRequest) -> None:
-    """Resolve the model alias and default image size in place; raise InputError on bad options."""
+    """Resolve the model alias, default image size and device in place; raise InputError on bad options."""
     opts = request.training
+    choice = devices.select(opts.device, opts.mixed_precision)  # first: "cpu" hides the GPUs before CUDA starts
+    opts.device, opts.mixed_precision = choice.device, "on" if choice.mixed_precision else "off"
     if opts.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {opts.epochs}")
     if opts.batch_size < 1:

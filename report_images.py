@@ -78,6 +78,9 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
     import torch
 
     ecd = ludwig_model.model
+    # Wherever Ludwig left the model (the GPU after training or predicting there): inputs go to it,
+    # results come back to the host before NumPy.
+    device = next(ecd.parameters()).device
     backbone = ecd.input_features.get("image_path").encoder_obj.model
     module = _feature_module(backbone)
     if module is None:
@@ -101,7 +104,7 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
                 continue
             with Image.open(path) as img:
                 picture = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-            x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
             x.requires_grad_(True)  # gradients flow even through a frozen backbone
             logits = ecd({"image_path": x})["label::logits"].reshape(-1)
             k = classes.index(str(row["predicted_label"]))
@@ -110,7 +113,8 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
             if maps.ndim != 4:
                 return [], f"the backbone's last feature map is not spatial (shape {tuple(maps.shape)})"
             grads, = torch.autograd.grad(score, maps)
-            cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1))[0].detach().numpy()
+            cam = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * maps).sum(dim=1))[0]
+            cam = cam.detach().float().cpu().numpy()
             cam = cam / cam.max() if cam.max() > 0 else cam
             heat = Image.fromarray(_colourise(cam)).resize(picture.size, Image.Resampling.BILINEAR)
             overlay = Image.blend(picture, heat, alpha=0.45)

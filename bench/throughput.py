@@ -23,6 +23,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
@@ -60,40 +61,63 @@ class EpochTimer(Callback):
 
 
 def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, epochs: int,
-             channels_last: bool = False) -> list[float]:
+             channels_last: bool = False, device: str = "cpu", amp_dtype: str | None = None) -> list[float]:
+    """Seconds per epoch. On a GPU the decoded images already sit in GPU memory (the ideal loop);
+    ``amp_dtype`` ("bfloat16" or "float16", the latter with loss scaling) runs it in mixed precision."""
     import timm
 
-    model = timm.create_model(model_name, pretrained=False, num_classes=n_classes)
+    model = timm.create_model(model_name, pretrained=False, num_classes=n_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     cfg = model.pretrained_cfg
-    mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    y = torch.randint(0, n_classes, (len(x),))
+    mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+    x = x.to(device)
+    y = torch.randint(0, n_classes, (len(x),), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    device_type = torch.device(device).type
+    scaler = torch.amp.GradScaler(device_type) if amp_dtype == "float16" else None
     seconds = []
     for _ in range(epochs):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(x))
+        order = torch.randperm(len(x), device=device)
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size]
             images = (x[rows].float() / 255.0 - mean) / std
-            flip = torch.rand(len(rows)) < 0.5
+            flip = torch.rand(len(rows), device=device) < 0.5
             images[flip] = images[flip].flip(-1)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(images), y[rows])
+            with torch.autocast(device_type, dtype=getattr(torch, amp_dtype)) if amp_dtype else nullcontext():
+                loss = F.cross_entropy(model(images), y[rows])
             optimizer.zero_grad()
-            loss.backward()
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
-            optimizer.step()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
     return seconds
 
 
-def tool(model_name: str, table: pd.DataFrame, size: int, batch_size: int, epochs: int, mode: str) -> list[float]:
+def tool(model_name: str, table: pd.DataFrame, size: int, batch_size: int, epochs: int, mode: str,
+         mixed_precision: str = "off") -> list[float]:
+    """Seconds of each epoch's training phase through ``ludwig_trainer.train`` (``mixed_precision``
+    "on" or "off", resolved as the command line would; the device is whatever Ludwig picks)."""
     options = ludwig_config.TrainingOptions(model_name=model_name, image_size=size, use_pretrained=False,
                                             epochs=epochs, early_stop=0, batch_size=batch_size,
                                             augmentation=["random_horizontal_flip"],
-                                            preprocessing_mode="eager" if mode == "eager" else "lazy")
+                                            preprocessing_mode="eager" if mode == "eager" else "lazy",
+                                            mixed_precision=mixed_precision)
     config = ludwig_config.build_ludwig_config(options, "multiclass", train_rows=int((table.split == 0).sum()))
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as work:

@@ -74,6 +74,19 @@ def test_row_counts_agree_across_outputs(run_dir):
     assert split.groupby("sample_id")["split"].nunique().max() == 1  # lesions never straddle
 
 
+def test_device_and_precision_that_ran_are_recorded(run_dir):
+    import torch
+
+    summary = json.loads((run_dir / "run_summary.json").read_text())
+    gpu = torch.cuda.is_available()  # --device auto, --mixed-precision auto
+    assert summary["training"]["device"] == ("cuda" if gpu else "cpu")
+    assert summary["training"]["mixed_precision"] == ("on" if gpu else "off")
+    assert summary["device"].endswith("mixed precision" if gpu else "float32")
+    report = (run_dir / "report.html").read_text()
+    assert "<th>mixed precision</th><td>" + summary["training"]["mixed_precision"] in report
+    assert summary["device"] in report
+
+
 def test_predictions_are_probabilities_and_metrics_recompute(run_dir):
     predictions = pd.read_csv(run_dir / "predictions.csv")
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]

@@ -27,7 +27,8 @@ def test_tutorial_configuration():
     assert cfg["output_features"] == [{"name": "label", "type": "category", "top_k": 3}]
     assert cfg["trainer"] == {"epochs": 30, "batch_size": 32, "eval_batch_size": 32, "learning_rate": 0.001,
                               "learning_rate_scheduler": {"decay": None}, "early_stop": 5,
-                              "validation_field": "label", "validation_metric": "accuracy"}
+                              "validation_field": "label", "validation_metric": "accuracy",
+                              "use_mixed_precision": False}  # "auto" is resolved by pipeline per machine
     assert image["preprocessing"]["mode"] == "lazy"  # decoded per batch: memory does not grow with the data
     assert cfg["preprocessing"]["split"] == {"type": "fixed", "column": "split"}
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU check of issue #13, prepared to run in ONE call of the device tool (H100/H200, 16 cores, no
+# network) in about 5 minutes (it stops itself at 8): prints (a) a raw timm loop's images/s with and
+# without mixed precision, (b) the tool's images/s and the ratio to (a), (c) peak GPU memory, (d) the
+# tutorial's scale (1,400 images, 384 px) for 1 and 3 epochs with the projected 30-epoch wall time,
+# (e) predict images/s, (f) whether the reports hold Grad-CAM maps. Details: bench/gpu_check.py.
+#
+# The GPU machine has PyTorch with CUDA (torch 2.11, python3 3.12) but not Ludwig; it receives the
+# tracked files plus the carried, git-ignored folder .gpu_carry/ (overlay of the missing packages, from
+# this project's environment, and the HAM10000 originals resized: ../shared does not travel). Steps:
+#
+#   1. here (CPU machine, project environment; ~1 min):
+#        PYTHON=$(bash scripts/ensure_env.sh) bash bench/gpu_check.sh prepare
+#   2. here, optional but cheap insurance (~10 min on 2 cores): the same script end to end on the CPU
+#      with a tiny model, with every package the GPU machine lacks made unimportable:
+#        PYTHON=$(bash scripts/ensure_env.sh) bash bench/gpu_check.sh smoke
+#   3. the device tool, one call (leaves time for one rerun inside the 15-minute budget):
+#        run(command="bash bench/gpu_check.sh run", carry=[".gpu_carry"], timeout_s=540)
+#      the table is at the end of output_tail; $OUT/gpu_check.json and $OUT/gpu_check.log come back.
+#      Then give_back (unless rerunning at once) and copy the table into BENCHMARKS.md with the card's name.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mode=${1:-}
+py=${PYTHON:-python3}
+carry=.gpu_carry
+
+case "$mode" in
+prepare)
+    "$py" bench/gpu_env.py prepare
+    ;;
+smoke)
+    [ -f "$carry/overlay.tar.gz" ] || "$py" bench/gpu_env.py prepare
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    mkdir -p "$scratch/site"
+    tar -xzf "$carry/overlay.tar.gz" -C "$scratch/site"
+    "$py" bench/gpu_env.py blocker "$scratch/block"
+    PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
+        "$py" bench/gpu_check.py --smoke --work "$scratch/work"
+    ;;
+run)
+    if [ ! -f "$carry/overlay.tar.gz" ]; then
+        echo "error: $carry/overlay.tar.gz missing: run 'bash bench/gpu_check.sh prepare' here and carry $carry" >&2
+        exit 2
+    fi
+    "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "error: no CUDA GPU visible")'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    site=/tmp/image_learner_site
+    rm -rf "$site" && mkdir -p "$site"
+    tar -xzf "$carry/overlay.tar.gz" -C "$site"
+    out=${OUT:-/tmp}
+    set -o pipefail
+    PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+        timeout 480 "$py" bench/gpu_check.py --work /tmp/gpu_check_work 2>&1 | tee "$out/gpu_check.log"
+    ;;
+*)
+    echo "usage: bash bench/gpu_check.sh prepare|smoke|run   (see the header of this file)" >&2
+    exit 2
+    ;;
+esac
