@@ -115,11 +115,14 @@ except ImportError:  # pragma: no cover
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_written_outside_temporary_dirs():
+def nothing_written_outside_temporary_dirs(tmp_path_factory):
     """After the whole session, the checkout and the system temp dir hold no new entries except
     pytest's own: no test leaves files outside its temporary directory."""
     import tempfile
 
+    # torch._dynamo makes its cache folder in the temp dir when tests import timm or Ludwig outside a
+    # run (runs point it at their scratch folder): a library's cache, sent to pytest's temp dir.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("torchinductor")))
     temp_root = tempfile.gettempdir()
     before = {ROOT: set(os.listdir(ROOT)), temp_root: set(os.listdir(temp_root))}
     yield
