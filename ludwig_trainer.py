@@ -1,5 +1,5 @@
 """Training: run Ludwig on the prepared table and collect the model, its history and its predictions;
-load a saved model (already validated by model_archive) with the hub offline.
+load a saved model already validated by model_archive.
 
 This is the only module that imports Ludwig. Everything Ludwig writes goes below ``work_dir``; the
 trained model directory is then moved to its final place and Ludwig's checkpoints are dropped.
@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,6 @@ from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
 # torchmetrics' macro-averaged recall, i.e. balanced accuracy; "accuracy_micro" is plain accuracy).
 CATEGORY_METRIC_NAMES = {"accuracy": "balanced_accuracy", "accuracy_micro": "accuracy"}
 HISTORY_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
-OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 @dataclass
@@ -130,23 +128,7 @@ def _rendered_json(config_json: str) -> str:
     timm_backbone.register_with_ludwig()
     from ludwig.schema.model_types.base import ModelConfig
 
-    with offline_hub():
-        return json.dumps(ModelConfig.from_dict(json.loads(config_json)).to_dict())
-
-
-@contextmanager
-def offline_hub():
-    """No hub access (code or weights) while a saved model is loaded and used; restored afterwards."""
-    previous = {name: os.environ.get(name) for name in OFFLINE_ENV}
-    os.environ.update({name: "1" for name in OFFLINE_ENV})
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    return json.dumps(ModelConfig.from_dict(json.loads(config_json)).to_dict())
 
 
 def load_model(model_dir: str):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import asdict
 
 from input_utils import InputError, ZipLimits, extract_zip_safely
@@ -29,6 +30,7 @@ WEIGHTS = "model_weights.safetensors"
 FORMAT = "image-learner-model"
 FORMAT_VERSION = 2  # 2: the manifest holds the training options and Ludwig's class order
 MODEL_FILES = {CONFIG, WEIGHTS, METADATA, MANIFEST}
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 # Config keys that make Ludwig load code or remote resources (LLM models, adapters, quantised hub
 # weights): refused wherever they appear with a value, before any other check.
@@ -118,7 +120,10 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
         if missing:
             raise InputError(f"it is not an Image Learner model ZIP (missing {', '.join(missing)})")
         model_dir = os.path.join(dest, "model")
-        manifest = validate_model_dir(model_dir, tool_version, version("ludwig"), render)
+        with offline_hub():  # the first import of timm / Ludwig (and the hub) may happen here
+            manifest = validate_model_dir(model_dir, tool_version, version("ludwig"), render)
+    except RecursionError as err:
+        raise InputError(f"model {name!r}: a JSON file is nested too deeply") from err
     except InputError as err:
         raise InputError(f"model {name!r}: {err}") from err
     return model_dir, manifest
@@ -171,7 +176,7 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
         for field in ("positive_label", "threshold"):
             _expect(manifest[field] is None, MANIFEST, field, manifest[field], "null for a multiclass model")
         _expect(_STRINGS(vocabulary) and len(vocabulary) >= 2 and set(vocabulary) <= set(classes), MANIFEST,
-                "label_vocabulary", vocabulary, "the classes in Ludwig's order")
+                "label_vocabulary", vocabulary, "names from classes, in Ludwig's order")
     _check_training(manifest, binary)
 
 
@@ -259,8 +264,9 @@ def _training_fills(config: dict, manifest: dict) -> dict:
     """The values Ludwig fills in while training: the flag that the backbone's weights are in the
     checkpoint, the batch rendering (an explicit batch size gives 1 accumulation step), the class
     count and the head's input width (checked against the weights' shape too)."""
-    output = config["output_features"][0] if isinstance(config.get("output_features"), list) else {}
-    width = output.get("input_size") if isinstance(output, dict) else None
+    outputs = config.get("output_features")
+    first = outputs[0] if isinstance(outputs, list) and outputs else None
+    width = first.get("input_size") if isinstance(first, dict) else None
     fills = {("input_features", 0, "encoder", "saved_weights_in_checkpoint"): (lambda v: v is True, "true"),
              ("trainer", "gradient_accumulation_steps"): (lambda v: _is_int(v, 1, 1), "1"),
              ("output_features", 0, "input_size"): (lambda v: _is_int(v, 1), "a positive integer"),
@@ -321,16 +327,11 @@ def check_metadata(metadata, config: dict, manifest: dict, exact: bool = True) -
     _expect(isinstance(checksum, str), METADATA, "checksum", checksum, "a string")
     expected = {"checksum": checksum, IMAGE_FEATURE: image, LABEL_FEATURE: label}
     _compare(metadata, expected, METADATA, "", exact=exact)
-    if vocabulary is not None:
-        _check_frequencies(metadata[LABEL_FEATURE]["str2freq"], vocabulary)
-
-
-def _check_frequencies(counts: dict, vocabulary: list) -> None:
-    """str2freq is filled from the training table: Ludwig's vocabulary is sorted by it, most frequent first."""
-    values = list(counts.values())
-    if list(counts) != vocabulary or not all(_is_int(v, 1) for v in values) or values != sorted(values, reverse=True):
-        raise InputError(f"{METADATA}: {LABEL_FEATURE}.str2freq is {_short(counts)}, expected a count per class "
-                         f"of {_short(vocabulary)}, in that order, most frequent first")
+    if vocabulary is not None:  # str2freq: counts in the training table, by which Ludwig sorted the vocabulary
+        counts = list(metadata[LABEL_FEATURE]["str2freq"].items())
+        _expect([c for c, _ in counts] == vocabulary and all(_is_int(n, 1) for _, n in counts)
+                and [n for _, n in counts] == sorted((n for _, n in counts), reverse=True), METADATA,
+                f"{LABEL_FEATURE}.str2freq", dict(counts), "a count per class, in idx2str order, most frequent first")
 
 
 def check_weights(path: str, config: dict, manifest: dict) -> None:
@@ -386,3 +387,20 @@ def _join(path: str, key) -> str:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+@contextmanager
+def offline_hub():
+    """HF_HUB_OFFLINE=1 and TRANSFORMERS_OFFLINE=1 while a model is validated, loaded and used, restored
+    afterwards. huggingface_hub reads them when first imported: in a predict run that import happens
+    inside (validation imports timm and Ludwig), so the hub stays offline for the whole run."""
+    previous = {name: os.environ.get(name) for name in OFFLINE_ENV}
+    os.environ.update({name: "1" for name in OFFLINE_ENV})
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

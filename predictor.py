@@ -156,7 +156,7 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
 
     ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]
-    with ludwig_trainer.offline_hub():  # the config is validated; nothing may come from the hub either
+    with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
         model = ludwig_trainer.load_model(model_dir)
         proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
     out = table.drop(columns=["read_path"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import image_learner_cli
-from conftest import DEMO_CSV, DEMO_ZIP, TEST_DATA, make_zip
+from conftest import DEMO_CSV, DEMO_ZIP, ROOT, TEST_DATA, make_zip
 
 TINY_MODEL = os.path.join(TEST_DATA, "tiny_model.zip")
 MANIFEST, CONFIG, METADATA, WEIGHTS = ("model/image_learner.json", "model/model_hyperparameters.json",
@@ -318,13 +318,30 @@ def test_tampered_weights_are_refused(multiclass, tmp_path, capsys, case):
 
 
 def test_hub_is_offline_while_loading_and_restored_after(monkeypatch):
-    import ludwig_trainer
+    import model_archive
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
-    with ludwig_trainer.offline_hub():
+    with model_archive.offline_hub():
         assert os.environ["HF_HUB_OFFLINE"] == os.environ["TRANSFORMERS_OFFLINE"] == "1"
     assert "HF_HUB_OFFLINE" not in os.environ and os.environ["TRANSFORMERS_OFFLINE"] == "0"
+
+
+def test_a_predict_run_has_the_hub_offline_from_its_first_import(tmp_path):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: in a fresh predict process that import
+    happens inside the offline block, so the hub stays offline although the variable is restored."""
+    import subprocess
+    import sys
+
+    script = ("import image_learner_cli\n"
+              f"code = image_learner_cli.main(['predict', '--model', {TINY_MODEL!r}, '--image-zip', {DEMO_ZIP!r}, "
+              f"'--output-dir', {str(tmp_path / 'p')!r}])\n"
+              "import os, huggingface_hub.constants as c\n"
+              "print('RESULT', code, c.HF_HUB_OFFLINE, os.environ.get('HF_HUB_OFFLINE'))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(TMPDIR=str(tmp_path), PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "RESULT 0 True None" in done.stdout, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("kind", ["multiclass", "binary"])
