@@ -1,4 +1,5 @@
-"""Training: run Ludwig on the prepared table and collect the model, its history and its predictions.
+"""Training: run Ludwig on the prepared table and collect the model, its history and its predictions;
+load a saved model already validated by model_archive.
 
 This is the only module that imports Ludwig. Everything Ludwig writes goes below ``work_dir``; the
 trained model directory is then moved to its final place and Ludwig's checkpoints are dropped.
@@ -6,6 +7,8 @@ trained model directory is then moved to its final place and Ludwig's checkpoint
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import os
@@ -20,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 import devices
+from input_utils import InputError
 from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
 from run_files import log
 
@@ -178,3 +182,35 @@ def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: 
         if f"{LABEL_FEATURE}_probabilities_{c}" in predictions else zeros
         for c in classes
     ])
+
+
+def rendered_config(config: dict) -> dict:
+    """Ludwig's full rendering of a config (every default filled in), as model_hyperparameters.json
+    holds it. Prediction only renders configs our builder made, never the one from a model ZIP."""
+    return json.loads(_rendered_json(json.dumps(config, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=8)
+def _rendered_json(config_json: str) -> str:
+    import timm_backbone
+
+    timm_backbone.register_with_ludwig()
+    from ludwig.schema.model_types.base import ModelConfig
+
+    return json.dumps(ModelConfig.from_dict(json.loads(config_json)).to_dict())
+
+
+def load_model(model_dir: str):
+    """LudwigModel.load of a validated model directory (model_archive). Ludwig loads the weights strictly:
+    names or shapes that do not fit the model the config builds are an InputError, not a traceback."""
+    import timm_backbone
+    from ludwig.api import LudwigModel
+
+    timm_backbone.register_with_ludwig()
+    try:
+        return LudwigModel.load(model_dir, backend="local")
+    except RuntimeError as err:
+        if not str(err).startswith("Error(s) in loading state_dict"):
+            raise
+        raise InputError("model_weights.safetensors in the model ZIP does not fit the model its config describes: "
+                         + " ".join(str(err).split())[:300]) from err

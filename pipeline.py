@@ -21,7 +21,7 @@ import dataset_prep
 import devices
 import ludwig_config
 import metrics
-import predictor
+import model_archive
 import split_utils
 import timm_backbone
 from input_utils import InputError, ZipLimits, extract_images
@@ -125,10 +125,11 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = metrics.metrics_by_split(predictions, _class_order(data), opts.random_seed)
     write_json(os.path.join(out, "metrics.json"), all_metrics)
-    predictor.write_manifest(os.path.join(out, "model"), {
+    model_archive.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
-        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig")})
+        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig")},
+        opts, class_weights, positive_weight, train_rows=int((data.table["split"] == 0).sum()))
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
 

@@ -1,14 +1,13 @@
 """Predict with a saved model: load a trained_model.zip offline and classify new images.
 
-A model file is active input, so the ZIP is checked before anything is loaded: only the files training
-writes may be in it (weights as safetensors, configs as JSON: nothing is unpickled), and its manifest
-must come from a compatible Image Learner and Ludwig. The backbone is rebuilt without downloading
-anything: its weights come from the ZIP.
+A model file is active input, so the ZIP is checked before anything is loaded (model_archive.py): only
+the files training writes may be in it (weights as safetensors, configs as JSON: nothing is unpickled),
+each exactly as this Image Learner and Ludwig version write it. The backbone is rebuilt without
+downloading anything, with the hub offline: its weights come from the ZIP.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -16,16 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+import model_archive
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from input_utils import (InputError, ZipLimits, extract_images, extract_zip_safely, label_text,
-                         match_rows_to_images, read_metadata_csv, resolve_column)
+from input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
+                         read_metadata_csv, resolve_column)
 from run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
-
-MANIFEST = "image_learner.json"
-FORMAT = "image-learner-model"
-FORMAT_VERSION = 1
-MODEL_FILES = {"model_hyperparameters.json", "model_weights.safetensors", "training_set_metadata.json", MANIFEST}
 
 
 @dataclass
@@ -40,43 +35,6 @@ class PredictRequest:
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
-
-
-def write_manifest(model_dir: str, manifest: dict) -> None:
-    """Called by training: what prediction needs beyond Ludwig's own files."""
-    with open(os.path.join(model_dir, MANIFEST), "w") as handle:
-        json.dump({"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}, handle, indent=2)
-
-
-def unpack_model(model_zip: str, dest: str, limits: ZipLimits) -> tuple[str, dict]:
-    """Extract and validate a trained_model.zip; returns (model_dir, manifest)."""
-    name = os.path.basename(model_zip)
-    try:
-        members = extract_zip_safely(model_zip, dest, limits)
-    except InputError as err:
-        raise InputError(f"model {name!r}: {err}") from err
-    unexpected = sorted(m for m in members if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES))
-    if unexpected:
-        raise InputError(f"model {name!r} holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
-                         "refusing to load it")
-    missing = sorted(MODEL_FILES - {m[len("model/"):] for m in members})
-    if missing:
-        raise InputError(f"model {name!r} is not an Image Learner model ZIP (missing {', '.join(missing)})")
-    model_dir = os.path.join(dest, "model")
-    with open(os.path.join(model_dir, MANIFEST)) as handle:
-        try:
-            manifest = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise InputError(f"model {name!r}: {MANIFEST} is not valid JSON ({err})") from err
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"model {name!r} has format {manifest.get('format')!r} version "
-                         f"{manifest.get('format_version')!r}; this tool reads {FORMAT!r} version {FORMAT_VERSION}")
-    from importlib.metadata import version
-
-    if manifest.get("ludwig_version") != version("ludwig"):
-        raise InputError(f"model {name!r} was trained with Ludwig {manifest.get('ludwig_version')}; this tool runs "
-                         f"Ludwig {version('ludwig')}: retrain the model or use the matching tool version")
-    return model_dir, manifest
 
 
 def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str]):
@@ -119,9 +77,13 @@ def predict(request: PredictRequest) -> pd.DataFrame:
 
 
 def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
+    import ludwig_trainer
+
     timer = StageTimer()
-    with timer.stage("unpacking the model"):
-        model_dir, manifest = unpack_model(request.model_zip, os.path.join(work, "model_zip"), request.zip_limits)
+    with timer.stage("unpacking and validating the model"):
+        model_dir, manifest = model_archive.unpack_model(request.model_zip, os.path.join(work, "model_zip"),
+                                                         request.zip_limits, TOOL_VERSION,
+                                                         ludwig_trainer.rendered_config)
     images_dir = os.path.join(work, "images")
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
@@ -199,14 +161,12 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
 
 def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int):
     import ludwig_trainer
-    import timm_backbone
-    from ludwig.api import LudwigModel
 
-    timm_backbone.register_with_ludwig()
-    model = LudwigModel.load(model_dir, backend="local")
     ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]
-    proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
+    with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
+        model = ludwig_trainer.load_model(model_dir)
+        proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
     out = table.drop(columns=["read_path"])
     if manifest["task"] == "binary":
         out["predicted_label"] = np.where(proba[:, 1] >= manifest["threshold"], classes[1], classes[0])

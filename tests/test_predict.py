@@ -114,7 +114,7 @@ def test_prediction_logs_its_stages_and_skips_files_that_are_not_images(trained,
     assert image_learner_cli.main(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", images,
                                    "--output-dir", str(tmp_path / "p"), "--batch-size", "8"]) == 0
     log = capsys.readouterr().out
-    for line in ("unpacking the model done in", "unpacking images done in",
+    for line in ("unpacking and validating the model done in", "unpacking images done in",
                  "2 file(s) in the image ZIP are not images and were skipped (README.txt, images/run.sh)",
                  "checking 140 images done in", "loading the model and predicting 140 images …",
                  "predicted 16 of 140 images (11%) in", "predicted 140 of 140 images (100%) in",
