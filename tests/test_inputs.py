@@ -30,14 +30,21 @@ def test_refuses_paths_leaving_the_archive(tmp_path, name):
     assert not (tmp_path / "evil.png").exists()
 
 
-def test_refuses_symlink_members(tmp_path):
-    path = tmp_path / "link.zip"
+def _zip_with_link(path, link_name: str, members: dict | None = None) -> str:
+    """A ZIP holding ``members`` and a symbolic link ``link_name`` -> /etc/passwd."""
     with zipfile.ZipFile(path, "w") as archive:
-        info = zipfile.ZipInfo("images/link.png")
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
+        info = zipfile.ZipInfo(link_name)
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         archive.writestr(info, "/etc/passwd")
+    return str(path)
+
+
+def test_refuses_symlink_members(tmp_path):
+    path = _zip_with_link(tmp_path / "link.zip", "images/link.png")
     with pytest.raises(InputError, match="link"):
-        extract_zip_safely(str(path), str(tmp_path / "out"))
+        extract_zip_safely(path, str(tmp_path / "out"))
 
 
 def test_refuses_a_decompression_bomb(tmp_path):
@@ -121,14 +128,9 @@ def test_the_image_zip_yields_only_images_and_counts_the_rest(tmp_path):
 
 
 def test_skipped_members_are_still_checked(tmp_path):
-    path = tmp_path / "link.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("ok.png", png_bytes(1))
-        info = zipfile.ZipInfo("notes")
-        info.external_attr = (stat.S_IFLNK | 0o777) << 16
-        archive.writestr(info, "/etc/passwd")
+    path = _zip_with_link(tmp_path / "link.zip", "notes", {"ok.png": png_bytes(1)})
     with pytest.raises(InputError, match="'notes' is a link"):
-        extract_images(str(path), str(tmp_path / "out"))
+        extract_images(path, str(tmp_path / "out"))
 
 
 def test_keep_selects_the_members_to_extract(tmp_path):
