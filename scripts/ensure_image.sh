@@ -53,6 +53,9 @@ events_logger = "file"
 CONF
 fi
 [ -e /etc/containers/nodocker ] || $sudo_cmd touch /etc/containers/nodocker  # podman-docker's notice
+# Galaxy's jobs call /usr/bin/docker: it must be podman's wrapper, which sees the image built here.
+/usr/bin/docker --version 2>/dev/null | grep -qi podman \
+    || die "/usr/bin/docker is not podman's wrapper (Debian's podman-docker): the Galaxy tests would not see the image"
 
 # 2. The recipe's base image: pulled where a registry answers, otherwise made from Debian's
 # packages (debootstrap, minimal variant) and imported under the same name, so the recipe stays standard.
