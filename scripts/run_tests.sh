@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and end-to-end tests (pytest), then the Galaxy tool's lint and tests in
-# a real Galaxy. Creates the environment first when it is missing. Extra arguments go to pytest.
+# The whole test suite: unit and end-to-end tests (pytest), then the Galaxy tools' lint and tests in
+# a real Galaxy, inside the tools' container image. Creates the environment and builds the image first
+# when they are missing. Extra arguments go to pytest.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
 py=$(bash scripts/ensure_env.sh) || exit 1
 bash scripts/ensure_chromium.sh || exit 1
+# The tools' container image (the image tests and the Galaxy tool tests run in it).
+bash scripts/ensure_image.sh >/dev/null || exit 1
 log=$(mktemp)
 # The tests get a temp dir of their own: the check that they leave nothing behind is then not confused
 # by other programs on the machine writing to the shared /tmp.

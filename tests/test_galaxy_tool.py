@@ -41,10 +41,16 @@ def _form(**changes):
     return values
 
 
+def _without_thread_setting(argv):
+    """The command starts by giving PyTorch the job's cores; the rest is the CLI call."""
+    assert argv[:3] == ["export", "OMP_NUM_THREADS=${GALAXY_SLOTS:-1}", "&&"], argv[:3]
+    return argv[3:]
+
+
 def _cli_args(source, **changes):
     """Render <command> and parse it with the real CLI parser (unknown flags would fail here)."""
     command = fill_template(source.parse_command(), context=_form(**changes))
-    argv = shlex.split(command.replace("\\\n", " "))
+    argv = _without_thread_setting(shlex.split(command.replace("\\\n", " ")))
     assert argv[0] == "python" and argv[1] == os.path.join(ROOT, "image_learner_cli.py")
     assert argv[-1] == "${GALAXY_SLOTS:-2}"  # left for the shell: the job's core count
     return image_learner_cli.build_parser().parse_args(argv[2:-1] + ["1"]), argv
@@ -67,7 +73,7 @@ def test_the_tools_lint_clean(tool):
 def test_predict_form_maps_to_the_predict_subcommand(metadata, expected):
     source = get_tool_source(os.path.join(ROOT, "image_learner_predict.xml"), macro_paths=[ROOT])
     context = {"__tool_directory__": ROOT, "model": "/d/model.zip", "image_zip": "/d/new.zip", "metadata": metadata}
-    argv = shlex.split(fill_template(source.parse_command(), context=context))
+    argv = _without_thread_setting(shlex.split(fill_template(source.parse_command(), context=context)))
     assert argv[:3] == ["python", os.path.join(ROOT, "image_learner_cli.py"), "predict"]
     assert argv[3:] == ["--model", "/d/model.zip", "--image-zip", "/d/new.zip", "--output-dir", "outputs", *expected]
     image_learner_cli.build_predict_parser().parse_args(argv[3:])

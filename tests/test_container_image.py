@@ -1,0 +1,117 @@
+"""The tools' container image (Dockerfile): one list of pinned dependencies (pyproject.toml, mirrored by
+macros.xml's requirements), installed by the recipe from pyproject.toml, and an image whose Python imports
+every pinned package at its pinned version and runs the `image-learner` command.
+
+The image tests need the image: the test command builds it (scripts/ensure_image.sh) before pytest runs.
+They fail when it is missing; they are skipped only outside CI on a machine without podman."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from conftest import ROOT
+
+# conda names in macros.xml that differ from the PyPI names in pyproject.toml
+CONDA_TO_PYPI = {"pytorch": "torch"}
+# distributions whose import name is not their name with '-' -> '_'
+IMPORT_NAMES = {"pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn", "faiss-cpu": "faiss"}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pyproject_pins() -> dict[str, str]:
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
+        deps = tomllib.load(handle)["project"]["dependencies"]
+    pins = {}
+    for dep in deps:
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.\-]*)==([A-Za-z0-9_.+!\-]+)", dep.strip())
+        assert match, f"pyproject.toml must pin every dependency exactly (name==version), not {dep!r}"
+        pins[_normalise(match[1])] = match[2]
+    return pins
+
+
+def _image_name() -> str:
+    root = ET.parse(os.path.join(ROOT, "macros.xml")).getroot()
+    version = next(t.text for t in root.iter("token") if t.get("name") == "@TOOL_VERSION@")
+    containers = [c.text.strip() for c in root.iter("container") if c.get("type") == "docker"]
+    assert len(containers) == 1, containers
+    return containers[0].replace("@TOOL_VERSION@", version)
+
+
+def test_pyproject_pins_exactly_the_versions_macros_declares():
+    macros = {}
+    for req in ET.parse(os.path.join(ROOT, "macros.xml")).getroot().iter("requirement"):
+        name = req.text.strip()
+        macros[_normalise(CONDA_TO_PYPI.get(name, name))] = req.get("version")
+    assert _pyproject_pins() == macros
+
+
+def test_the_recipe_installs_pyprojects_list_on_a_debian_image():
+    recipe = open(os.path.join(ROOT, "Dockerfile")).read()
+    assert re.search(r"^FROM docker\.io/library/debian:\S+$", recipe, re.M)
+    assert re.search(r"^COPY pyproject\.toml ", recipe, re.M)
+    assert '["project"]["dependencies"]' in recipe and "pip install -r" in recipe
+    assert "pip install --no-deps" in recipe  # the project itself, from the same checkout
+    assert not re.search(r"[A-Za-z0-9]\s*(==|>=|<=|~=)\s*[0-9]", recipe), "the recipe keeps no version list of its own"
+
+
+def test_the_tag_is_the_tool_version():
+    root = ET.parse(os.path.join(ROOT, "macros.xml")).getroot()
+    version = next(t.text for t in root.iter("token") if t.get("name") == "@TOOL_VERSION@")
+    assert _image_name().endswith(":" + version)
+
+
+@pytest.fixture(scope="module")
+def podman_image():
+    podman = shutil.which("podman")
+    if podman is None:
+        if os.environ.get("CI"):
+            pytest.fail("podman is missing: the test command (scripts/run_tests.sh) installs it and builds the image")
+        pytest.skip("podman is not installed (bash scripts/ensure_image.sh installs it and builds the image)")
+    image = _image_name()
+    found = subprocess.run([podman, "image", "exists", image], check=False).returncode == 0
+    assert found, f"the image {image} is missing: build it with `bash scripts/ensure_image.sh`"
+    return podman, image
+
+
+def _run_in_image(podman_image, *command, timeout=300):
+    podman, image = podman_image
+    return subprocess.run([podman, "run", "--rm", image, *command], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+_CHECK_VERSIONS = """
+import importlib, importlib.metadata, json, sys
+found = {}
+for dist, module in json.loads(sys.argv[1]).items():
+    importlib.import_module(module)
+    found[dist] = importlib.metadata.version(dist)
+print(json.dumps({"python": list(sys.version_info[:2]), "versions": found}))
+"""
+
+
+def test_the_image_imports_every_pinned_package_at_its_pinned_version(podman_image):
+    pins = _pyproject_pins()
+    modules = {dist: IMPORT_NAMES.get(dist, dist.replace("-", "_")) for dist in pins}
+    done = _run_in_image(podman_image, "python", "-c", _CHECK_VERSIONS, json.dumps(modules))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tuple(report["python"]) >= (3, 12)
+    assert {_normalise(k): v for k, v in report["versions"].items()} == pins
+
+
+def test_the_image_runs_the_image_learner_command(podman_image):
+    train = _run_in_image(podman_image, "image-learner", "--help")
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "--csv-file" in train.stdout and "--image-zip" in train.stdout
+    predict = _run_in_image(podman_image, "image-learner", "predict", "--help")
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    assert "--model" in predict.stdout
