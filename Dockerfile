@@ -4,7 +4,7 @@
 # PyPI's torch wheel carries its CUDA libraries, so one image serves CPU and GPU nodes (about 7 GB).
 # Behind a TLS-intercepting proxy, hand pip the CA bundle as a build secret (never baked into the image):
 #   podman build --secret id=ca,src=/etc/ssl/certs/ca-certificates.crt ...
-FROM docker.io/library/debian:trixie-slim
+FROM docker.io/library/debian:trixie-slim AS base
 
 LABEL org.opencontainers.image.title="Image Learner" \
       org.opencontainers.image.source="https://github.com/image-learner/image-learner" \
@@ -22,12 +22,17 @@ ENV PATH=/opt/image-learner/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# The dependencies exactly as pyproject.toml pins them (the one list; this layer is reused until it changes).
+# The dependencies exactly as pyproject.toml pins them (the one list). A stage of its own extracts them,
+# so the 7 GB install layer below is rebuilt only when the list changes, not for any other pyproject edit.
+FROM base AS requirements
 COPY pyproject.toml /tmp/build/pyproject.toml
+RUN python -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+        /tmp/build/pyproject.toml > /tmp/build/requirements.txt
+
+FROM base
+COPY --from=requirements /tmp/build/requirements.txt /tmp/build/requirements.txt
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
-    && python -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
-        /tmp/build/pyproject.toml > /tmp/build/requirements.txt \
     && pip install -r /tmp/build/requirements.txt
 
 # The project itself, with its `image-learner` command (Galaxy runs the tool directory's copy instead).

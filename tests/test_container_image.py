@@ -56,7 +56,7 @@ def test_pyproject_pins_exactly_the_versions_macros_declares():
 
 def test_the_recipe_installs_pyprojects_list_on_a_debian_image():
     recipe = open(os.path.join(ROOT, "Dockerfile")).read()
-    assert re.search(r"^FROM docker\.io/library/debian:\S+$", recipe, re.M)
+    assert re.search(r"^FROM docker\.io/library/debian:\S+( AS \w+)?$", recipe, re.M)
     assert re.search(r"^COPY pyproject\.toml ", recipe, re.M)
     assert '["project"]["dependencies"]' in recipe and "pip install -r" in recipe
     assert "pip install --no-deps" in recipe  # the project itself, from the same checkout
