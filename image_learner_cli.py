@@ -229,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(mode: str, args: argparse.Namespace) -> int:
-    import run_files
     import devices
+    import run_files
     import timm_backbone
     from input_utils import InputError
 
