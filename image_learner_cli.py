@@ -255,7 +255,7 @@ def _run(mode: str, args: argparse.Namespace) -> int:
         print(f"image-learner: error: {err or 'out of memory; lower --batch-size or --image-size'}", file=sys.stderr)
         return EXIT_OOM
     except RuntimeError as err:
-        if "out of memory" in str(err).lower():
+        if devices.is_out_of_memory(err):  # one raised outside training and prediction (e.g. Grad-CAM)
             print(f"image-learner: error: out of memory ({err}); lower --batch-size or --image-size",
                   file=sys.stderr)
             return EXIT_OOM

@@ -44,10 +44,6 @@ class TrainedModel:
     seconds: float
 
 
-def describe_device(mixed_precision_dtype: str | None = None) -> str:
-    return devices.describe(mixed_precision_dtype)
-
-
 def _image_size(config: dict) -> int | None:
     try:
         return int(config["input_features"][0]["preprocessing"]["height"])
@@ -57,7 +53,7 @@ def _image_size(config: dict) -> int | None:
 
 def _out_of_memory(stage: str, batch_size: int, image_size: int | None,
                    suggest_mixed_precision: bool) -> devices.OutOfMemory:
-    return devices.OutOfMemory(devices.oom_message(stage, describe_device(), batch_size, image_size,
+    return devices.OutOfMemory(devices.oom_message(stage, devices.describe(), batch_size, image_size,
                                                    suggest_mixed_precision))
 
 
@@ -121,7 +117,7 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)
     shutil.move(trained_dir, model_dir)
     history = history_table(results.train_stats, task)
-    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), describe_device(amp_dtype), seconds)
+    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), devices.describe(amp_dtype), seconds)
 
 
 def _cuda() -> bool:

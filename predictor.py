@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+import devices
 import model_archive
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
@@ -131,15 +132,9 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
                   "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
-        "training": {}, "device": _device(), "versions": library_versions(),
+        "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
     }
-
-
-def _device() -> str:
-    import ludwig_trainer
-
-    return ludwig_trainer.describe_device()
 
 
 def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str],
