@@ -14,10 +14,8 @@ import pandas as pd
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
-from input_utils import (IMAGE_EXTENSIONS, InputError, label_text, match_rows_to_images, missing_value_like,
-                         read_metadata_csv, resolve_column)
-
-MAX_LISTED = 10  # rows/files named in a message before "…and N more"
+from input_utils import (IMAGE_EXTENSIONS, MAX_LISTED, InputError, label_text, listed, match_rows_to_images,
+                         missing_value_like, read_metadata_csv, resolve_column)
 
 
 @dataclass
@@ -54,12 +52,6 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
 
 
-def _listed(items, limit: int = MAX_LISTED) -> str:
-    items = [str(i) for i in items]
-    more = f" …and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
             converted_dir: str | None = None, resize_to: int | None = None,
             skipped_files: list[str] = ()) -> PreparedData:
@@ -88,28 +80,28 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     if match.n_images == 0:
         others = sorted(set(image_files) | set(skipped_files))
         raise InputError("the image ZIP holds no image files (" + ", ".join(IMAGE_EXTENSIONS) + ")"
-                         + (f"; it has {len(others)} other files such as {_listed(others[:3])}"
+                         + (f"; it has {len(others)} other files such as {listed(others[:3])}"
                             if others else "; it is empty"))
     if match.table.empty:
         raise InputError(
             f"no CSV row matched an image in the ZIP (column {image_col!r}). CSV paths look like "
-            f"{_listed(raw[image_col].head(3))}; the ZIP holds {match.n_images} images such as "
-            f"{_listed(sorted(image_files)[:3]) or 'none'}"
+            f"{listed(raw[image_col].head(3))}; the ZIP holds {match.n_images} images such as "
+            f"{listed(sorted(image_files)[:3]) or 'none'}"
         )
     if len(match.unmatched_rows) > options.max_missing_fraction * match.n_rows:
         raise InputError(
             f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP (CSV lines "
-            f"{_listed(match.unmatched_rows)}; e.g. "
-            f"{_listed(raw[image_col].iloc[[line - 2 for line in match.unmatched_rows[:3]]])})"
+            f"{listed(match.unmatched_rows)}; e.g. "
+            f"{listed(raw[image_col].iloc[[line - 2 for line in match.unmatched_rows[:3]]])})"
             f". Above {options.max_missing_fraction:.0%} this looks like the wrong ZIP or CSV; if the CSV "
             "deliberately lists more images than the ZIP holds, raise --max-missing-fraction"
         )
     if match.unmatched_rows:
         warnings.append(f"{len(match.unmatched_rows)} of {match.n_rows} CSV rows have no image in the ZIP "
-                        f"and were left out (CSV lines {_listed(match.unmatched_rows)})")
+                        f"and were left out (CSV lines {listed(match.unmatched_rows)})")
     if match.unused_images:
         warnings.append(f"{len(match.unused_images)} images in the ZIP have no CSV row and were not used "
-                        f"({_listed(match.unused_images)})")
+                        f"({listed(match.unused_images)})")
     matched = _drop_repeated_rows(match.table, label_col, warnings)
 
     matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
@@ -212,13 +204,13 @@ def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[st
     conflicting = labels_per_file[labels_per_file > 1].index
     if len(conflicting):
         rows = matched[matched["image_file"] == conflicting[0]]
-        raise InputError(f"image {conflicting[0]!r} is listed on CSV lines {_listed(rows['csv_line'])} with "
-                         f"different labels ({_listed(sorted(set(rows[label_col])))}); "
+        raise InputError(f"image {conflicting[0]!r} is listed on CSV lines {listed(rows['csv_line'])} with "
+                         f"different labels ({listed(sorted(set(rows[label_col])))}); "
                          f"{len(conflicting)} image(s) have conflicting labels")
     repeated = matched["image_file"].duplicated()
     if repeated.any():
         warnings.append(f"{int(repeated.sum())} repeated CSV row(s) for an image already listed were dropped "
-                        f"(CSV lines {_listed(matched.loc[repeated, 'csv_line'])})")
+                        f"(CSV lines {listed(matched.loc[repeated, 'csv_line'])})")
     return matched[~repeated].reset_index(drop=True)
 
 
@@ -237,7 +229,7 @@ def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, ma
     if checked.converted:
         kinds = sorted(set(checked.converted.values()))
         notes.append(f"{len(checked.converted)} image(s) converted for training ({'; '.join(kinds[:5])}), "
-                     f"e.g. {_listed(list(checked.converted)[:3])}")
+                     f"e.g. {listed(list(checked.converted)[:3])}")
     fingerprints = iter(zip(checked.hashes, checked.thumbs))  # one per readable image, in file order
     good = {f: (p, *next(fingerprints)) for f, p in zip(files, checked.paths) if p is not None}
     kept = matched[matched["image_file"].isin(good)].reset_index(drop=True)

@@ -40,6 +40,15 @@ class InputError(Exception):
     """A problem with the user's input files or options; the message is shown as is."""
 
 
+MAX_LISTED = 10  # rows/files named in a message before "…and N more"
+
+
+def listed(items, limit: int = MAX_LISTED, sep: str = ", ") -> str:
+    """The first ``limit`` items for a message, then how many more there are."""
+    items = [str(i) for i in items]
+    return sep.join(items[:limit]) + (f" …and {len(items) - limit} more" if len(items) > limit else "")
+
+
 @dataclass(frozen=True)
 class ZipLimits:
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
@@ -224,8 +233,7 @@ def label_text(values: pd.Series, column: str, csv_lines=None) -> pd.Series:
     lines = pd.Series(range(2, len(labels) + 2) if csv_lines is None else list(csv_lines))
     empty = lines[(labels == "").to_numpy()].tolist()
     if empty:
-        more = f" …and {len(empty) - 10} more" if len(empty) > 10 else ""
-        raise InputError(f"label column {column!r} is empty on CSV line(s) {', '.join(map(str, empty[:10]))}{more}; "
+        raise InputError(f"label column {column!r} is empty on CSV line(s) {listed(empty)}; "
                          "label every row or remove the unlabelled ones")
     return labels
 

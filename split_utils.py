@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from input_utils import InputError
+from input_utils import InputError, listed
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_PROBABILITIES = (0.7, 0.1, 0.2)
@@ -154,11 +154,6 @@ def carve_validation(labels, split_codes, groups=None, probabilities=DEFAULT_PRO
     return codes
 
 
-def _listed(items, limit: int = 10) -> str:
-    items = list(items)
-    return "; ".join(items[:limit]) + (f" …and {len(items) - limit} more" if len(items) > limit else "")
-
-
 def check_split(labels, codes, groups, probabilities, user_column: str | None = None) -> tuple[list[str], list[str]]:
     """Problems of a finished split, as (errors, warnings), each naming the rows per split.
 
@@ -179,6 +174,9 @@ def check_split(labels, codes, groups, probabilities, user_column: str | None = 
         n, g = int(per_class.loc[cls].sum()), int(groups_per_class[cls])
         return f"{cls!r} ({n} image(s) in {g} group(s): {counts(per_class.loc[cls])})"
 
+    def named(classes) -> str:
+        return listed(map(described, classes), sep="; ")
+
     totals = per_class.sum(axis=0).to_numpy()
     errors, warnings = [], []
     wanted = [1, 2] if user_column is None else [1]  # the user's column decides whether there is a test split
@@ -197,16 +195,16 @@ def check_split(labels, codes, groups, probabilities, user_column: str | None = 
     no_test = [c for c in per_class.index if per_class.loc[c, 2] == 0 and totals[2] > 0 and c not in no_train]
     no_validation = [c for c in per_class.index if per_class.loc[c, 1] == 0 and totals[1] > 0]
     if user_column is None and (no_train or no_test):
-        errors.append("class(es) without training or test images: " + _listed(map(described, no_train + no_test)))
+        errors.append("class(es) without training or test images: " + named(no_train + no_test))
     elif user_column is not None:
         if no_train:
-            warnings.append(f"class(es) {_listed(map(described, no_train))} have no training rows: the model "
+            warnings.append(f"class(es) {named(no_train)} have no training rows: the model "
                             "cannot predict them")
         if no_test:
-            warnings.append(f"class(es) {_listed(map(described, no_test))} have no test rows: the report has no "
+            warnings.append(f"class(es) {named(no_test)} have no test rows: the report has no "
                             "test numbers for them")
     if no_validation:
-        warnings.append(f"class(es) {_listed(map(described, no_validation))} have no validation rows: the kept "
+        warnings.append(f"class(es) {named(no_validation)} have no validation rows: the kept "
                         "epoch is chosen without them")
     if errors:
         errors.append(
