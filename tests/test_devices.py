@@ -72,6 +72,21 @@ def test_cli_refuses_what_this_machine_cannot_do_with_exit_2(tmp_path, capsys, e
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv", [
+    ["--device", "tpu"], ["--mixed-precision", "half"], ["predict", "--device", "gpu"],
+])
+def test_unknown_device_or_precision_values_exit_2_naming_the_choices(tmp_path, capsys, argv):
+    required = (["--model", "m.zip"] if argv[0] == "predict" else ["--csv-file", DEMO_CSV]) + [
+        "--image-zip", DEMO_ZIP, "--output-dir", str(tmp_path / "out")]
+    mode, flags = (argv[:1], argv[1:]) if argv[0] == "predict" else ([], argv)
+    with pytest.raises(SystemExit) as stop:
+        image_learner_cli.main([*mode, *required, *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flags[0]}: invalid choice: {flags[1]!r}" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_refuses_cuda_without_a_gpu_with_exit_2(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
