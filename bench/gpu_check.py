@@ -49,7 +49,7 @@ DEMO_CSV = os.path.join(ROOT, "test-data", "ham10000_demo_metadata.csv")
 FULL = dict(model="caformer_s18", cli_model="caformer_s18_384", size=384, batch=32, raw_images=500, epochs=4,
             rows=1400, tutorial_epochs=3, workers=8)
 SMOKE = dict(model="test_efficientnet", cli_model="test_efficientnet", size=32, batch=8, raw_images=32, epochs=2,
-             rows=60, tutorial_epochs=2, workers=1)
+             rows=140, tutorial_epochs=2, workers=1)
 
 
 def base_images() -> tuple[list[tuple[str, bytes, str, str]], str]:
@@ -63,13 +63,30 @@ def base_images() -> tuple[list[tuple[str, bytes, str, str]], str]:
             ImageOps.mirror(Image.open(io.BytesIO(original)).convert("RGB")).save(buf, format="JPEG", quality=90)
             items += [(f"{row.image_id}_orig.jpg", original, row.dx, row.lesion_id),
                       (f"{row.image_id}_flip.jpg", buf.getvalue(), row.dx, row.lesion_id)]
-        return items, f"{len(items) // 2} HAM10000 originals (512x384) + flips, from {CARRIED_IMAGES}"
+        source = f"{len(items) // 2} HAM10000 originals (512x384) + flips, from {CARRIED_IMAGES}"
+        return _classes_interleaved(items), source
     table = pd.read_csv(DEMO_CSV)
     with zipfile.ZipFile(DEMO_ZIP) as archive:
         for row in table.itertuples():
             items.append((os.path.basename(row.image_path), archive.read(row.image_path), row.label, row.lesion_id))
     return items, (f"the {len(items)} small demo images of test-data/ (upscaled: per-batch decoding is cheaper "
                    "than with real photos)")
+
+
+def _classes_interleaved(items: list) -> list:
+    """Lesions taken from each class in turn, so that the first rows of a set smaller than the base (the
+    smoke run) still hold every class with enough lesions for the split's checks."""
+    by_class: dict[str, list] = {}
+    for item in items:
+        by_class.setdefault(item[2], []).append(item)
+    queues = [[[i for i in members if i[3] == lesion] for lesion in dict.fromkeys(i[3] for i in members)]
+              for _, members in sorted(by_class.items())]
+    ordered = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered += queue.pop(0)
+    return ordered
 
 
 def build_set(rows: int, folder: str) -> tuple[str, str, list[str], list[str], str]:
