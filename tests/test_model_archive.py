@@ -89,6 +89,27 @@ def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
     assert manifest["label_vocabulary"] == json.loads(multiclass[METADATA])["label"]["idx2str"]
 
 
+def test_a_vocabulary_out_of_alphabetical_order_is_accepted(multiclass, tmp_path):
+    """Ludwig numbers the classes most frequent first and saves the metadata with sorted keys: a genuine
+    model whose frequency order is not alphabetical must load (a smoke run of bench/gpu_check.py found this)."""
+    import model_archive
+    import run_files
+
+    def reorder(metadata):
+        label = metadata["label"]
+        label["idx2str"] = label["idx2str"][::-1]
+        label["str2idx"] = {c: k for k, c in enumerate(label["idx2str"])}
+        label["str2freq"] = dict(sorted({c: 30 - k for k, c in enumerate(label["idx2str"])}.items()))
+
+    members = _edit_json(multiclass, METADATA, reorder)
+    members = _edit_json(members, MANIFEST, _set(("label_vocabulary",), lambda v: v[::-1]))
+    with zipfile.ZipFile(make_zip(tmp_path / "model.zip", members)) as archive:
+        archive.extractall(tmp_path)
+    with run_files.scratch_tempdir(str(tmp_path)):
+        manifest = model_archive.validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
+    assert manifest["label_vocabulary"] == ["vasc", "nv", "mel", "df", "bkl", "bcc", "akiec"]
+
+
 def _swap_two(values):
     values = list(values)
     values[0], values[1] = values[1], values[0]
