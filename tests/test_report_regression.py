@@ -100,3 +100,21 @@ def test_user_text_is_escaped(tmp_path):
     html = open(report_builder.build_report(run), encoding="utf-8").read()
     assert EVIL not in html  # file names, target column, warnings: never raw, not in the plots' JSON either
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_predict_report_of_a_regression_model(tmp_path):
+    """predict on new images with the target in the CSV: no split column (all test), no history, no
+    train split, so no baseline; the report still has the metrics and the scatter."""
+    run = write_regression_run(str(tmp_path / "run"), with_metrics=False)
+    table = pd.read_csv(os.path.join(run, "predictions.csv"))
+    table[table.split == "test"].drop(columns=["split", "duplicate_group"]).to_csv(
+        os.path.join(run, "predictions.csv"), index=False)
+    os.remove(os.path.join(run, "training_history.csv"))
+    summary = json.load(open(os.path.join(run, "run_summary.json")))
+    summary.update(mode="predict", training={})
+    json.dump(summary, open(os.path.join(run, "run_summary.json"), "w"))
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    test = regression_metrics.metrics_by_split(table[table.split == "test"].assign(split="test"))["test"]
+    assert f"{test['mae']:.3f}" in html and "baseline_median_mae" not in test
+    assert 'id="plot-scatter"' in html and 'id="plot-learning"' not in html
+    assert "Baseline MAE" not in html and "always predicts the median" not in html and "Baseline:" not in html
