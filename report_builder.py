@@ -20,8 +20,10 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from input_utils import read_output_csv
 import metrics
+import regression_metrics
 import report_images
 import report_plots
+import report_plots_regression
 
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
@@ -81,6 +83,15 @@ def _split_arrays(predictions: pd.DataFrame, classes: list[str], split: str):
             part["predicted_label"].to_numpy())
 
 
+REGRESSION_LABELS = {
+    "mae": "Mean absolute error (MAE)", "rmse": "Root mean squared error (RMSE)",
+    "r2": "R² (share of the variance explained)", "pearson_r": "Pearson correlation",
+    "spearman_r": "Spearman rank correlation", "median_absolute_error": "Median absolute error",
+    "baseline_median_mae": "Baseline MAE (always predicting the train median)",
+    "baseline_median_rmse": "Baseline RMSE (always predicting the train median)",
+    "mae_gain_over_baseline": "MAE gain over the baseline (baseline MAE − model MAE)",
+}
+
 # A binary task scores the positive class only (metrics.py): its ROC-AUC and average precision say so.
 BINARY_LABELS = {"roc_auc_macro": "ROC-AUC", "roc_auc_weighted": "ROC-AUC (weighted: same as above)",
                  "average_precision_macro": "Average precision (positive class)"}
@@ -89,7 +100,10 @@ BINARY_LABELS = {"roc_auc_macro": "ROC-AUC", "roc_auc_weighted": "ROC-AUC (weigh
 def _metric_rows(per_split: dict, task: str | None = None):
     """Rows of the metrics table: one per metric, a column per split, test with its 95% interval."""
     ci = per_split.get("test", {}).get("ci95") or {}
-    labels = {**METRIC_LABELS, **(BINARY_LABELS if task == "binary" else {})}
+    if task == "regression":
+        labels = REGRESSION_LABELS
+    else:
+        labels = {**METRIC_LABELS, **(BINARY_LABELS if task == "binary" else {})}
     rows = []
     for key, label in labels.items():
         if any(key in m for m in per_split.values()):
@@ -131,6 +145,47 @@ def _confusion_table(predictions, classes):
     return confusion_matrix(y_true, y_pred, labels=classes).tolist() if len(y_true) else None
 
 
+def _regression_figures(summary, predictions, history) -> list[tuple[str, str]]:
+    """Learning curves (the number output's loss and errors), predicted against true, and the test
+    residuals; no class plots (ROC, PR, confusion, calibration, threshold) for a number."""
+    target = summary.get("target_column") or "value"
+    figures = [("learning", report_plots.learning_curves(history, summary.get("training", {}).get("best_epoch"),
+                                                         report_plots_regression.LEARNING_METRICS)),
+               ("scatter", report_plots_regression.predicted_vs_true(predictions, target)),
+               ("residuals", report_plots_regression.residual_histogram(predictions)),
+               ("residual-vs-true", report_plots_regression.residual_vs_true(predictions, target=target))]
+    return [(name, html) for name, html in figures if html]
+
+
+def _saliency(summary, predictions, classes, images_dir, ludwig_model):
+    try:
+        return report_images.grad_cam_overlays(predictions, classes, images_dir, ludwig_model,
+                                               summary.get("model", {}).get("image_size", 224), summary.get("task"))
+    except Exception as err:  # saliency is illustration: never lose the report over it
+        return [], f"Grad-CAM failed on this backbone ({type(err).__name__}: {err})"
+
+
+def _environment() -> Environment:
+    # A package, not a folder beside this file: found the same way from a checkout and from a wheel.
+    env = Environment(loader=PackageLoader("image_learner_templates", "."),
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
+        else f"{v:.{digits}f}"
+    return env
+
+
+def _per_split(output_dir, summary, predictions, classes) -> dict:
+    """The run's metrics.json when there is one (same functions, same predictions.csv), else recomputed."""
+    metrics_path = os.path.join(output_dir, "metrics.json")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as handle:
+            return json.load(handle)
+    seed = int(summary.get("split", {}).get("seed", 42))
+    if summary.get("task") == "regression":
+        return regression_metrics.metrics_by_split(predictions, seed)
+    return metrics.metrics_by_split(predictions, classes, seed)
+
+
 def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
     """Write ``output_dir/report.html`` from the run's files; returns its path."""
     import plotly.offline
@@ -138,36 +193,30 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     started = time.time()
     summary, predictions, history, config = _read_run(output_dir)
     classes = _class_order(predictions)
-    # The run's metrics.json when there is one (same functions, same predictions.csv), else recomputed.
-    metrics_path = os.path.join(output_dir, "metrics.json")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as handle:
-            per_split = json.load(handle)
+    per_split = _per_split(output_dir, summary, predictions, classes)
+    saliency, saliency_reason = _saliency(summary, predictions, classes, images_dir, ludwig_model)
+    common = dict(s=summary, metric_rows=_metric_rows(per_split, summary.get("task")), metric_splits=list(per_split),
+                  saliency=saliency, saliency_reason=saliency_reason, citations=_citations(summary),
+                  config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
+                  plotly_js=plotly.offline.get_plotlyjs(),
+                  n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS})
+    if summary.get("task") == "regression":
+        gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
+        html = _environment().get_template("report_regression.html.j2").render(
+            **common, figures=dict(_regression_figures(summary, predictions, history)), gallery=gallery,
+            gallery_reason=gallery_reason, target=summary.get("target_column") or "value",
+            baseline=per_split.get("train", per_split.get("test", {})).get("baseline_median"),
+            value_summary=report_plots_regression.value_summary(predictions), build_seconds=time.time() - started)
     else:
-        per_split = metrics.metrics_by_split(predictions, classes, int(summary.get("split", {}).get("seed", 42)))
-    gallery, gallery_reason = report_images.misclassified_gallery(predictions, classes, images_dir)
-    try:
-        saliency, saliency_reason = report_images.grad_cam_overlays(
-            predictions, classes, images_dir, ludwig_model, summary.get("model", {}).get("image_size", 224),
-            summary.get("task"))
-    except Exception as err:  # saliency is illustration: never lose the report over it
-        saliency, saliency_reason = [], f"Grad-CAM failed on this backbone ({type(err).__name__}: {err})"
-    # A package, not a folder beside this file: found the same way from a checkout and from a wheel.
-    env = Environment(loader=PackageLoader("image_learner_templates", "."),
-                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
-        else f"{v:.{digits}f}"
-    html = env.get_template("report.html.j2").render(
-        s=summary, classes=classes, metric_rows=_metric_rows(per_split, summary.get("task")),
-        metric_splits=list(per_split),
-        absent={split: m["classes_absent"] for split, m in per_split.items() if m.get("classes_absent")},
-        per_class=per_split.get("test", {}).get("per_class", []), confusion=_confusion_table(predictions, classes),
-        figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
-        gallery_reason=gallery_reason, saliency=saliency, saliency_reason=saliency_reason,
-        citations=_citations(summary), config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
-        plotly_js=plotly.offline.get_plotlyjs(), build_seconds=time.time() - started,
-        n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
-        class_totals=predictions["true_label"].value_counts().to_dict())
+        gallery, gallery_reason = report_images.misclassified_gallery(predictions, classes, images_dir)
+        html = _environment().get_template("report.html.j2").render(
+            **common, classes=classes,
+            absent={split: m["classes_absent"] for split, m in per_split.items() if m.get("classes_absent")},
+            per_class=per_split.get("test", {}).get("per_class", []),
+            confusion=_confusion_table(predictions, classes),
+            figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
+            gallery_reason=gallery_reason, build_seconds=time.time() - started,
+            class_totals=predictions["true_label"].value_counts().to_dict())
     path = os.path.join(output_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)

@@ -1,5 +1,6 @@
-"""Pictures for the report: thumbnails of misclassified test images and Grad-CAM saliency overlays,
-as small JPEG data URIs (the report stays one file). Each function says why when it cannot apply."""
+"""Pictures for the report: thumbnails of misclassified test images (regression: the largest errors)
+and Grad-CAM saliency overlays, as small JPEG data URIs (the report stays one file). Each function
+says why when it cannot apply."""
 
 from __future__ import annotations
 
@@ -67,10 +68,58 @@ def _colourise(cam: np.ndarray) -> np.ndarray:
     return (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
 
 
+def largest_errors_gallery(predictions: pd.DataFrame, images_dir: str | None):
+    """(items, reason), regression: the test images with the largest absolute error first."""
+    if not images_dir or not os.path.isdir(images_dir):
+        return [], "the images are not available (report rebuilt from a finished run's files)"
+    test = _regression_test_rows(predictions)
+    if test.empty:
+        return [], "there is no test split with true values"
+    items = []
+    for _, row in test.sort_values("abs_error", ascending=False).head(MAX_GALLERY).iterrows():
+        path = _image_path(images_dir, row)
+        if path:
+            with Image.open(path) as img:
+                items.append({"src": data_uri(img), "image": row["image"], "true": float(row["true_value"]),
+                              "predicted": float(row["predicted_value"]), "error": float(row["abs_error"])})
+    return items, None if items else "the test images could not be read"
+
+
+def _regression_test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    test = predictions[predictions["split"] == "test"]
+    if "true_value" not in test:
+        return test.iloc[0:0].assign(abs_error=[])
+    predicted = pd.to_numeric(test["predicted_value"], errors="coerce")
+    error = predicted - pd.to_numeric(test["true_value"], errors="coerce")
+    return test.assign(abs_error=error.abs()).dropna(subset=["abs_error"])
+
+
+def _saliency_rows(predictions: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Classification: up to half right and the rest wrong test predictions; regression: the largest
+    and the smallest absolute errors, half each."""
+    half = MAX_SALIENCY // 2
+    if task == "regression":
+        test = _regression_test_rows(predictions).sort_values("abs_error", ascending=False)
+        return test if len(test) <= MAX_SALIENCY else pd.concat([test.head(half), test.tail(MAX_SALIENCY - half)])
+    test = predictions[predictions["split"] == "test"]
+    right = test[test["true_label"].astype(str) == test["predicted_label"].astype(str)]
+    wrong = test[test["true_label"].astype(str) != test["predicted_label"].astype(str)]
+    return pd.concat([wrong.head(MAX_SALIENCY - min(half, len(right))), right.head(half)])
+
+
+def _saliency_item(row, task: str) -> dict:
+    if task == "regression":
+        return {"true": float(row["true_value"]), "predicted": float(row["predicted_value"]),
+                "error": float(row["abs_error"])}
+    return {"true": row["true_label"], "predicted": row["predicted_label"],
+            "confidence": float(row[f"prob_{row['predicted_label']}"])}
+
+
 def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir: str | None, ludwig_model,
                       image_size: int, task: str):
-    """(items, reason): Grad-CAM on the backbone's last feature map for a few test images (half
-    right, half wrong), for the predicted class."""
+    """(items, reason): Grad-CAM on the backbone's last feature map for a few test images (see
+    _saliency_rows), for the predicted class, or for a regression model the predicted value itself
+    (the gradient of the number output: red regions raised the prediction)."""
     if ludwig_model is None:
         return [], "the trained model is not loaded (report rebuilt from a finished run's files)"
     if not images_dir or not os.path.isdir(images_dir):
@@ -85,13 +134,9 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
     module = _feature_module(backbone)
     if module is None:
         return [], "this backbone does not expose its feature maps (no timm feature_info)"
-    test = predictions[predictions["split"] == "test"]
-    if test.empty:
-        return [], "there is no test split"
-    right = test[test["true_label"].astype(str) == test["predicted_label"].astype(str)]
-    wrong = test[test["true_label"].astype(str) != test["predicted_label"].astype(str)]
-    half = MAX_SALIENCY // 2
-    chosen = pd.concat([wrong.head(MAX_SALIENCY - min(half, len(right))), right.head(half)])
+    chosen = _saliency_rows(predictions, task)
+    if chosen.empty:
+        return [], "there is no test split" + (" with true values" if task == "regression" else "")
     captured = {}
     hook = module.register_forward_hook(lambda _m, _i, out: captured.__setitem__("maps", out))
     items = []
@@ -107,8 +152,11 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
             x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
             x.requires_grad_(True)  # gradients flow even through a frozen backbone
             logits = ecd({"image_path": x})["label::logits"].reshape(-1)
-            k = classes.index(str(row["predicted_label"]))
-            score = logits[k] if task != "binary" else (logits[0] if k == 1 else -logits[0])
+            if task == "regression":  # the number output is a single "logit": the predicted value
+                score = logits[0]
+            else:
+                k = classes.index(str(row["predicted_label"]))
+                score = logits[k] if task != "binary" else (logits[0] if k == 1 else -logits[0])
             maps = captured["maps"]
             if maps.ndim != 4:
                 return [], f"the backbone's last feature map is not spatial (shape {tuple(maps.shape)})"
@@ -119,8 +167,7 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
             heat = Image.fromarray(_colourise(cam)).resize(picture.size, Image.Resampling.BILINEAR)
             overlay = Image.blend(picture, heat, alpha=0.45)
             items.append({"src": data_uri(picture, 160), "overlay": data_uri(overlay, 160), "image": row["image"],
-                          "true": row["true_label"], "predicted": row["predicted_label"],
-                          "confidence": float(row[f"prob_{row['predicted_label']}"])})
+                          **_saliency_item(row, task)})
     finally:
         hook.remove()
         ecd.train(was_training)

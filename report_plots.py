@@ -22,18 +22,21 @@ def to_html(fig: go.Figure) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
 
 
-def learning_curves(history: pd.DataFrame, best_epoch: int | None) -> str | None:
-    """Loss and accuracy per epoch, train vs validation, with the kept (best) epoch marked."""
-    panels = [m for m in ("loss", "accuracy") if f"train_{m}" in history or f"validation_{m}" in history]
+def learning_curves(history: pd.DataFrame, best_epoch: int | None, metric_names=("loss", "accuracy")) -> str | None:
+    """``metric_names`` (history columns ``<split>_<metric>``) per epoch, train vs validation, with the
+    kept (best) epoch marked; a regression run passes its error metrics instead of accuracy."""
+    panels = [m for m in metric_names if f"train_{m}" in history or f"validation_{m}" in history]
     if history.empty or not panels:
         return None
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p.capitalize() for p in panels])
+    fig = make_subplots(rows=1, cols=len(panels),
+                        subplot_titles=[p.replace("_", " ").capitalize() for p in panels])
     for col, metric in enumerate(panels, start=1):
         for split in ("train", "validation"):
             column = f"{split}_{metric}"
             if column in history:
                 fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
-                                         name=f"{split} {metric}", line=dict(color=SPLIT_COLOURS[split])),
+                                         name=f"{split} {metric.replace('_', ' ')}",
+                                         line=dict(color=SPLIT_COLOURS[split])),
                               row=1, col=col)
         if best_epoch:
             label = {"annotation_text": f"kept: epoch {best_epoch}"} if col == 1 else {}
