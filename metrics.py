@@ -264,6 +264,8 @@ def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "val
 
 # --threshold-metric: what the binary decision threshold maximises on the validation split.
 THRESHOLD_POLICIES = ("youden", "balanced_accuracy", "f1", "mcc")
+THRESHOLD_POLICY_NAMES = {"youden": "Youden's J", "balanced_accuracy": "balanced accuracy", "f1": "F1",
+                          "mcc": "Matthews correlation"}
 
 
 def threshold_scores(is_positive, p_positive, policy: str = "youden") -> tuple[np.ndarray, np.ndarray]:

@@ -110,7 +110,9 @@ def _citations(summary: dict) -> list[str]:
 
 def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
     y_true, proba, y_pred = _split_arrays(predictions, classes, "test")
-    figures = [("learning", report_plots.learning_curves(history, summary.get("training", {}).get("best_epoch")))]
+    training = summary.get("training", {})
+    figures = [("learning", report_plots.learning_curves(history, training.get("best_epoch"),
+                                                         training.get("best_epoch_chosen_by")))]
     if len(y_true):
         figures += [("roc", report_plots.roc_curves(y_true, proba, classes)),
                     ("pr", report_plots.pr_curves(y_true, proba, classes)),
@@ -120,7 +122,8 @@ def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
     if summary.get("task") == "binary":
         v_true, v_proba, _ = _split_arrays(predictions, classes, "validation")
         figures.append(("threshold", report_plots.threshold_curves(v_true == classes[1], v_proba[:, 1],
-                                                                   summary["threshold"], classes[1])))
+                                                                   summary["threshold"], classes[1],
+                                                                   summary.get("threshold_policy"))))
     return [(name, html) for name, html in figures if html]
 
 
