@@ -85,7 +85,8 @@ def test_best_epoch_follows_the_metric_and_its_direction():
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "validation_loss": [0.9, 0.5, 0.5, 0.7],
                             "validation_balanced_accuracy": [0.4, 0.5, 0.8, 0.8],
                             "validation_roc_auc": [0.6, 0.9, 0.7, 0.8], "validation_macro_f1": [0.1, 0.2, 0.3, 0.6],
-                            "validation_mean_absolute_error": [3.0, 2.0, 1.5, 1.8], "validation_r2": [0.1, 0.5, 0.4, 0.3]})
+                            "validation_mean_absolute_error": [3.0, 2.0, 1.5, 1.8],
+                            "validation_r2": [0.1, 0.5, 0.4, 0.3]})
     best = ludwig_trainer.best_epoch_of
     assert best(history, "multiclass", "loss") == 2  # lowest; first of a tie (Ludwig needs a strict improvement)
     assert best(history, "multiclass", "balanced_accuracy") == 3  # highest; first of a tie
