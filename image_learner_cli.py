@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     import image_check
     import input_utils
     import leakage_guard
-    from ludwig_config import AUGMENTATIONS, LR_SCHEDULES
+    from ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
+    from metrics import THRESHOLD_POLICIES
 
     parser = argparse.ArgumentParser(
         prog="image-learner", description=__doc__.split("\n\n")[0],
@@ -96,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=30)
     train.add_argument("--early-stop", type=int, default=5,
-                       help="stop after this many epochs without improvement of the validation balanced accuracy "
-                            "(ROC-AUC for binary tasks), which also picks the kept epoch (0: never)")
+                       help="stop after this many epochs without improvement of the --validation-metric (0: never)")
+    train.add_argument("--validation-metric", choices=("auto", *ALL_VALIDATION_METRICS), default="auto",
+                       help="validation metric that picks the kept epoch and drives early stopping; auto: "
+                            "balanced_accuracy (multiclass), roc_auc (binary), mae (regression). Classification: "
+                            "balanced_accuracy, accuracy, macro_f1, roc_auc, loss (binary accuracy, balanced "
+                            "accuracy and macro F1 at P >= 0.5, as the threshold is tuned after training); "
+                            "regression: mae, rmse, r2, loss")
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--learning-rate", type=float, default=0.001)
     train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
@@ -107,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
     train.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                        help="'balanced' weighs the loss by inverse class frequency")
+    cut = train.add_mutually_exclusive_group()
+    cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
+                     help="binary tasks: the decision threshold maximises this on the validation split "
+                          "(default youden = sensitivity + specificity - 1, which balanced_accuracy ranks the same; "
+                          "f1: F1 of the positive class; mcc: Matthews correlation)")
+    cut.add_argument("--threshold", type=float, default=None,
+                     help="binary tasks: a fixed decision threshold on P(positive), between 0 and 1, instead of "
+                          "tuning one (an error for other tasks)")
     train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes decoding and resizing images")
 
@@ -175,7 +189,8 @@ def request_from_args(args: argparse.Namespace):
         random_seed=args.random_seed, augmentation=args.augmentation, class_weights=args.class_weights,
         lr_schedule=args.lr_schedule,
         preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
-        mixed_precision=args.mixed_precision)
+        mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report)

@@ -53,14 +53,48 @@ class TrainingOptions:
     # devices.DEVICES / devices.MIXED_PRECISION; pipeline resolves "auto" to what this machine runs.
     device: str = "auto"
     mixed_precision: str = "auto"
+    # VALIDATION_METRICS; pipeline resolves "auto" to the task's DEFAULT_VALIDATION_METRIC.
+    validation_metric: str = "auto"
+    # binary tasks: metrics.THRESHOLD_POLICIES, tuned on the validation split, unless ``threshold`` is fixed
+    threshold_metric: str = "youden"
+    threshold: float | None = None
 
 
-# The validation metric that picks the kept epoch and drives early stopping, per task: Ludwig's name
-# and the history column it becomes. Not the loss: on small validation sets the loss is lowest before
-# the model stops predicting only the big classes (bench/tool_vs_loop.py). Ludwig's multiclass
-# "accuracy" is macro recall, i.e. balanced accuracy (the ISIC challenge's HAM10000 metric); binary
-# tasks use ROC-AUC, as the decision threshold is tuned afterwards.
-SELECTION_METRIC = {"multiclass": ("accuracy", "balanced_accuracy"), "binary": ("roc_auc", "roc_auc")}
+# The validation metric that picks the kept epoch and drives early stopping, per task: the user's name ->
+# (Ludwig's metric name, its training_history.csv column, higher is better). Ludwig computes each of them per
+# epoch on the validation split (its metric registry, ludwig/modules/metric_modules.py); "macro_f1" and the
+# binary "balanced_accuracy" are registered by ludwig_metrics.py, as Ludwig has none. Ludwig's multiclass
+# "accuracy" is macro recall, i.e. balanced accuracy (the ISIC challenge's HAM10000 metric), its
+# "accuracy_micro" plain accuracy. Binary accuracy, balanced accuracy and macro F1 are at Ludwig's threshold
+# 0.5 (the decision threshold is tuned only after training), hence ROC-AUC as the binary default. Not the loss
+# by default: on small validation sets the loss is lowest before the model stops predicting only the big
+# classes (bench/tool_vs_loop.py).
+_CLASSIFICATION = {"accuracy": ("accuracy", "accuracy", True), "roc_auc": ("roc_auc", "roc_auc", True),
+                   "balanced_accuracy": ("balanced_accuracy", "balanced_accuracy", True),
+                   "macro_f1": ("macro_f1", "macro_f1", True), "loss": ("loss", "loss", False)}
+VALIDATION_METRICS = {
+    "multiclass": {**_CLASSIFICATION, "balanced_accuracy": ("accuracy", "balanced_accuracy", True),
+                   "accuracy": ("accuracy_micro", "accuracy", True)},
+    "binary": dict(_CLASSIFICATION),
+    "regression": {"mae": ("mean_absolute_error", "mean_absolute_error", False),
+                   "rmse": ("root_mean_squared_error", "root_mean_squared_error", False),
+                   "r2": ("r2", "r2", True), "loss": ("loss", "loss", False)},
+}
+DEFAULT_VALIDATION_METRIC = {"binary": "roc_auc", "multiclass": "balanced_accuracy", "regression": "mae"}
+ALL_VALIDATION_METRICS = tuple(dict.fromkeys(n for task in VALIDATION_METRICS.values() for n in task))
+
+
+def resolve_validation_metric(name: str, task: str) -> str:
+    """``--validation-metric`` for ``task``: "auto" -> the task's default; a name that does not apply to the
+    task is an InputError listing the ones that do (never a silent fallback)."""
+    if name == "auto":
+        return DEFAULT_VALIDATION_METRIC[task]
+    valid = VALIDATION_METRICS[task]
+    if name not in valid:
+        raise InputError(f"--validation-metric {name!r} does not apply to a {task} task; choose from auto, "
+                         + ", ".join(valid))
+    return name
+
 
 # "cosine": one epoch of linear warm-up to the learning rate, then cosine decay to 0 by the last epoch.
 LR_SCHEDULES = ("constant", "cosine")
@@ -162,7 +196,8 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
                                                                options.batch_size),
             "early_stop": options.early_stop if options.early_stop > 0 else -1,
             "validation_field": LABEL_FEATURE,
-            "validation_metric": SELECTION_METRIC[task][0],
+            "validation_metric": VALIDATION_METRICS[task][resolve_validation_metric(options.validation_metric,
+                                                                                    task)][0],
             # CUDA autocast + loss scaling in Ludwig (devices.py picks bfloat16 where the GPU has it).
             "use_mixed_precision": options.mixed_precision == "on",
         },

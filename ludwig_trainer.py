@@ -24,7 +24,7 @@ import pandas as pd
 
 import devices
 from input_utils import InputError
-from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, SELECTION_METRIC
+from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS
 from run_files import log
 
 # Ludwig's names for its per-epoch metrics -> honest names (Ludwig's multiclass "accuracy" is
@@ -73,23 +73,34 @@ def history_table(train_stats: dict, task: str) -> pd.DataFrame:
     return table
 
 
-def best_epoch_of(history: pd.DataFrame, task: str) -> int:
-    """The epoch Ludwig kept: highest validation selection metric (first on ties, as Ludwig only
-    moves on a strict improvement); the last epoch when there was no validation."""
-    column = "validation_" + SELECTION_METRIC[task][1]
+def best_epoch_of(history: pd.DataFrame, task: str, validation_metric: str) -> int:
+    """The epoch Ludwig kept: best validation ``validation_metric`` (a VALIDATION_METRICS name), highest or
+    lowest as the metric wants, first on ties (Ludwig only moves on a strict improvement); the last epoch
+    when there was no validation."""
+    _, column, higher_is_better = VALIDATION_METRICS[task][validation_metric]
+    column = "validation_" + column
     if column not in history or history[column].isna().all():
         return int(history["epoch"].iloc[-1])
-    return int(history.loc[history[column].idxmax(), "epoch"])
+    values = history[column]
+    return int(history.loc[values.idxmax() if higher_is_better else values.idxmin(), "epoch"])
 
 
-def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str,
-          callbacks: list | None = None) -> TrainedModel:
-    """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``.
-
-    ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one)."""
+def register_with_ludwig() -> None:
+    """Our encoder and metrics in Ludwig's registries: before any config naming them is built or loaded."""
+    import ludwig_metrics
     import timm_backbone
 
     timm_backbone.register_with_ludwig()
+    ludwig_metrics.register_with_ludwig()
+
+
+def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str,
+          validation_metric: str, callbacks: list | None = None) -> TrainedModel:
+    """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``.
+
+    ``validation_metric``: the VALIDATION_METRICS name the config's trainer uses (finds the kept epoch in
+    the history); ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one)."""
+    register_with_ludwig()
     from ludwig.api import LudwigModel
 
     started = time.time()
@@ -117,7 +128,8 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)
     shutil.move(trained_dir, model_dir)
     history = history_table(results.train_stats, task)
-    return TrainedModel(model, model_dir, history, best_epoch_of(history, task), devices.describe(amp_dtype), seconds)
+    return TrainedModel(model, model_dir, history, best_epoch_of(history, task, validation_metric),
+                        devices.describe(amp_dtype), seconds)
 
 
 def _cuda() -> bool:
@@ -188,9 +200,7 @@ def rendered_config(config: dict) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _rendered_json(config_json: str) -> str:
-    import timm_backbone
-
-    timm_backbone.register_with_ludwig()
+    register_with_ludwig()
     from ludwig.schema.model_types.base import ModelConfig
 
     return json.dumps(ModelConfig.from_dict(json.loads(config_json)).to_dict())
@@ -199,10 +209,9 @@ def _rendered_json(config_json: str) -> str:
 def load_model(model_dir: str):
     """LudwigModel.load of a validated model directory (model_archive). Ludwig loads the weights strictly:
     names or shapes that do not fit the model the config builds are an InputError, not a traceback."""
-    import timm_backbone
     from ludwig.api import LudwigModel
 
-    timm_backbone.register_with_ludwig()
+    register_with_ludwig()
     try:
         return LudwigModel.load(model_dir, backend="local")
     except RuntimeError as err:

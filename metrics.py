@@ -262,18 +262,58 @@ def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "val
     return result
 
 
-def choose_threshold(is_positive, p_positive) -> float:
-    """Binary decision threshold that maximises balanced accuracy (Youden's J) on the given rows.
+# --threshold-metric: what the binary decision threshold maximises on the validation split.
+THRESHOLD_POLICIES = ("youden", "balanced_accuracy", "f1", "mcc")
+THRESHOLD_POLICY_NAMES = {"youden": "Youden's J", "balanced_accuracy": "balanced accuracy", "f1": "F1",
+                          "mcc": "Matthews correlation"}
 
-    Meant for the validation split; ties go to the threshold closest to 0.5. With one class
-    only (nothing to balance) it returns 0.5.
+
+def threshold_scores(is_positive, p_positive, policy: str = "youden") -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate threshold (each distinct P(positive), highest first; a row is called positive when
+    P >= threshold) and the ``policy``'s value there:
+
+    - ``youden``: Youden's J = sensitivity + specificity - 1;
+    - ``balanced_accuracy``: (sensitivity + specificity) / 2 = (1 + J) / 2, so it always picks the same
+      threshold as ``youden`` (the ROC point farthest above the diagonal); both names are offered, as users
+      know the rule by either;
+    - ``f1``: F1 of the positive class (ignores true negatives: favours calling more rows positive when
+      positives are rare);
+    - ``mcc``: Matthews correlation coefficient (0 where undefined, as scikit-learn).
     """
+    if policy not in THRESHOLD_POLICIES:
+        raise ValueError(f"threshold policy must be one of {THRESHOLD_POLICIES}, not {policy!r}")
     is_positive = np.asarray(is_positive, dtype=bool)
     p_positive = np.asarray(p_positive, dtype=float)
+    candidates = np.unique(p_positive)[::-1]
+    # rows at or above each candidate: counted by binary search on the sorted probabilities
+    tp = np.sum(is_positive) - np.searchsorted(np.sort(p_positive[is_positive]), candidates, side="left")
+    fp = np.sum(~is_positive) - np.searchsorted(np.sort(p_positive[~is_positive]), candidates, side="left")
+    n_pos, n_neg = is_positive.sum(), (~is_positive).sum()
+    fn, tn = n_pos - tp, n_neg - fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if policy in ("youden", "balanced_accuracy"):
+            j = tp / n_pos - fp / n_neg
+            scores = j if policy == "youden" else (1 + j) / 2
+        elif policy == "f1":
+            scores = 2 * tp / (2 * tp + fp + fn)
+        else:
+            denominator = np.sqrt((tp + fp).astype(float) * (tp + fn) * (tn + fp) * (tn + fn))
+            scores = np.where(denominator > 0, (tp * tn - fp * fn) / np.where(denominator > 0, denominator, 1), 0.0)
+    return candidates, scores.astype(float)
+
+
+def choose_threshold(is_positive, p_positive, policy: str = "youden") -> float:
+    """Binary decision threshold that maximises ``policy`` (THRESHOLD_POLICIES, see threshold_scores) on
+    the given rows: meant for the validation split, never the test split.
+
+    Ties (within 1e-12) go to the threshold closest to 0.5, and between two equally close ones to the
+    higher. With one class only (nothing to trade off) it returns 0.5.
+    """
+    is_positive = np.asarray(is_positive, dtype=bool)
     if is_positive.all() or not is_positive.any():
+        if policy not in THRESHOLD_POLICIES:
+            raise ValueError(f"threshold policy must be one of {THRESHOLD_POLICIES}, not {policy!r}")
         return 0.5
-    fpr, tpr, thresholds = skm.roc_curve(is_positive, p_positive)
-    finite = np.isfinite(thresholds)
-    j = (tpr - fpr)[finite]
-    candidates = thresholds[finite][j >= j.max() - 1e-12]
-    return float(candidates[np.argmin(np.abs(candidates - 0.5))])
+    candidates, scores = threshold_scores(is_positive, p_positive, policy)
+    best = candidates[scores >= scores.max() - 1e-12]  # highest first, so argmin keeps the higher on a tie
+    return float(best[np.argmin(np.abs(best - 0.5))])

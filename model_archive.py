@@ -20,8 +20,9 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 from input_utils import InputError, ZipLimits, extract_zip_safely
-from ludwig_config import (AUGMENTATIONS, IMAGE_FEATURE, LABEL_FEATURE, LR_SCHEDULES, TrainingOptions,
-                           build_ludwig_config)
+from ludwig_config import (AUGMENTATIONS, IMAGE_FEATURE, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS,
+                           TrainingOptions, build_ludwig_config)
+from metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
 CONFIG = "model_hyperparameters.json"
@@ -87,6 +88,10 @@ OPTION_RULES = {
     # as training resolved them (pipeline.resolve_training_options): what the model ran on, not a request
     "device": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
     "mixed_precision": (lambda v: v in ("on", "off"), "'on' or 'off'"),
+    # resolved for the task (pipeline.resolve_task_options); _check_training holds it to the task
+    "validation_metric": (lambda v: any(v in names for names in VALIDATION_METRICS.values()), "a metric name"),
+    "threshold_metric": (lambda v: v in THRESHOLD_POLICIES, " or ".join(map(repr, THRESHOLD_POLICIES))),
+    "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
                    "image_size", "model_name", "ludwig_version", "label_vocabulary", "training")
@@ -195,6 +200,12 @@ def _check_training(manifest: dict, binary: bool) -> None:
     for name in ("image_size", "model_name"):
         _expect(manifest[name] == options[name], MANIFEST, name, manifest[name],
                 f"training.options.{name} ({options[name]!r})")
+    metric, task = options["validation_metric"], manifest["task"]
+    _expect(metric in VALIDATION_METRICS.get(task, {}), MANIFEST, "training.options.validation_metric", metric,
+            f"one of {', '.join(VALIDATION_METRICS.get(task, {}))} for a {task} task")
+    if options["threshold"] is not None:  # the fixed threshold is the one prediction applies
+        _expect(manifest["threshold"] == options["threshold"], MANIFEST, "threshold", manifest["threshold"],
+                f"training.options.threshold ({options['threshold']!r})")
     balanced = options["class_weights"] == "balanced"
     weights, positive = training["class_weights"], training["positive_weight"]
     if balanced and not binary:

@@ -63,6 +63,26 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.pretrained_weights and not os.path.isfile(opts.pretrained_weights):
         raise InputError(f"--pretrained-weights file {opts.pretrained_weights!r} does not exist")
     opts.augmentation = ludwig_config.parse_augmentation(opts.augmentation)
+    if opts.validation_metric not in ("auto", *ludwig_config.ALL_VALIDATION_METRICS):
+        raise InputError(f"--validation-metric {opts.validation_metric!r} is unknown; choose from auto, "
+                         + ", ".join(ludwig_config.ALL_VALIDATION_METRICS))
+    if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
+        raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
+                         + ", ".join(metrics.THRESHOLD_POLICIES))
+    if opts.threshold is not None and not 0 < opts.threshold < 1:
+        raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
+
+
+def resolve_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
+    """Once the task is known: "auto" -> the task's validation metric; a fixed --threshold on a task without
+    one is an InputError (a --threshold-metric is only noted: the Galaxy form always sends one)."""
+    opts.validation_metric = ludwig_config.resolve_validation_metric(opts.validation_metric, task)
+    if task != "binary":
+        if opts.threshold is not None:
+            raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
+        if opts.threshold_metric != "youden":
+            log(f"note: --threshold-metric {opts.threshold_metric} ignored: a {task} task has no decision threshold")
+        opts.threshold_metric = "youden"
 
 
 def run(request: RunRequest) -> dict:
@@ -94,6 +114,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         data = dataset_prep.prepare(request.csv_file, images_dir, unpacked.files, request.data,
                                     converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size,
                                     skipped_files=unpacked.skipped)
+    resolve_task_options(opts, data.task)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
     counts = data.dataset["class_counts"]
@@ -102,6 +123,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
     log(f"split: {data.split['method']}")
     _write_split_csv(data, os.path.join(out, "split.csv"))
+    log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
 
     ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, opts)
     config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight,
@@ -113,13 +135,13 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
 
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
         trained = ludwig_trainer.train(ludwig_table, config, work, os.path.join(out, "model"),
-                                       opts.random_seed, data.task)
+                                       opts.random_seed, data.task, opts.validation_metric)
     log(f"device: {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)}")
     trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
         proba = ludwig_trainer.predict_probabilities(trained.ludwig_model, ludwig_table, _class_order(data),
                                                      data.task, opts.batch_size)
-    threshold = _binary_threshold(data, proba) if data.task == "binary" else None
+    threshold = _binary_threshold(data, proba, opts) if data.task == "binary" else None
     predictions = _predictions_table(data, proba, threshold)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     with timer.stage("computing metrics (with bootstrap intervals)"):
@@ -139,6 +161,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip)},
         "columns": data.columns, "task": data.task, "classes": data.classes,
         "positive_label": data.positive_label, "threshold": threshold,
+        "threshold_policy": _threshold_policy(opts) if threshold is not None else None,
         "dataset": data.dataset, "split": data.split, "leakage": data.leakage, "warnings": data.warnings,
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
@@ -146,8 +169,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
                      "class_weights_used": class_weights or positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
-                     "best_epoch_chosen_by": "highest validation "
-                                             + ludwig_config.SELECTION_METRIC[data.task][1].replace("_", " ")},
+                     "best_epoch_chosen_by": _chosen_by(data.task, opts.validation_metric)},
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -187,11 +209,28 @@ def _ludwig_inputs(data, opts):
     return table, class_weights, positive_weight
 
 
-def _binary_threshold(data, proba: np.ndarray) -> float:
-    """Chosen on validation (never test), then used for every split, table and plot."""
+def _binary_threshold(data, proba: np.ndarray, opts) -> float:
+    """The user's fixed --threshold, or one tuned on validation (never test) by --threshold-metric; then used
+    for every split, table and plot."""
+    if opts.threshold is not None:
+        return float(opts.threshold)
     validation = data.table["split"].to_numpy() == 1
     is_positive = data.table["label"].to_numpy() == data.positive_label
-    return metrics.choose_threshold(is_positive[validation], proba[validation, 1])
+    threshold = metrics.choose_threshold(is_positive[validation], proba[validation, 1], opts.threshold_metric)
+    log(f"decision threshold {threshold:.4f}: best validation {opts.threshold_metric}")
+    return threshold
+
+
+def _threshold_policy(opts) -> str:
+    """How the binary threshold was set, in words (run summary, report)."""
+    if opts.threshold is not None:
+        return "fixed by --threshold"
+    return f"tuned on the validation split for the highest {metrics.THRESHOLD_POLICY_NAMES[opts.threshold_metric]}"
+
+
+def _chosen_by(task: str, validation_metric: str) -> str:
+    _, column, higher_is_better = ludwig_config.VALIDATION_METRICS[task][validation_metric]
+    return f"{'highest' if higher_is_better else 'lowest'} validation {column.replace('_', ' ')}"
 
 
 def _predictions_table(data, proba: np.ndarray, threshold: float | None) -> pd.DataFrame:

@@ -124,7 +124,9 @@ def _citations(summary: dict) -> list[str]:
 
 def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
     y_true, proba, y_pred = _split_arrays(predictions, classes, "test")
-    figures = [("learning", report_plots.learning_curves(history, summary.get("training", {}).get("best_epoch")))]
+    training = summary.get("training", {})
+    figures = [("learning", report_plots.learning_curves(history, training.get("best_epoch"),
+                                                         training.get("best_epoch_chosen_by")))]
     if len(y_true):
         figures += [("roc", report_plots.roc_curves(y_true, proba, classes)),
                     ("pr", report_plots.pr_curves(y_true, proba, classes)),
@@ -134,7 +136,8 @@ def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
     if summary.get("task") == "binary":
         v_true, v_proba, _ = _split_arrays(predictions, classes, "validation")
         figures.append(("threshold", report_plots.threshold_curves(v_true == classes[1], v_proba[:, 1],
-                                                                   summary["threshold"], classes[1])))
+                                                                   summary["threshold"], classes[1],
+                                                                   summary.get("threshold_policy"))))
     return [(name, html) for name, html in figures if html]
 
 
@@ -149,8 +152,10 @@ def _regression_figures(summary, predictions, history) -> list[tuple[str, str]]:
     """Learning curves (the number output's loss and errors), predicted against true, and the test
     residuals; no class plots (ROC, PR, confusion, calibration, threshold) for a number."""
     target = summary.get("target_column") or "value"
-    figures = [("learning", report_plots.learning_curves(history, summary.get("training", {}).get("best_epoch"),
-                                                         report_plots_regression.LEARNING_METRICS)),
+    training = summary.get("training", {})
+    figures = [("learning", report_plots.learning_curves(history, training.get("best_epoch"),
+                                                         training.get("best_epoch_chosen_by"),
+                                                         metric_names=report_plots_regression.LEARNING_METRICS)),
                ("scatter", report_plots_regression.predicted_vs_true(predictions, target)),
                ("residuals", report_plots_regression.residual_histogram(predictions)),
                ("residual-vs-true", report_plots_regression.residual_vs_true(predictions, target=target))]

@@ -22,9 +22,11 @@ def to_html(fig: go.Figure) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)
 
 
-def learning_curves(history: pd.DataFrame, best_epoch: int | None, metric_names=("loss", "accuracy")) -> str | None:
+def learning_curves(history: pd.DataFrame, best_epoch: int | None, chosen_by: str | None = None,
+                    metric_names=("loss", "accuracy")) -> str | None:
     """``metric_names`` (history columns ``<split>_<metric>``) per epoch, train vs validation, with the
-    kept (best) epoch marked; a regression run passes its error metrics instead of accuracy."""
+    kept (best) epoch marked and, in the title, the validation metric that chose it; a regression run
+    passes its error metrics instead of accuracy."""
     panels = [m for m in metric_names if f"train_{m}" in history or f"validation_{m}" in history]
     if history.empty or not panels:
         return None
@@ -42,7 +44,7 @@ def learning_curves(history: pd.DataFrame, best_epoch: int | None, metric_names=
             label = {"annotation_text": f"kept: epoch {best_epoch}"} if col == 1 else {}
             fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", row=1, col=col, **label)
         fig.update_xaxes(title_text="epoch", row=1, col=col)
-    fig.update_layout(title="Learning curves")
+    fig.update_layout(title="Learning curves" + (f" (kept epoch: {chosen_by})" if chosen_by else ""))
     return to_html(fig)
 
 
@@ -167,24 +169,26 @@ def confidence_histogram(y_true, proba, classes, y_pred) -> str:
     return to_html(fig)
 
 
-def threshold_curves(is_positive, p_positive, threshold: float, positive: str) -> str | None:
-    """Binary tasks, validation split: sensitivity, specificity, balanced accuracy and F1 against the
-    decision threshold, with the chosen threshold marked."""
+def threshold_curves(is_positive, p_positive, threshold: float, positive: str, policy: str | None = None) -> str | None:
+    """Binary tasks, validation split: sensitivity, specificity, balanced accuracy, F1 and MCC against the
+    decision threshold, with the threshold in use marked and named by how it was set (``policy``)."""
     is_positive = np.asarray(is_positive, dtype=bool)
     if is_positive.all() or not is_positive.any():
         return None
     grid = np.linspace(0, 1, 101)
-    sens, spec, f1 = [], [], []
+    sens, spec, f1, mcc = [], [], [], []
     for t in grid:
         pred = p_positive >= t
         sens.append((pred & is_positive).sum() / is_positive.sum())
         spec.append((~pred & ~is_positive).sum() / (~is_positive).sum())
         f1.append(skm.f1_score(is_positive, pred, zero_division=0))
+        mcc.append(skm.matthews_corrcoef(is_positive, pred))
     fig = go.Figure()
     for values, name in ((sens, "sensitivity"), (spec, "specificity"),
-                         ((np.array(sens) + np.array(spec)) / 2, "balanced accuracy"), (f1, "F1")):
+                         ((np.array(sens) + np.array(spec)) / 2, "balanced accuracy"), (f1, "F1"), (mcc, "MCC")):
         fig.add_trace(go.Scatter(x=grid, y=values, mode="lines", name=name))
-    fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text=f"chosen {threshold:.3f}")
+    fig.add_vline(x=threshold, line_dash="dash", line_color="black",
+                  annotation_text=f"{threshold:.3f}: {policy or 'chosen'}")
     fig.update_layout(title=f"Metrics against the threshold on P({positive}) (validation)",
                       xaxis_title="threshold", yaxis_title="value", yaxis_range=[0, 1.05])
     return to_html(fig)

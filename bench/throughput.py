@@ -121,7 +121,8 @@ def tool(model_name: str, table: pd.DataFrame, size: int, batch_size: int, epoch
     config = ludwig_config.build_ludwig_config(options, "multiclass", train_rows=int((table.split == 0).sum()))
     timer = EpochTimer()
     with tempfile.TemporaryDirectory() as work:
-        ludwig_trainer.train(table, config, work, os.path.join(work, "model"), 42, "multiclass", callbacks=[timer])
+        ludwig_trainer.train(table, config, work, os.path.join(work, "model"), 42, "multiclass", "balanced_accuracy",
+                             callbacks=[timer])
     steps = -(-int((table.split == 0).sum()) // batch_size)
     if timer.batches != [steps] * epochs:
         raise RuntimeError(f"expected {epochs} epochs of {steps} batches, timed {timer.batches}")

@@ -11,7 +11,8 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
+import yaml
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 import image_learner_cli
 from conftest import DEMO_CSV, DEMO_ZIP, ROOT, TEST_DATA
@@ -228,3 +229,50 @@ def test_labels_spelled_like_missing_values_train_and_stay_text(tmp_path, capsys
     report = (out / "report.html").read_text()
     assert "<td>N/A</td>" in report and "<td>null</td>" in report
     assert "class &#39;null&#39; (20 images) is spelled like a missing-value marker" in report
+
+
+def test_the_kept_epoch_is_the_best_by_the_chosen_validation_metric(isolated):
+    out = _train(isolated / "by_loss", "--validation-metric", "loss", "--epochs", "3")
+    summary = json.loads((out / "run_summary.json").read_text())
+    history = pd.read_csv(out / "training_history.csv").set_index("epoch")
+    best = summary["training"]["best_epoch"]
+    assert summary["training"]["best_epoch_chosen_by"] == "lowest validation loss"
+    assert len(history) == 3 and best == history["validation_loss"].idxmin()  # lowest, first of equal epochs
+    assert yaml.safe_load((out / "config.yaml").read_text())["trainer"]["validation_metric"] == "loss"
+    predictions = pd.read_csv(out / "predictions.csv")
+    rows = predictions[predictions["split"] == "validation"]  # Ludwig kept that epoch's weights
+    assert history.loc[best, "validation_accuracy"] == pytest.approx(
+        accuracy_score(rows["true_label"], rows["predicted_label"]), abs=1e-6)
+    with zipfile.ZipFile(out / "trained_model.zip") as archive:
+        manifest = json.loads(archive.read("model/image_learner.json"))
+    assert manifest["training"]["options"]["validation_metric"] == "loss"
+
+
+def test_binary_fixed_threshold_and_macro_f1_selection(isolated):
+    out = _train(isolated / "fixed", "--positive-label", "mel", "--threshold", "0.3", "--validation-metric", "macro_f1",
+                 csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert (summary["threshold"], summary["threshold_policy"]) == (0.3, "fixed by --threshold")
+    history = pd.read_csv(out / "training_history.csv").set_index("epoch")
+    best = summary["training"]["best_epoch"]
+    assert best == history["validation_macro_f1"].idxmax()
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert (predictions["predicted_label"] == np.where(predictions["prob_mel"] >= 0.3, "mel", "nv")).all()
+    # the metrics we registered with Ludwig: computed at P >= 0.5, as scikit-learn does on our predictions
+    rows = predictions[predictions["split"] == "validation"]
+    at_half = np.where(rows["prob_mel"] >= 0.5, "mel", "nv")
+    assert history.loc[best, "validation_macro_f1"] == pytest.approx(
+        f1_score(rows["true_label"], at_half, average="macro"), abs=1e-6)
+    assert history.loc[best, "validation_balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(rows["true_label"], at_half), abs=1e-6)
+    with zipfile.ZipFile(out / "trained_model.zip") as archive:
+        manifest = json.loads(archive.read("model/image_learner.json"))
+    assert manifest["threshold"] == manifest["training"]["options"]["threshold"] == 0.3
+
+
+def test_a_fixed_threshold_on_a_multiclass_task_is_exit_2_naming_the_option(isolated, capsys):
+    code = image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(isolated / "multi_threshold"), *TINY, "--threshold", "0.3"])
+    assert code == 2
+    assert "--threshold applies to binary tasks only; this is a multiclass task" in capsys.readouterr().err
+    assert os.listdir(isolated / "multi_threshold") == []  # nothing left behind

@@ -31,7 +31,9 @@ def _form(**changes):
         "augmentation": "random_horizontal_flip",
         "training": {"epochs": 30, "early_stop": 5, "batch_size": 32, "learning_rate": 0.001, "random_seed": 42,
                      "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "none",
-                     "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1},
+                     "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
+                     "validation_metric": "auto",
+                     "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
     }
     for key, value in changes.items():
         if isinstance(value, dict):
@@ -93,6 +95,7 @@ def test_default_form_is_the_tutorial_run(source):
     assert args.split_probabilities == [0.7, 0.1, 0.2]
     assert args.class_weights == "none" and args.leakage_guard and args.positive_label is None
     assert args.max_missing_fraction == 0.1
+    assert (args.validation_metric, args.threshold_metric, args.threshold) == ("auto", "youden", None)
 
 
 def test_every_other_field_maps_to_its_flag(source):
@@ -102,7 +105,8 @@ def test_every_other_field_maps_to_its_flag(source):
         use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation=None,
         training={"epochs": 2, "early_stop": 0, "batch_size": 8, "learning_rate": 0.0005, "random_seed": 7,
                   "train_split": 0.6, "validation_split": 0.2, "test_split": 0.2, "class_weights": "balanced",
-                  "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5})
+                  "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5,
+                  "validation_metric": "loss", "decision_threshold": {"mode": "fixed", "threshold": 0.3}})
     assert (args.sample_id_column, args.split_column, args.random_split) == ("3", "5", False)
     assert args.model_name == "resnet18.a1_in1k" and not args.use_pretrained and not args.fine_tune
     assert args.image_size == 96 and args.augmentation == "none"
@@ -110,6 +114,33 @@ def test_every_other_field_maps_to_its_flag(source):
     assert args.split_probabilities == [0.6, 0.2, 0.2]
     assert args.class_weights == "balanced" and not args.leakage_guard and args.positive_label == "malignant"
     assert args.max_missing_fraction == 0.5
+    assert (args.validation_metric, args.threshold_metric, args.threshold) == ("loss", None, 0.3)
+
+
+def test_each_validation_metric_and_threshold_mode_of_the_form_parses_and_has_a_galaxy_test(source):
+    select = next(p for p in source.root.iter("param") if p.get("argument") == "--validation-metric")
+    for metric in (o.get("value") for o in select.iter("option")):
+        assert _cli_args(source, training={"validation_metric": metric})[0].validation_metric == metric
+    policies = next(p for p in source.root.iter("param") if p.get("argument") == "--threshold-metric")
+    for policy in (o.get("value") for o in policies.iter("option")):
+        args, _ = _cli_args(source, training={"decision_threshold": {"mode": "tuned", "threshold_metric": policy}})
+        assert (args.threshold_metric, args.threshold) == (policy, None)
+    modes, tested = set(), set()
+    for test in source.root.find("tests"):
+        for cond in test.iter("conditional"):
+            if cond.get("name") == "decision_threshold":
+                modes |= {p.get("value") for p in cond.iter("param") if p.get("name") == "mode"}
+                tested |= {p.get("name") for p in cond.iter("param")}
+        tested |= {p.get("name") for p in test.iter("param")}
+    assert modes == {"tuned", "fixed"}
+    assert {"validation_metric", "threshold_metric", "threshold"} <= tested
+
+
+def test_the_cli_refuses_a_fixed_and_a_tuned_threshold_at_once():
+    with pytest.raises(SystemExit) as exit_info:
+        image_learner_cli.main(["--csv-file", "m.csv", "--image-zip", "i.zip", "--output-dir", "o",
+                                "--threshold", "0.3", "--threshold-metric", "f1"])
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize("data_split, flags", [

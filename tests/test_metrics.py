@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 import metrics
 
@@ -190,3 +191,37 @@ def test_bootstrap_skips_undefined_resamples():
     assert not np.isnan(values["accuracy"]).any()
     assert metrics.bootstrap_ci(["a", "a"], proba[:2], classes)["roc_auc_macro"] is None  # never defined
     assert all(v is None for v in metrics.bootstrap_ci([], np.zeros((0, 2)), classes).values())
+
+
+# Five positives at P = .1 .3 .6 .7 .9, three negatives at .4 .5 .8. Worked by hand (threshold t: P >= t is positive):
+#   t=.9: TP1 FP0 FN4 TN3 -> J = 1/5 = .200, F1 = 2/6 = .333, MCC = 3/sqrt(1*5*3*7) = .293
+#   t=.6: TP3 FP1 FN2 TN2 -> J = 3/5 - 1/3 = .267, F1 = 6/9 = .667, MCC = 4/sqrt(4*5*3*4) = .258
+#   t=.1: TP5 FP3 FN0 TN0 -> J = 0, F1 = 10/13 = .769, MCC undefined -> 0
+# and every other cut scores lower on each: Youden picks .6, F1 .1 (rare negatives), MCC .9.
+POLICY_P = np.array([0.1, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+POLICY_Y = np.array([True, True, False, False, True, True, False, True])
+
+
+@pytest.mark.parametrize("policy, expected", [("youden", 0.6), ("balanced_accuracy", 0.6), ("f1", 0.1),
+                                              ("mcc", 0.9)])
+def test_threshold_policies_on_a_hand_worked_example(policy, expected):
+    assert metrics.choose_threshold(POLICY_Y, POLICY_P, policy) == pytest.approx(expected)
+
+
+def test_threshold_scores_match_scikit_learn():
+    for policy, score in (("balanced_accuracy", skm.balanced_accuracy_score), ("f1", skm.f1_score),
+                          ("mcc", skm.matthews_corrcoef)):
+        candidates, scores = metrics.threshold_scores(POLICY_Y, POLICY_P, policy)
+        assert list(candidates) == sorted(POLICY_P, reverse=True)
+        assert scores == pytest.approx([score(POLICY_Y, POLICY_P >= t) for t in candidates])
+    _, j = metrics.threshold_scores(POLICY_Y, POLICY_P, "youden")
+    _, balanced = metrics.threshold_scores(POLICY_Y, POLICY_P, "balanced_accuracy")
+    assert balanced == pytest.approx((1 + j) / 2)  # same ranking: youden and balanced_accuracy always agree
+
+
+def test_threshold_ties_go_closest_to_one_half_then_higher():
+    # J = .5 at both .8 and .4 -> .4 (closer to .5); J = .5 at both .6 and .4 -> .6 (as close, higher)
+    assert metrics.choose_threshold([False, True, False, True], [0.2, 0.4, 0.6, 0.8]) == pytest.approx(0.4)
+    assert metrics.choose_threshold([False, True, False, True], [0.2, 0.4, 0.5, 0.6]) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="threshold policy"):
+        metrics.choose_threshold(POLICY_Y, POLICY_P, "accuracy")

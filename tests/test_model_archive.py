@@ -149,6 +149,16 @@ MANIFEST_CASES = {
     "class weights without balanced": (_set(("training", "class_weights"), {"akiec": 1.0}),
                                        "training.class_weights is"),
     "not an object": (lambda m: m.clear(), "format None format_version None"),
+    "unknown validation_metric": (_set(("training", "options", "validation_metric"), "auto"),
+                                  "training.options.validation_metric is 'auto', expected a metric name"),
+    "validation_metric of another task": (_set(("training", "options", "validation_metric"), "mae"),
+                                          "validation_metric is 'mae', expected one of"),
+    "unknown threshold_metric": (_set(("training", "options", "threshold_metric"), "precision"),
+                                 "training.options.threshold_metric is 'precision'"),
+    "threshold option on multiclass": (_set(("training", "options", "threshold"), 0.4),
+                                       "threshold is None, expected training.options.threshold (0.4)"),
+    "threshold option 1": (_set(("training", "options", "threshold"), 1.0),
+                           "training.options.threshold is 1.0, expected null or a number between 0 and 1"),
 }
 
 
@@ -174,7 +184,7 @@ def test_manifest_field_missing_or_null_is_refused(multiclass, binary, tmp_path,
 @pytest.mark.parametrize("option", ["model_name", "image_size", "use_pretrained", "fine_tune", "epochs",
                                     "early_stop", "batch_size", "learning_rate", "random_seed", "augmentation",
                                     "class_weights", "lr_schedule", "preprocessing_workers", "preprocessing_mode",
-                                    "device", "mixed_precision"])
+                                    "device", "mixed_precision", "validation_metric", "threshold_metric"])
 def test_training_option_null_is_refused(multiclass, tmp_path, capsys, option):
     _refused(tmp_path, capsys, _edit_json(multiclass, MANIFEST, _set(("training", "options", option), None)),
              f"training.options.{option} is None")
@@ -187,8 +197,11 @@ def test_training_option_null_is_refused(multiclass, tmp_path, capsys, option):
     (_set(("positive_label",), lambda p: "mel" if p == "nv" else "nv"), "positive_label is"),
     (_set(("classes",), _swap_two), "positive_label is"),
     (_set(("training", "positive_weight"), -1.0), "training.positive_weight is -1.0"),
+    (_set(("training", "options", "threshold"), 0.123), "expected training.options.threshold (0.123)"),
+    (_set(("training", "options", "validation_metric"), "accuracy"), "model_hyperparameters.json"),
 ], ids=["threshold above 1", "threshold below 0", "threshold string", "positive_label other class",
-        "classes swapped", "negative positive_weight"])
+        "classes swapped", "negative positive_weight", "fixed threshold not the one applied",
+        "validation_metric not the config's"])
 def test_tampered_binary_manifest_is_refused(binary, tmp_path, capsys, edit, message):
     _refused(tmp_path, capsys, _edit_json(binary, MANIFEST, edit), message)
 
