@@ -93,9 +93,9 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer) -> Cr
 
     final_opts = replace(opts, epochs=final_epochs(kept), early_stop=0)
     all_rows = table[in_folds].copy()  # every fold row trains; no validation rows, so no early stop
-    log(f"final model: training on all {len(all_rows)} non-test images for {final_opts.epochs} epochs "
+    log(f"final model: training on all {len(all_rows)} non-test images for {final_opts.epochs} epoch(s) "
         f"(the median kept epoch of the folds: {', '.join(map(str, kept))})")
-    with timer.stage(f"final model: training {opts.model_name} for {final_opts.epochs} epochs"):
+    with timer.stage(f"final model: training {opts.model_name} for {final_opts.epochs} epoch(s)"):
         final = model_fit.fit(data, all_rows, final_opts, os.path.join(work, "final"), model_dir)
     threshold = None
     if data.task == "binary":

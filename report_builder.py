@@ -130,7 +130,8 @@ def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
         # the delivered threshold: chosen on validation, or with cross-validation on the out-of-fold rows
         v_true, v_proba, _ = _split_arrays(predictions, classes, "cross_validation" if cv else "validation")
         figures.append(("threshold", report_plots.threshold_curves(v_true == classes[1], v_proba[:, 1],
-                                                                   summary["threshold"], classes[1])))
+                                                                   summary["threshold"], classes[1],
+                                                                   "out-of-fold, pooled" if cv else "validation")))
     return [(name, html) for name, html in figures if html]
 
 

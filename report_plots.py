@@ -164,7 +164,8 @@ def confidence_histogram(y_true, proba, classes, y_pred) -> str:
     return to_html(fig)
 
 
-def threshold_curves(is_positive, p_positive, threshold: float, positive: str) -> str | None:
+def threshold_curves(is_positive, p_positive, threshold: float, positive: str,
+                     which: str = "validation") -> str | None:
     """Binary tasks, validation split: sensitivity, specificity, balanced accuracy and F1 against the
     decision threshold, with the chosen threshold marked."""
     is_positive = np.asarray(is_positive, dtype=bool)
@@ -182,7 +183,7 @@ def threshold_curves(is_positive, p_positive, threshold: float, positive: str) -
                          ((np.array(sens) + np.array(spec)) / 2, "balanced accuracy"), (f1, "F1")):
         fig.add_trace(go.Scatter(x=grid, y=values, mode="lines", name=name))
     fig.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text=f"chosen {threshold:.3f}")
-    fig.update_layout(title=f"Metrics against the threshold on P({positive}) (validation)",
+    fig.update_layout(title=f"Metrics against the threshold on P({positive}) ({which})",
                       xaxis_title="threshold", yaxis_title="value", yaxis_range=[0, 1.05])
     return to_html(fig)
 
