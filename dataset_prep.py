@@ -33,13 +33,15 @@ class DataOptions:
     max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
     max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
     workers: int = 1  # processes that decode and hash the images
+    cross_validation: int = 0  # K folds (K >= 2) instead of a train/validation/test split; 0: off
 
 
 @dataclass
 class PreparedData:
     """One row per matched, readable image, with columns image, image_file, read_path (the file to
     train on: the original or a converted copy), label, sample_id, duplicate_group, group, split
-    (0/1/2); plus what was found on the way."""
+    (0/1/2) and, with cross-validation, fold (1..K; 0 for held-out test rows, whose split is 2, while
+    every fold row has split 0); plus what was found on the way."""
 
     table: pd.DataFrame
     classes: list[str]
@@ -150,7 +152,10 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                   "grouped_by": (["sample id: " + sample_col] if sample_col else [])
                   + (["leakage guard (flips/rotations/duplicates)"] if options.leakage_guard else []),
                   "column": split_col}
-    if split_col:
+    if options.cross_validation:
+        codes = _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
+                                        split_info)
+    elif split_col:
         codes = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         present = set(codes.tolist())
         if present == {0}:
@@ -168,7 +173,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
             f" (column {split_ignored!r} ignored: --random-split)" if split_ignored else "")
     table["split"] = codes
 
-    leakage = _leakage_facts(table, true_groups, options)
+    where = table["split"] * (options.cross_validation + 1) + table.get("fold", 0)  # split and fold
+    leakage = _leakage_facts(table, true_groups, options, where)
     if leakage["straddling_groups"]:
         warnings.append(
             f"LEAKAGE: {leakage['straddling_groups']} group(s) of the same picture or sample "
@@ -178,8 +184,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         )
     if not (codes == 0).any():
         raise InputError("the split left no training rows")
-    errors, split_notes = split_utils.check_split(table["label"], codes, table["group"],
-                                                  options.split_probabilities, split_col)
+    errors, split_notes = ([], []) if options.cross_validation else split_utils.check_split(
+        table["label"], codes, table["group"], options.split_probabilities, split_col)
     if errors:
         raise InputError(f"the random split (seed {options.random_seed}, shares "
                          f"{'/'.join(f'{p:g}' for p in options.split_probabilities)}) is unusable: "
@@ -191,11 +197,48 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "matched_rows": len(table),
         "unmatched_rows": len(match.unmatched_rows), "unmatched_csv_lines": match.unmatched_rows[:50],
         "unused_images": len(match.unused_images), "unused_image_examples": match.unused_images[:50],
-        "class_counts": {name: table.loc[table["split"] == k, "label"].value_counts().reindex(classes, fill_value=0)
-                         .astype(int).to_dict() for k, name in enumerate(split_utils.SPLIT_NAMES)},
+        "class_counts": _class_counts(table, classes, options.cross_validation),
     }
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
     return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+
+
+def _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
+                            split_info) -> np.ndarray:
+    """Split codes (0 for the fold rows, 2 for a user column's test rows, held out) and the ``fold``
+    column of ``table`` (1..K, 0 for held-out rows); describes the split in ``split_info``."""
+    k = options.cross_validation
+    if k < 2:
+        raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {k}")
+    codes = np.zeros(len(table), dtype=np.int64)
+    split_info["method"] = f"{k}-fold cross-validation, stratified by label, seeded"
+    if split_col:
+        user = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
+        codes[user == 2] = 2
+        split_info["method"] += (f"; the test rows of split column {split_col!r} held out as the test set, its "
+                                 "train and validation rows form the folds"
+                                 + (" (column used because of its name; --random-split ignores it)"
+                                    if split_found_by_name else ""))
+    elif split_ignored:
+        split_info["method"] += f" (column {split_ignored!r} ignored: --random-split)"
+    in_folds = codes == 0
+    if not in_folds.any():
+        raise InputError(f"split column {split_col!r} marks every row as test: nothing is left for the folds")
+    folds = np.zeros(len(table), dtype=np.int64)
+    folds[in_folds] = split_utils.assign_folds(table["label"].to_numpy()[in_folds],
+                                               table["group"].to_numpy()[in_folds], k, options.random_seed)
+    table["fold"] = folds
+    split_info["folds"] = k
+    return codes
+
+
+def _class_counts(table: pd.DataFrame, classes, k: int) -> dict:
+    """Images per class in each split, or with cross-validation in each fold (and the held-out test set)."""
+    parts = ([(f"fold {f}", table["fold"] == f) for f in range(1, k + 1)]
+             + [("test", table["split"] == 2)] if k else
+             [(name, table["split"] == code) for code, name in enumerate(split_utils.SPLIT_NAMES)])
+    return {name: table.loc[rows, "label"].value_counts().reindex(classes, fill_value=0).astype(int).to_dict()
+            for name, rows in parts if not (k and name == "test" and not rows.any())}
 
 
 def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[str]) -> pd.DataFrame:
@@ -251,10 +294,10 @@ def _find_split_column(raw: pd.DataFrame, options: DataOptions):
     return by_name, by_name is not None, None
 
 
-def _leakage_facts(table: pd.DataFrame, true_groups: np.ndarray, options: DataOptions) -> dict:
+def _leakage_facts(table: pd.DataFrame, true_groups: np.ndarray, options: DataOptions, where) -> dict:
     sizes = table["duplicate_group"].value_counts()
     dup_ids = sizes[sizes > 1].index
-    straddle = split_utils.find_straddling_groups(true_groups, table["split"])
+    straddle = split_utils.find_straddling_groups(true_groups, where)
     images = table["image"].astype(str).to_numpy()
     examples = table[table["duplicate_group"].isin(dup_ids)].groupby("duplicate_group")["image"].apply(list)
     return {

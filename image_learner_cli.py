@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random split proportions; 0 for validation or test means no such split (otherwise an "
                             "empty split or a class missing from train or test stops the run). With a split column "
                             "lacking validation rows: the share of train carved out as validation")
+    split.add_argument("--cross-validation", type=int, default=0, metavar="K",
+                       help="K-fold cross-validation (K >= 2; 0: off): folds stratified by label and grouped like "
+                            "the split; each fold's model trains on the other folds (validation carved from them "
+                            "by the validation share of --split-probabilities) and predicts its fold; the "
+                            "delivered model is retrained on all non-test images for the median kept epoch. A "
+                            "split column's test rows stay a held-out test set")
     split.add_argument("--leakage-guard", action=argparse.BooleanOptionalAction, default=True,
                        help="keep images that are the same picture up to flips/rotations in one split")
     split.add_argument("--leakage-max-distance", type=int, default=leakage_guard.DEFAULT_MAX_DISTANCE,
@@ -181,7 +187,8 @@ def request_from_args(args: argparse.Namespace):
         split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
-        max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers))
+        max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
+        cross_validation=args.cross_validation)
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,

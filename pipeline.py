@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
+import cross_validation
 import dataset_prep
 import devices
 import ludwig_config
 import metrics
 import model_archive
+import model_fit
 import split_utils
 import timm_backbone
 from input_utils import InputError, ZipLimits, extract_images
@@ -90,6 +92,8 @@ def run(request: RunRequest) -> dict:
     total_started = time.time()
     out = os.path.abspath(request.output_dir)
     split_utils.validate_probabilities(request.data.split_probabilities)
+    if request.data.cross_validation and request.data.cross_validation < 2:
+        raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {request.data.cross_validation}")
     prepare_output_dir(out, request.overwrite)
     try:
         with scratch_tempdir(out) as work:
@@ -125,33 +129,20 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     _write_split_csv(data, os.path.join(out, "split.csv"))
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
 
-    ludwig_table, class_weights, positive_weight = _ludwig_inputs(data, opts)
-    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight,
-                                               train_rows=int((data.table["split"] == 0).sum()))
+    if data.split.get("folds"):
+        outcome = _cross_validate(request, data, out, work, timer)
+    else:
+        outcome = _single_split(data, opts, out, work, timer)
+    fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     with open(os.path.join(out, "config.yaml"), "w") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-
-    import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
-
-    with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
-        trained = ludwig_trainer.train(ludwig_table, config, work, os.path.join(out, "model"),
-                                       opts.random_seed, data.task, opts.validation_metric)
-    log(f"device: {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)}")
-    trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
-    with timer.stage("predicting every image"):
-        proba = ludwig_trainer.predict_probabilities(trained.ludwig_model, ludwig_table, _class_order(data),
-                                                     data.task, opts.batch_size)
-    threshold = _binary_threshold(data, proba, opts) if data.task == "binary" else None
-    predictions = _predictions_table(data, proba, threshold)
-    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
-    with timer.stage("computing metrics (with bootstrap intervals)"):
-        all_metrics = metrics.metrics_by_split(predictions, _class_order(data), opts.random_seed)
+        yaml.safe_dump(fit.config, handle, sort_keys=False)
+    trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
     model_archive.write_manifest(os.path.join(out, "model"), {
-        "tool_version": TOOL_VERSION, "task": data.task, "classes": _class_order(data),
+        "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig")},
-        opts, class_weights, positive_weight, train_rows=int((data.table["split"] == 0).sum()))
+        outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
 
@@ -161,15 +152,17 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip)},
         "columns": data.columns, "task": data.task, "classes": data.classes,
         "positive_label": data.positive_label, "threshold": threshold,
-        "threshold_policy": _threshold_policy(opts) if threshold is not None else None,
+        "threshold_policy": _threshold_policy(opts, bool(outcome.cross_validation)) if threshold is not None else None,
         "dataset": data.dataset, "split": data.split, "leakage": data.leakage, "warnings": data.warnings,
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
                   "image_size": opts.image_size},
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
-                     "class_weights_used": class_weights or positive_weight,
+                     "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
-                     "best_epoch_chosen_by": _chosen_by(data.task, opts.validation_metric)},
+                     "best_epoch_chosen_by": "the median kept epoch of the folds (final model: no validation)"
+                     if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
+        **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -182,50 +175,72 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     return summary
 
 
-def _class_order(data: dataset_prep.PreparedData) -> list[str]:
-    """Probability columns: sorted class names; for binary, negative first then positive."""
-    if data.task == "binary":
-        return [c for c in data.classes if c != data.positive_label] + [data.positive_label]
-    return data.classes
+def _single_split(data, opts, out: str, work: str, timer):
+    """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
+    with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
+        fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"))
+    log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
+    fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
+    with timer.stage("predicting every image"):
+        proba = model_fit.probabilities(data, fit, data.table, opts)
+    threshold = None
+    if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
+        validation = data.table["split"].to_numpy() == 1
+        threshold = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
+    predictions = _predictions_table(data, proba, model_fit.predicted_labels(data, proba, threshold))
+    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    with timer.stage("computing metrics (with bootstrap intervals)"):
+        all_metrics = metrics.metrics_by_split(predictions, model_fit.class_order(data), opts.random_seed)
+    return Outcome(fit, opts, threshold, all_metrics)
 
 
-def _ludwig_inputs(data, opts):
-    table = pd.DataFrame({
-        ludwig_config.IMAGE_FEATURE: data.table["read_path"].to_numpy(),
-        ludwig_config.LABEL_FEATURE: data.table["label"].to_numpy(),
-        ludwig_config.SPLIT_COLUMN: data.table["split"].to_numpy(),
-    })
-    if data.task == "binary":
-        table[ludwig_config.LABEL_FEATURE] = table[ludwig_config.LABEL_FEATURE] == data.positive_label
-    class_weights = positive_weight = None
-    if opts.class_weights == "balanced":
-        train_labels = data.table.loc[data.table["split"] == 0, "label"]
-        weights = ludwig_config.balanced_class_weights(train_labels)
-        if data.task == "binary":
-            negative = next(c for c in data.classes if c != data.positive_label)
-            positive_weight = weights.get(data.positive_label, 1.0) / weights.get(negative, 1.0)
-        else:
-            class_weights = {c: weights.get(c, 1.0) for c in data.classes}
-    return table, class_weights, positive_weight
+@dataclass
+class Outcome:
+    fit: model_fit.Fit  # the delivered model (in out/model)
+    options: ludwig_config.TrainingOptions  # what trained it (the final CV model: other epochs)
+    threshold: float | None
+    metrics: dict  # metrics.json
+    cross_validation: dict | None = None  # run_summary's facts of a cross-validation
 
 
-def _binary_threshold(data, proba: np.ndarray, opts) -> float:
-    """The user's fixed --threshold, or one tuned on validation (never test) by --threshold-metric; then used
-    for every split, table and plot."""
-    if opts.threshold is not None:
-        return float(opts.threshold)
-    validation = data.table["split"].to_numpy() == 1
-    is_positive = data.table["label"].to_numpy() == data.positive_label
-    threshold = metrics.choose_threshold(is_positive[validation], proba[validation, 1], opts.threshold_metric)
-    log(f"decision threshold {threshold:.4f}: best validation {opts.threshold_metric}")
-    return threshold
+def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
+    """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
+    opts = request.training
+    cv = cross_validation.run(data, opts, request.data.split_probabilities, work, os.path.join(out, "model"), timer)
+    log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
+        f"{cv.final_options.epochs} epochs")
+    # the delivered model's epochs first (fold "final"), as the report's learning curves read them, then each fold's
+    final_history = cv.final.trained.history.assign(fold="final")
+    pd.concat([final_history, cv.history.astype({"fold": str})], ignore_index=True)[cv.history.columns.union(
+        final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
+    fold = data.table["fold"].to_numpy()
+    predictions = _predictions_table(data, cv.proba, cv.predicted,
+                                     np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
+                                     pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
+    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    classes = model_fit.class_order(data)
+
+    def score(part, splits):
+        return metrics.metrics_by_split(part, classes, opts.random_seed, splits)
+
+    with timer.stage("computing metrics (with bootstrap intervals)"):
+        all_metrics = {**metrics.metrics_by_split(predictions, classes, opts.random_seed, ("test",)),
+                       "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
+                                                                      cv.fold_thresholds)}
+    facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
+             "final_epochs": cv.final_options.epochs,
+             "final_epochs_rule": "median kept epoch across folds, halves rounded up",
+             "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
+             "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None}
+    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts)
 
 
-def _threshold_policy(opts) -> str:
+def _threshold_policy(opts, cross_validated: bool = False) -> str:
     """How the binary threshold was set, in words (run summary, report)."""
     if opts.threshold is not None:
         return "fixed by --threshold"
-    return f"tuned on the validation split for the highest {metrics.THRESHOLD_POLICY_NAMES[opts.threshold_metric]}"
+    rows = "the pooled out-of-fold predictions" if cross_validated else "the validation split"
+    return f"tuned on {rows} for the highest {metrics.THRESHOLD_POLICY_NAMES[opts.threshold_metric]}"
 
 
 def _chosen_by(task: str, validation_metric: str) -> str:
@@ -233,19 +248,18 @@ def _chosen_by(task: str, validation_metric: str) -> str:
     return f"{'highest' if higher_is_better else 'lowest'} validation {column.replace('_', ' ')}"
 
 
-def _predictions_table(data, proba: np.ndarray, threshold: float | None) -> pd.DataFrame:
-    order = _class_order(data)
-    if threshold is not None:
-        predicted = np.where(proba[:, 1] >= threshold, order[1], order[0])
-    else:
-        predicted = np.asarray(order)[proba.argmax(axis=1)]
+def _predictions_table(data, proba: np.ndarray, predicted, split_names=None, fold=None) -> pd.DataFrame:
+    order = model_fit.class_order(data)
+    if split_names is None:
+        split_names = np.asarray(split_utils.SPLIT_NAMES)[data.table["split"].to_numpy()]
     table = pd.DataFrame({
-        "image": data.table["image"], "image_file": data.table["image_file"],
-        "split": np.asarray(split_utils.SPLIT_NAMES)[data.table["split"].to_numpy()],
+        "image": data.table["image"], "image_file": data.table["image_file"], "split": split_names,
         "true_label": data.table["label"], "predicted_label": predicted,
     })
     for k, cls in enumerate(order):
         table[f"prob_{cls}"] = proba[:, k]
+    if fold is not None:
+        table["fold"] = fold
     if data.columns["sample_id"]:
         table["sample_id"] = data.table["sample_id"]
     table["duplicate_group"] = data.table["duplicate_group"]

@@ -68,6 +68,8 @@ def _read_run(output_dir: str):
         predictions["split"] = "test"
     history_path = os.path.join(output_dir, "training_history.csv")
     history = pd.read_csv(history_path) if os.path.exists(history_path) else pd.DataFrame()
+    if "fold" in history:  # cross-validation: the curves of the delivered model; the folds' are in the file
+        history = history[history["fold"].astype(str) == "final"]
     config_path = os.path.join(output_dir, "config.yaml")
     config = yaml.safe_load(open(config_path)) if os.path.exists(config_path) else {}
     return summary, predictions, history, config
@@ -133,18 +135,27 @@ def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
                     ("confusion", report_plots.confusion_matrices(y_true, y_pred, classes)),
                     ("reliability", report_plots.reliability_diagram(y_true, proba, classes)),
                     ("confidence", report_plots.confidence_histogram(y_true, proba, classes, y_pred))]
+    cv = summary.get("cross_validation")
+    if cv:
+        o_true, o_proba, o_pred = _split_arrays(predictions, classes, "cross_validation")
+        which = "out-of-fold, pooled"
+        figures += [("cv-roc", report_plots.roc_curves(o_true, o_proba, classes, which)),
+                    ("cv-pr", report_plots.pr_curves(o_true, o_proba, classes, which)),
+                    ("cv-confusion", report_plots.confusion_matrices(o_true, o_pred, classes, which))]
     if summary.get("task") == "binary":
-        v_true, v_proba, _ = _split_arrays(predictions, classes, "validation")
+        # the delivered threshold: chosen on validation, or with cross-validation on the out-of-fold rows
+        v_true, v_proba, _ = _split_arrays(predictions, classes, "cross_validation" if cv else "validation")
         figures.append(("threshold", report_plots.threshold_curves(v_true == classes[1], v_proba[:, 1],
                                                                    summary["threshold"], classes[1],
-                                                                   summary.get("threshold_policy"))))
+                                                                   summary.get("threshold_policy"),
+                                                                   "out-of-fold, pooled" if cv else "validation")))
     return [(name, html) for name, html in figures if html]
 
 
-def _confusion_table(predictions, classes):
+def _confusion_table(predictions, classes, split="test"):
     from sklearn.metrics import confusion_matrix
 
-    y_true, _, y_pred = _split_arrays(predictions, classes, "test")
+    y_true, _, y_pred = _split_arrays(predictions, classes, split)
     return confusion_matrix(y_true, y_pred, labels=classes).tolist() if len(y_true) else None
 
 
@@ -191,6 +202,26 @@ def _per_split(output_dir, summary, predictions, classes) -> dict:
     return metrics.metrics_by_split(predictions, classes, seed)
 
 
+CV_COLUMNS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc_macro")
+
+
+def _cross_validation_section(summary, cv_metrics, predictions, classes) -> dict | None:
+    """The cross-validation section: fold table with mean ± sd, pooled out-of-fold metrics with
+    intervals, the pooled confusion matrix and the spread of balanced accuracy across folds."""
+    if not cv_metrics:
+        return None
+    labels = {**METRIC_LABELS, **(BINARY_LABELS if summary.get("task") == "binary" else {})}
+    columns = [(c, labels[c]) for c in CV_COLUMNS if any(f.get(c) is not None for f in cv_metrics["folds"])]
+    pooled = cv_metrics["pooled"]
+    return {"facts": summary.get("cross_validation", {}), "folds": cv_metrics["folds"], "columns": columns,
+            "mean": cv_metrics["mean"], "sd": cv_metrics["sd"],
+            "pooled_rows": [{"label": label, "value": pooled.get(key), "ci": (pooled.get("ci95") or {}).get(key)}
+                            for key, label in labels.items() if key in pooled],
+            "confusion": _confusion_table(predictions, classes, "cross_validation"),
+            "spread": report_plots.fold_spread(cv_metrics["folds"], "balanced_accuracy", "balanced accuracy",
+                                               pooled.get("balanced_accuracy"))}
+
+
 def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
     """Write ``output_dir/report.html`` from the run's files; returns its path."""
     import plotly.offline
@@ -199,6 +230,7 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     summary, predictions, history, config = _read_run(output_dir)
     classes = _class_order(predictions)
     per_split = _per_split(output_dir, summary, predictions, classes)
+    cv_metrics = per_split.pop("cross_validation", None)
     saliency, saliency_reason = _saliency(summary, predictions, classes, images_dir, ludwig_model)
     common = dict(s=summary, metric_rows=_metric_rows(per_split, summary.get("task")), metric_splits=list(per_split),
                   saliency=saliency, saliency_reason=saliency_reason, citations=_citations(summary),
@@ -221,7 +253,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
             confusion=_confusion_table(predictions, classes),
             figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
             gallery_reason=gallery_reason, build_seconds=time.time() - started,
-            class_totals=predictions["true_label"].value_counts().to_dict())
+            class_totals=predictions["true_label"].value_counts().to_dict(),
+            cv=_cross_validation_section(summary, cv_metrics, predictions, classes))
     path = os.path.join(output_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)

@@ -57,7 +57,7 @@ def _curve_classes(y_true, classes) -> list[str] | None:
     return present if len(classes) > 2 else [classes[1]]
 
 
-def roc_curves(y_true, proba, classes) -> str | None:
+def roc_curves(y_true, proba, classes, which: str = "test") -> str | None:
     """One-vs-rest ROC per class present, plus the micro and macro averages."""
     y_true = np.asarray(y_true).astype(str)
     curve_classes = _curve_classes(y_true, classes)
@@ -81,12 +81,12 @@ def roc_curves(y_true, proba, classes) -> str | None:
                                  name=f"macro-average (AUC {skm.auc(grid, macro):.3f})"))
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="lightgrey"),
                              name="chance", hoverinfo="skip"))
-    fig.update_layout(title="ROC curves (test)", xaxis_title="false positive rate (1 - specificity)",
+    fig.update_layout(title=f"ROC curves ({which})", xaxis_title="false positive rate (1 - specificity)",
                       yaxis_title="true positive rate (sensitivity)")
     return to_html(fig)
 
 
-def pr_curves(y_true, proba, classes) -> str | None:
+def pr_curves(y_true, proba, classes, which: str = "test") -> str | None:
     """Precision-recall per class present (binary: the positive class), with each class's prevalence."""
     y_true = np.asarray(y_true).astype(str)
     curve_classes = _curve_classes(y_true, classes)
@@ -99,12 +99,12 @@ def pr_curves(y_true, proba, classes) -> str | None:
         ap = skm.average_precision_score(y_true == c, proba[:, k])
         fig.add_trace(go.Scatter(x=recall, y=precision, mode="lines",
                                  name=f"{c} (AP {ap:.3f}, prevalence {(y_true == c).mean():.2f})"))
-    fig.update_layout(title="Precision-recall curves (test)", xaxis_title="recall", yaxis_title="precision",
+    fig.update_layout(title=f"Precision-recall curves ({which})", xaxis_title="recall", yaxis_title="precision",
                       yaxis_range=[0, 1.05])
     return to_html(fig)
 
 
-def confusion_matrices(y_true, y_pred, classes) -> str:
+def confusion_matrices(y_true, y_pred, classes, which: str = "test") -> str:
     """Counts and row-normalised (each true class sums to 1) side by side."""
     counts = skm.confusion_matrix(y_true, y_pred, labels=classes)
     rows = counts.sum(axis=1, keepdims=True)
@@ -118,7 +118,7 @@ def confusion_matrices(y_true, y_pred, classes) -> str:
                       row=1, col=col)
         fig.update_xaxes(title_text="predicted", row=1, col=col)
         fig.update_yaxes(title_text="true", autorange="reversed", row=1, col=col)
-    fig.update_layout(title="Confusion matrix (test)")
+    fig.update_layout(title=f"Confusion matrix ({which})")
     return to_html(fig)
 
 
@@ -169,9 +169,11 @@ def confidence_histogram(y_true, proba, classes, y_pred) -> str:
     return to_html(fig)
 
 
-def threshold_curves(is_positive, p_positive, threshold: float, positive: str, policy: str | None = None) -> str | None:
-    """Binary tasks, validation split: sensitivity, specificity, balanced accuracy, F1 and MCC against the
-    decision threshold, with the threshold in use marked and named by how it was set (``policy``)."""
+def threshold_curves(is_positive, p_positive, threshold: float, positive: str, policy: str | None = None,
+                     which: str = "validation") -> str | None:
+    """Binary tasks, validation split (or pooled out-of-fold predictions: ``which``): sensitivity,
+    specificity, balanced accuracy, F1 and MCC against the decision threshold, with the threshold in use
+    marked and named by how it was set (``policy``)."""
     is_positive = np.asarray(is_positive, dtype=bool)
     if is_positive.all() or not is_positive.any():
         return None
@@ -189,6 +191,26 @@ def threshold_curves(is_positive, p_positive, threshold: float, positive: str, p
         fig.add_trace(go.Scatter(x=grid, y=values, mode="lines", name=name))
     fig.add_vline(x=threshold, line_dash="dash", line_color="black",
                   annotation_text=f"{threshold:.3f}: {policy or 'chosen'}")
-    fig.update_layout(title=f"Metrics against the threshold on P({positive}) (validation)",
+    fig.update_layout(title=f"Metrics against the threshold on P({positive}) ({which})",
                       xaxis_title="threshold", yaxis_title="value", yaxis_range=[0, 1.05])
     return to_html(fig)
+
+
+def fold_spread(folds: list[dict], metric: str, label: str, pooled: float | None) -> str | None:
+    """Cross-validation: one dot per fold's ``metric``, with the folds' mean and the pooled out-of-fold value."""
+    values = [(f["fold"], f.get(metric)) for f in folds if f.get(metric) is not None]
+    if not values:
+        return None
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[v for _, v in values], y=[label] * len(values), mode="markers+text",
+                             text=[f"fold {k}" for k, _ in values], textposition="top center",
+                             marker=dict(size=12, color="#1f77b4"), name="folds"))
+    mean = float(np.mean([v for _, v in values]))
+    fig.add_vline(x=mean, line_dash="dash", line_color="grey", annotation_text=f"mean {mean:.3f}")
+    if pooled is not None:
+        fig.add_vline(x=pooled, line_dash="dot", line_color="black", annotation_text=f"pooled {pooled:.3f}",
+                      annotation_position="bottom right")
+    fig.update_layout(title=f"{label} per fold (the spread across folds)", xaxis_title=label, showlegend=False)
+    fig.update_layout(**LAYOUT)
+    fig.update_layout(height=260)
+    return fig.to_html(full_html=False, include_plotlyjs=False, config=CONFIG)

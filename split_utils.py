@@ -232,3 +232,35 @@ def find_straddling_groups(groups, split_codes, max_examples: int = 10) -> Strad
     rows = frame[frame["group"].isin(bad)]
     examples = [list(map(int, idx)) for _, idx in rows.groupby("group").groups.items()][:max_examples]
     return StraddleReport(n_groups=len(bad), n_rows=len(rows), examples=examples)
+
+
+def assign_folds(labels, groups=None, k: int = 5, seed: int = 42) -> np.ndarray:
+    """Cross-validation folds 1..k for each row: stratified by ``labels``, ``groups`` never straddle folds.
+
+    The split's own machinery with k equal shares: per label stratum whole groups go, largest first, to
+    the fold furthest below its share, so every class's rows spread over the folds as evenly as the
+    group sizes allow. Refused (InputError naming --cross-validation) when k is below 2, when a class
+    has fewer than k groups, or when a fold would lack a class (then a fold's model is never scored on it).
+    """
+    labels = np.asarray(labels).astype(str)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if not isinstance(k, (int, np.integer)) or k < 2:
+        raise InputError(f"--cross-validation needs at least 2 folds, got {k}")
+    per_class = pd.Series(groups).groupby(labels).nunique()
+    too_few = per_class[per_class < k]
+    if len(too_few):
+        counts = pd.Series(labels).value_counts()
+        raise InputError(
+            f"--cross-validation {k} needs at least {k} groups of every class, so that each fold holds every "
+            "class; " + listed([f"{c!r} has {int(counts[c])} image(s) in {int(g)} group(s)"
+                                for c, g in too_few.items()], sep="; ")
+            + ". Groups are kept whole (an image with its flipped or rotated copies, and all images sharing a "
+            "--sample-id-column id). Lower --cross-validation, add images of those classes, or remove their rows")
+    folds = _assign(labels, groups, (1.0 / k,) * k, np.random.default_rng(seed), k) + 1
+    missing = [(f, c) for f in range(1, k + 1) for c in per_class.index if not (labels[folds == f] == c).any()]
+    if missing:
+        raise InputError(
+            f"--cross-validation {k}: with groups kept whole, "
+            + listed([f"fold {f} has no {c!r} image" for f, c in missing], sep="; ")
+            + " (those images sit in groups of mostly other labels). Lower --cross-validation or add images")
+    return folds

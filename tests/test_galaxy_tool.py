@@ -26,6 +26,7 @@ def _form(**changes):
     values = {
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
         "image_column": "1", "target_column": "2", "sample_id_column": None, "data_split": {"method": "random"},
+        "cross_validation": {"enabled": "no"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
         "augmentation": "random_horizontal_flip",
@@ -96,6 +97,12 @@ def test_default_form_is_the_tutorial_run(source):
     assert args.class_weights == "none" and args.leakage_guard and args.positive_label is None
     assert args.max_missing_fraction == 0.1
     assert (args.validation_metric, args.threshold_metric, args.threshold) == ("auto", "youden", None)
+    assert args.cross_validation == 0  # off by default
+
+
+def test_cross_validation_maps_to_its_flag(source):
+    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 4})
+    assert args.cross_validation == 4 and args.random_split
 
 
 def test_every_other_field_maps_to_its_flag(source):

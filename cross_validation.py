@@ -1,0 +1,160 @@
+"""k-fold cross-validation: the fold loop, its out-of-fold predictions and metrics, and the final model.
+
+Folds come from the prepared data (``fold`` column, dataset_prep / split_utils.assign_folds): stratified,
+grouped, seeded. Each fold's model trains on the other folds, with a validation part carved from them
+(split_utils.carve_validation) for early stopping and the kept epoch (and, binary, the fold's decision
+threshold), then predicts its own fold: every fold row gets exactly one out-of-fold prediction. The
+delivered model is then trained on every fold row for the median kept epoch, without validation; it
+predicts the held-out test rows, if any. Folds run one after another; each fold's scratch files live in
+the run's scratch folder and its model is dropped once it has predicted.
+
+The metrics are task-agnostic: ``summarise`` takes a ``score(predictions, splits)`` function shaped like
+metrics.metrics_by_split (classification) or regression_metrics.metrics_by_split (regression).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+import model_fit
+import split_utils
+from run_files import log
+
+SPLIT_NAME = "cross_validation"  # the split column of predictions.csv for out-of-fold rows
+
+
+@dataclass
+class CrossValidation:
+    final: model_fit.Fit  # trained on every fold row, saved in the model directory
+    final_options: object  # TrainingOptions of the final fit (epochs = median kept epoch, no early stop)
+    proba: np.ndarray  # every row: out-of-fold for fold rows, the final model's for held-out test rows
+    predicted: np.ndarray  # labels: fold rows by their fold's threshold, test rows by ``threshold``
+    threshold: float | None  # binary: the delivered model's, tuned on the pooled out-of-fold predictions
+    fold_thresholds: list  # binary: each fold's, tuned on its validation part
+    kept_epochs: list[int]
+    fold_sizes: list[dict]  # per fold: train, validation and predicted (out-of-fold) rows
+    history: pd.DataFrame  # per fold and epoch (``fold`` column), Ludwig's training history
+
+
+def final_epochs(kept_epochs) -> int:
+    """The median kept epoch across folds, halves rounded up (median 3.5 -> 4), at least 1."""
+    return max(1, int(math.floor(float(np.median(kept_epochs)) + 0.5)))
+
+
+def fold_rows(data, fold: int, validation_share, seed: int) -> pd.DataFrame:
+    """The rows one fold trains on: every other fold as train (0), part of it carved as validation (1),
+    groups kept whole, stratified, seeded. ``validation_share``: the split probabilities (only the
+    validation share of train + validation counts)."""
+    table = data.table
+    rows = table[(table["split"] == 0) & (table["fold"] != fold)].copy()
+    rows["split"] = split_utils.carve_validation(rows["label"].to_numpy(), np.zeros(len(rows), dtype=np.int64),
+                                                 rows["group"].to_numpy(), validation_share, seed)
+    return rows
+
+
+def run(data, opts, split_probabilities, work: str, model_dir: str, timer) -> CrossValidation:
+    """Train and predict every fold, then the final model (into ``model_dir``)."""
+    table = data.table
+    k = int(table["fold"].max())
+    in_folds = (table["split"] == 0).to_numpy()
+    proba = np.full((len(table), len(model_fit.class_order(data))), np.nan)
+    predicted = np.empty(len(table), dtype=object)
+    kept, sizes, thresholds, histories = [], [], [], []
+    for fold in range(1, k + 1):
+        rows = fold_rows(data, fold, split_probabilities, opts.random_seed)
+        target = (table["fold"] == fold).to_numpy() & in_folds
+        log(f"fold {fold} of {k}: training on {int((rows['split'] == 0).sum())} images (validation "
+            f"{int((rows['split'] == 1).sum())}), then predicting its {int(target.sum())} held-out images")
+        fold_dir = os.path.join(work, f"fold-{fold}")
+        with timer.stage(f"fold {fold} of {k}: training {opts.model_name} for up to {opts.epochs} epochs"):
+            fit = model_fit.fit(data, rows, opts, fold_dir, os.path.join(fold_dir, "model"))
+        with timer.stage(f"fold {fold} of {k}: predicting"):
+            scored = model_fit.probabilities(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
+        oof, validation = scored[:target.sum()], scored[target.sum():]
+        threshold = None
+        if data.task == "binary":
+            threshold = model_fit.binary_threshold(data, rows.loc[rows["split"] == 1, "label"], validation[:, 1],
+                                                   opts)
+            thresholds.append(threshold)
+        proba[target] = oof
+        predicted[target] = model_fit.predicted_labels(data, oof, threshold)
+        kept.append(fit.trained.best_epoch)
+        sizes.append({"fold": fold, "train": int((rows["split"] == 0).sum()),
+                      "validation": int((rows["split"] == 1).sum()), "predicted": int(target.sum())})
+        histories.append(fit.trained.history.assign(fold=fold))
+        log(f"fold {fold} of {k}: kept epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
+        _release(fit, fold_dir)
+
+    final_opts = replace(opts, epochs=final_epochs(kept), early_stop=0)
+    all_rows = table[in_folds].copy()  # every fold row trains; no validation rows, so no early stop
+    log(f"final model: training on all {len(all_rows)} non-test images for {final_opts.epochs} epoch(s) "
+        f"(the median kept epoch of the folds: {', '.join(map(str, kept))})")
+    with timer.stage(f"final model: training {opts.model_name} for {final_opts.epochs} epoch(s)"):
+        final = model_fit.fit(data, all_rows, final_opts, os.path.join(work, "final"), model_dir)
+    threshold = None
+    if data.task == "binary":
+        threshold = model_fit.binary_threshold(data, table.loc[in_folds, "label"], proba[in_folds, 1], opts)
+    test = ~in_folds
+    if test.any():
+        with timer.stage("final model: predicting the held-out test images"):
+            proba[test] = model_fit.probabilities(data, final, table[test], opts)
+        predicted[test] = model_fit.predicted_labels(data, proba[test], threshold)
+    history = pd.concat(histories, ignore_index=True)
+    return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,
+                           history[["fold", *[c for c in history.columns if c != "fold"]]])
+
+
+def _release(fit, fold_dir: str) -> None:
+    """Drop a fold's model and scratch files before the next fold, so memory and disk hold one fold."""
+    fit.trained.ludwig_model = None
+    shutil.rmtree(fold_dir, ignore_errors=True)
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is always there when a fold has trained
+        pass
+
+
+def _numbers(values: dict) -> dict:
+    return {key: value for key, value in values.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n"}
+
+
+def summarise(predictions: pd.DataFrame, score, kept_epochs, thresholds=()) -> dict:
+    """metrics.json's "cross_validation" entry from predictions.csv's out-of-fold rows: per fold the
+    metrics (``score`` on that fold alone), its size and kept epoch; the mean and sample sd (ddof 1)
+    across folds of every number; and the pooled out-of-fold metrics with seeded bootstrap intervals.
+
+    ``score(predictions, splits)`` scores the rows whose ``split`` is in ``splits``, with intervals for
+    "test" (metrics.metrics_by_split's shape); the fold rows are scored under those names."""
+    oof = predictions[predictions["split"] == SPLIT_NAME]
+    folds = []
+    for i, fold in enumerate(sorted(oof["fold"].astype(int).unique())):
+        part = oof[oof["fold"].astype(int) == fold].assign(split="validation")
+        values = score(part, ("validation",))["validation"]
+        entry = {"fold": int(fold), **values, "kept_epoch": int(kept_epochs[i])}
+        if thresholds:
+            entry["threshold"] = float(thresholds[i])
+        folds.append(entry)
+    names = sorted(set.intersection(*(set(_numbers(f)) for f in folds))) if folds else []
+    names = [n for n in names if n != "fold"]
+    table = pd.DataFrame([{n: f.get(n) for n in names} for f in folds], dtype=float)
+    pooled = score(oof.assign(split="test"), ("test",))["test"]
+    return {"k": len(folds), "folds": folds,
+            "mean": {n: _finite(table[n].mean()) for n in names},
+            "sd": {n: _finite(table[n].std(ddof=1)) for n in names},
+            "pooled": pooled}
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None

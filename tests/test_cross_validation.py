@@ -1,0 +1,161 @@
+"""k-fold cross-validation: folds stratified and grouped (pure), the out-of-fold summary (pure), and one tiny
+real run (test_efficientnet, 32 px, 1 epoch, 3 folds on the demo set) with its outputs and the delivered model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cross_validation
+import image_learner_cli
+import split_utils
+from conftest import DEMO_CSV, DEMO_ZIP
+from input_utils import InputError
+
+
+def _dataset(seed=0, n_groups=60):
+    """Groups of 1-3 rows, labels a/b/c (a group shares its label), unbalanced classes."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, n_groups)
+    group_labels = rng.choice(["a", "b", "c"], n_groups, p=[0.6, 0.3, 0.1])
+    group_labels[:15] = ["a", "b", "c"] * 5  # every class has at least 5 groups
+    groups = np.repeat(np.arange(n_groups), sizes)
+    return np.repeat(group_labels, sizes), groups
+
+
+def test_folds_are_grouped_stratified_and_cover_every_row_once():
+    labels, groups = _dataset()
+    folds = split_utils.assign_folds(labels, groups, 5, seed=1)
+    assert folds.shape == labels.shape and set(folds.tolist()) == {1, 2, 3, 4, 5}  # one fold per row
+    assert pd.Series(folds).groupby(groups).nunique().max() == 1  # no group in two folds
+    per_fold = pd.crosstab(labels, folds)
+    for cls in per_fold.index:  # per class, folds differ by at most the largest group (3 rows)
+        assert per_fold.loc[cls].min() >= 1
+        assert per_fold.loc[cls].max() - per_fold.loc[cls].min() <= 3
+
+
+def test_single_image_groups_give_folds_within_one_image_per_class():
+    labels = np.array(["x"] * 23 + ["y"] * 11)
+    folds = split_utils.assign_folds(labels, None, 4, seed=3)
+    counts = pd.crosstab(labels, folds)
+    assert (counts.max(axis=1) - counts.min(axis=1)).max() <= 1
+
+
+def test_folds_are_reproducible_with_the_seed():
+    labels, groups = _dataset()
+    same = split_utils.assign_folds(labels, groups, 5, seed=7)
+    assert (split_utils.assign_folds(labels, groups, 5, seed=7) == same).all()
+    assert (split_utils.assign_folds(labels, groups, 5, seed=8) != same).any()
+
+
+@pytest.mark.parametrize("k, message", [(1, "at least 2 folds"), (6, "--cross-validation 6 needs at least 6 groups")])
+def test_too_many_folds_or_too_few_are_refused_naming_the_option(k, message):
+    labels, groups = _dataset()
+    with pytest.raises(InputError, match=message) as err:
+        split_utils.assign_folds(labels[groups < 15], groups[groups < 15], k, seed=1)  # 5 groups per class
+    if k == 6:
+        assert "'c' has" in str(err.value) and "5 group(s)" in str(err.value)
+
+
+def test_a_fold_without_a_class_is_refused():
+    # "b" only inside three small groups of mostly "a": the big a-only group fills one fold, the three
+    # (a, b) pairs go to the other two
+    labels = np.array(["a"] * 12 + ["a", "b"] * 3)
+    groups = np.array([0] * 6 + [1] * 3 + [2] * 3 + [3, 3, 4, 4, 5, 5])
+    with pytest.raises(InputError, match="fold 1 has no 'b' image"):
+        split_utils.assign_folds(labels, groups, 3, seed=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 4)), min_size=1, max_size=40),
+       st.integers(2, 5), st.integers(0, 10 ** 6))
+def test_property_folds_group_whole_every_row_once_or_a_clear_refusal(group_specs, k, seed):
+    labels = np.concatenate([[label] * size for label, size in group_specs])
+    groups = np.concatenate([[g] * size for g, (_, size) in enumerate(group_specs)])
+    try:
+        folds = split_utils.assign_folds(labels, groups, k, seed)
+    except InputError as err:
+        assert "--cross-validation" in str(err)
+        return
+    assert set(folds.tolist()) == set(range(1, k + 1))
+    assert pd.Series(folds).groupby(groups).nunique().max() == 1
+    assert pd.crosstab(labels, folds).min().min() >= 1  # every fold holds every class
+
+
+def test_fold_rows_carve_validation_from_the_other_folds_only():
+    labels, groups = _dataset()
+    folds = split_utils.assign_folds(labels, groups, 4, seed=2)
+    split = np.where(np.arange(len(labels)) % 17 == 0, 2, 0)  # some held-out test rows
+    table = pd.DataFrame({"label": labels, "group": groups, "fold": np.where(split == 2, 0, folds), "split": split})
+    data = type("Data", (), {"table": table})()
+    rows = cross_validation.fold_rows(data, 2, (0.7, 0.1, 0.2), seed=2)
+    assert not (rows["fold"] == 2).any() and not (rows["fold"] == 0).any()  # neither the fold nor the test rows
+    assert set(rows["split"]) == {0, 1}
+    assert rows.groupby("group")["split"].nunique().max() == 1  # validation carved with groups whole
+
+
+def test_final_epochs_is_the_median_kept_epoch_halves_up():
+    assert cross_validation.final_epochs([3, 5, 4]) == 4
+    assert cross_validation.final_epochs([3, 4]) == 4
+    assert cross_validation.final_epochs([1, 1, 2, 9]) == 2
+
+
+def test_summary_has_per_fold_mean_sd_and_pooled_intervals():
+    import metrics
+
+    rng = np.random.default_rng(0)
+    n = 90
+    true = rng.choice(["a", "b", "c"], n)
+    proba = rng.dirichlet([1, 1, 1], n)
+    table = pd.DataFrame({"split": "cross_validation", "fold": np.arange(n) % 3 + 1, "true_label": true,
+                          "predicted_label": np.array(["a", "b", "c"])[proba.argmax(1)]})
+    for k, c in enumerate("abc"):
+        table[f"prob_{c}"] = proba[:, k]
+    summary = cross_validation.summarise(table, lambda p, s: metrics.metrics_by_split(p, list("abc"), 1, s),
+                                         [2, 3, 4])
+    assert summary["k"] == 3 and [f["kept_epoch"] for f in summary["folds"]] == [2, 3, 4]
+    accuracies = [f["balanced_accuracy"] for f in summary["folds"]]
+    assert summary["mean"]["balanced_accuracy"] == pytest.approx(np.mean(accuracies))
+    assert summary["sd"]["balanced_accuracy"] == pytest.approx(np.std(accuracies, ddof=1))
+    assert summary["pooled"]["n"] == n and len(summary["pooled"]["ci95"]["balanced_accuracy"]) == 2
+
+
+TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "16", "--preprocessing-workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv") / "run"
+    assert image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
+                                   "--sample-id-column", "lesion_id", "--cross-validation", "3"]) == 0
+    return out
+
+
+def test_cross_validation_run_gives_every_image_one_out_of_fold_prediction(cv_run):
+    predictions = pd.read_csv(cv_run / "predictions.csv")
+    assert len(predictions) == 140 and predictions["image"].is_unique
+    assert set(predictions["split"]) == {"cross_validation"} and set(predictions["fold"]) == {1, 2, 3}
+    assert predictions.groupby("sample_id")["fold"].nunique().max() == 1  # lesions never straddle folds
+    assert predictions.groupby("duplicate_group")["fold"].nunique().max() == 1
+    assert predictions[[c for c in predictions if c.startswith("prob_")]].notna().all().all()
+    summary = json.loads((cv_run / "run_summary.json").read_text())
+    cv = summary["cross_validation"]
+    assert cv["k"] == 3 and sum(f["predicted"] for f in cv["fold_sizes"]) == 140
+    assert cv["final_epochs"] == 1 and summary["training"]["epochs_run"] == 1
+    assert cv["final_training_rows"] == 140
+    metrics_json = json.loads((cv_run / "metrics.json").read_text())
+    assert [f["n"] for f in metrics_json["cross_validation"]["folds"]] == [f["predicted"] for f in cv["fold_sizes"]]
+    assert {"mean", "sd", "pooled"} <= set(metrics_json["cross_validation"])
+    assert metrics_json["cross_validation"]["pooled"]["ci95"]["balanced_accuracy"] is not None
+    report = (cv_run / "report.html").read_text()
+    assert 'id="cross-validation"' in report and "retrained on all 140 non-test images for 1 epoch" in report
+
+
+def test_cross_validated_model_predicts(cv_run, tmp_path):
+    assert image_learner_cli.main(["predict", "--model", str(cv_run / "trained_model.zip"), "--image-zip", DEMO_ZIP,
+                                   "--output-dir", str(tmp_path / "p")]) == 0
+    assert len(pd.read_csv(tmp_path / "p" / "predictions.csv")) == 140
