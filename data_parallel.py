@@ -91,7 +91,8 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
     job_path = os.path.join(work_dir, JOB_FILE)
     with open(job_path, "w") as handle:
         json.dump(job, handle)
-    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers))}
+    # TMPDIR: torchrun's own torchelastic_* folder lands in the scratch folder too
+    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers)), "TMPDIR": work_dir}
     launch(launch_command(num_workers, [os.path.abspath(__file__), "worker", job_path]), env)
     with open(job["result"]) as handle:
         result = json.load(handle)

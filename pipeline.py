@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+import data_parallel
 import dataset_prep
 import devices
 import ludwig_config
@@ -39,6 +40,8 @@ class RunRequest:
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
     make_report: bool = True
+    distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
+    num_workers: int = 1
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -63,6 +66,7 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.pretrained_weights and not os.path.isfile(opts.pretrained_weights):
         raise InputError(f"--pretrained-weights file {opts.pretrained_weights!r} does not exist")
     opts.augmentation = ludwig_config.parse_augmentation(opts.augmentation)
+    data_parallel.check_options(request.distributed, request.num_workers, opts.lr_schedule, opts.device)
 
 
 def run(request: RunRequest) -> dict:
@@ -112,8 +116,12 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
 
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
-        trained = ludwig_trainer.train(ludwig_table, config, work, os.path.join(out, "model"),
-                                       opts.random_seed, data.task)
+        if request.distributed == "ddp":
+            trained = data_parallel.train(ludwig_table, config, work, os.path.join(out, "model"), opts.random_seed,
+                                          data.task, request.num_workers)
+        else:
+            trained = ludwig_trainer.train(ludwig_table, config, work, os.path.join(out, "model"),
+                                           opts.random_seed, data.task)
     log(f"device: {trained.device}; best epoch {trained.best_epoch} of {len(trained.history)}")
     trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
@@ -148,6 +156,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
                      "best_epoch_chosen_by": "highest validation "
                                              + ludwig_config.SELECTION_METRIC[data.task][1].replace("_", " ")},
+        "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }

@@ -38,7 +38,7 @@ def _table(tmp_path, train_rows):
 
 def _run(command, out):
     os.makedirs(out, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(out),
            "PYTHONPATH": os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run(command, env=env, timeout=LIMIT_S, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -89,3 +89,69 @@ def test_plain_local_backend_under_torchrun_does_not_synchronise(runs, tmp_path)
     local, single = _weights(tmp_path / "local" / "rank0.safetensors"), _weights(runs / "single" / "rank0.safetensors")
     largest = max(float(np.abs(local[k] - single[k]).max()) for k in local)
     assert largest > 1e-3
+
+
+TINY = ["--model-name", "test_efficientnet", "--image-size", "32", "--epochs", "2", "--batch-size", "8",
+        "--preprocessing-workers", "1", "--no-use-pretrained", "--augmentation", "none"]
+
+
+def test_one_command_trains_in_two_processes_and_the_model_predicts_locally(tmp_path):
+    """The whole pipeline under --distributed ddp: outputs as usual, a plain local model that predict loads."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, CLI, "--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                           str(out), *TINY, "--distributed", "ddp", "--num-workers", "2"], env=env,
+                          timeout=2 * LIMIT_S, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MULTI_CPU, num_processes=2" in done.stdout + done.stderr
+    assert sorted(os.listdir(out)) == sorted(["config.yaml", "metrics.json", "model", "predictions.csv",
+                                              "report.html", "run_summary.json", "split.csv",
+                                              "trained_model.zip", "training_history.csv"])
+    summary = pd.read_json(out / "run_summary.json", typ="series")
+    assert summary["distributed"] == {"mode": "ddp", "workers": 2} and "2 DDP processes" in summary["device"]
+    import image_learner_cli
+
+    assert image_learner_cli.main(["predict", "--model", str(out / "trained_model.zip"), "--image-zip", DEMO_ZIP,
+                                   "--output-dir", str(tmp_path / "pred"), "--csv-file", DEMO_CSV]) == 0
+    before = pd.read_csv(out / "predictions.csv")
+    after = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    probs = [c for c in before.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(after[probs].to_numpy(), before[probs].to_numpy(), atol=1e-5)
+
+
+def test_a_dead_worker_stops_the_others_and_raises(tmp_path):
+    """torchrun with one worker that dies at once and one that would sleep for minutes: WorkersFailed within
+    seconds, and no process of the group is left."""
+    script = tmp_path / "worker.py"
+    script.write_text("import os, sys, time\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit(3)\n"
+                      "time.sleep(600)\n")
+    started = time.time()
+    with pytest.raises(data_parallel.WorkersFailed, match="worker failed"):
+        data_parallel.launch(data_parallel.launch_command(2, [str(script)]), {**os.environ, "TMPDIR": str(tmp_path)},
+                             timeout_s=120)
+    assert time.time() - started < 90
+    alive = subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split()
+    assert alive == []
+
+
+def test_options_are_checked_before_any_work():
+    from input_utils import InputError
+
+    with pytest.raises(InputError, match="needs --distributed ddp"):
+        data_parallel.check_options("none", 2, "constant", "cpu")
+    with pytest.raises(InputError, match="2 or more"):
+        data_parallel.check_options("ddp", 1, "constant", "cpu")
+    with pytest.raises(InputError, match="cosine"):
+        data_parallel.check_options("ddp", 2, "cosine", "cpu")
+    with pytest.raises(InputError, match="CPUs"):
+        data_parallel.check_options("ddp", 10_000, "constant", "cpu")
+    assert data_parallel.worker_threads(2, cpus=2) == 1 and data_parallel.worker_threads(4, cpus=17) == 4
+
+
+def test_images_every_worker_cannot_read_are_named(tmp_path):
+    from input_utils import InputError
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="not readable on node7.*gone.png.*shared filesystem"):
+        data_parallel.check_readable([str(tmp_path / "a.png"), str(tmp_path / "gone.png")], host="node7")
