@@ -59,8 +59,8 @@ def fold_rows(data, fold: int, validation_share, seed: int) -> pd.DataFrame:
     return rows
 
 
-def run(data, opts, split_probabilities, work: str, model_dir: str, timer) -> CrossValidation:
-    """Train and predict every fold, then the final model (into ``model_dir``)."""
+def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_workers: int = 0) -> CrossValidation:
+    """Train and predict every fold, then the final model (into ``model_dir``); ``ddp_workers``: see model_fit.fit."""
     table = data.table
     k = int(table["fold"].max())
     in_folds = (table["split"] == 0).to_numpy()
@@ -74,7 +74,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer) -> Cr
             f"{int((rows['split'] == 1).sum())}), then predicting its {int(target.sum())} held-out images")
         fold_dir = os.path.join(work, f"fold-{fold}")
         with timer.stage(f"fold {fold} of {k}: training {opts.model_name} for up to {opts.epochs} epochs"):
-            fit = model_fit.fit(data, rows, opts, fold_dir, os.path.join(fold_dir, "model"))
+            fit = model_fit.fit(data, rows, opts, fold_dir, os.path.join(fold_dir, "model"), ddp_workers)
         with timer.stage(f"fold {fold} of {k}: predicting"):
             scored = model_fit.probabilities(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
         oof, validation = scored[:target.sum()], scored[target.sum():]
@@ -97,7 +97,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer) -> Cr
     log(f"final model: training on all {len(all_rows)} non-test images for {final_opts.epochs} epoch(s) "
         f"(the median kept epoch of the folds: {', '.join(map(str, kept))})")
     with timer.stage(f"final model: training {opts.model_name} for {final_opts.epochs} epoch(s)"):
-        final = model_fit.fit(data, all_rows, final_opts, os.path.join(work, "final"), model_dir)
+        final = model_fit.fit(data, all_rows, final_opts, os.path.join(work, "final"), model_dir, ddp_workers)
     threshold = None
     if data.task == "binary":
         threshold = model_fit.binary_threshold(data, table.loc[in_folds, "label"], proba[in_folds, 1], opts)

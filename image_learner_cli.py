@@ -22,6 +22,7 @@ from contextlib import contextmanager
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 EXIT_INPUT, EXIT_WEIGHTS, EXIT_OOM = 2, 3, 137
+EXIT_WORKERS = 4  # a --distributed training worker died; the others were stopped
 
 
 def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = True) -> None:
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO,
                         help="largest uncompressed:compressed ratio of one member")
     add_device_options(parser)
+    parallel = parser.add_argument_group("data-parallel training (needs pip install 'image-learner[distributed]')")
+    parallel.add_argument("--distributed", choices=("none", "ddp"), default="none",
+                          help="ddp: train in --num-workers processes (one per GPU, or gloo on the CPU) with "
+                               "Ludwig's Accelerate strategy; each takes --batch-size images a step, and Ludwig "
+                               "scales the learning rate by the number of workers")
+    parallel.add_argument("--num-workers", type=int, default=1, help="processes for --distributed ddp")
     return parser
 
 
@@ -200,7 +207,8 @@ def request_from_args(args: argparse.Namespace):
         threshold_metric=args.threshold_metric or "youden", threshold=args.threshold)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
-                               overwrite=args.overwrite, make_report=not args.no_report)
+                               overwrite=args.overwrite, make_report=not args.no_report,
+                               distributed=args.distributed, num_workers=args.num_workers)
 
 
 class Stopped(BaseException):
@@ -251,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(mode: str, args: argparse.Namespace) -> int:
+    import data_parallel
     import devices
     import run_files
     import timm_backbone
@@ -276,6 +285,9 @@ def _run(mode: str, args: argparse.Namespace) -> int:
     except MemoryError as err:  # devices.OutOfMemory names the sizes to lower
         print(f"image-learner: error: {err or 'out of memory; lower --batch-size or --image-size'}", file=sys.stderr)
         return EXIT_OOM
+    except data_parallel.WorkersFailed as err:
+        print(f"image-learner: error: {err}; outputs removed", file=sys.stderr)
+        return EXIT_WORKERS
     except RuntimeError as err:
         if devices.is_out_of_memory(err):  # one raised outside training and prediction (e.g. Grad-CAM)
             print(f"image-learner: error: out of memory ({err}); lower --batch-size or --image-size",

@@ -95,11 +95,13 @@ def register_with_ludwig() -> None:
 
 
 def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str,
-          validation_metric: str, callbacks: list | None = None) -> TrainedModel:
+          validation_metric: str, callbacks: list | None = None, backend=None) -> TrainedModel | None:
     """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``.
 
     ``validation_metric``: the VALIDATION_METRICS name the config's trainer uses (finds the kept epoch in
-    the history); ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one)."""
+    the history); ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one);
+    ``backend``: a Ludwig backend object (data_parallel's); then only its coordinator (rank 0) saves the
+    model and gets a result, the other ranks get None."""
     register_with_ludwig()
     from ludwig.api import LudwigModel
 
@@ -107,7 +109,8 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     trainer = config["trainer"]
     # Ludwig drops mixed precision on a CPU by itself; on a GPU, the dtype its autocast will use.
     amp_dtype = devices.autocast_dtype_name() if trainer.get("use_mixed_precision") and _cuda() else None
-    model = LudwigModel(config, logging_level=logging.INFO, callbacks=[_keep_sigint_handler(), *(callbacks or [])])
+    model = LudwigModel(config, logging_level=logging.INFO, callbacks=[_keep_sigint_handler(), *(callbacks or [])],
+                        backend=backend)
     try:
         with devices.autocast_default(amp_dtype):
             results = model.train(
@@ -123,6 +126,8 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
             raise _out_of_memory("training", trainer["batch_size"], _image_size(config), not amp_dtype) from err
         raise
     seconds = time.time() - started
+    if not model.backend.is_coordinator():
+        return None
     trained_dir = os.path.join(results.output_directory, "model")
     for leftover in ("training_checkpoints", "llm_eval_examples"):
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)

@@ -64,14 +64,21 @@ def config_for(data, rows: pd.DataFrame, opts: TrainingOptions):
     return table, config, class_weights, positive_weight, train_rows
 
 
-def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_dir: str) -> Fit:
-    """Train on ``rows``; Ludwig's files go below ``work_dir``, the model to ``model_dir``."""
+def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_dir: str, ddp_workers: int = 0) -> Fit:
+    """Train on ``rows``; Ludwig's files go below ``work_dir``, the model to ``model_dir``. ``ddp_workers``:
+    train data-parallel in that many processes (data_parallel); 0: in this process."""
     import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
 
     table, config, class_weights, positive_weight, train_rows = config_for(data, rows, opts)
     os.makedirs(work_dir, exist_ok=True)
-    trained = ludwig_trainer.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
-                                   opts.validation_metric)
+    if ddp_workers:
+        import data_parallel
+
+        trained = data_parallel.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
+                                      opts.validation_metric, ddp_workers)
+    else:
+        trained = ludwig_trainer.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
+                                       opts.validation_metric)
     return Fit(trained, config, class_weights, positive_weight, train_rows)
 
 

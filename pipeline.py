@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 import cross_validation
+import data_parallel
 import dataset_prep
 import devices
 import ludwig_config
@@ -41,6 +42,8 @@ class RunRequest:
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
     make_report: bool = True
+    distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
+    num_workers: int = 1
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -68,6 +71,7 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.validation_metric not in ("auto", *ludwig_config.ALL_VALIDATION_METRICS):
         raise InputError(f"--validation-metric {opts.validation_metric!r} is unknown; choose from auto, "
                          + ", ".join(ludwig_config.ALL_VALIDATION_METRICS))
+    data_parallel.check_options(request.distributed, request.num_workers, opts.lr_schedule, opts.device)
     if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
         raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
                          + ", ".join(metrics.THRESHOLD_POLICIES))
@@ -132,7 +136,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     if data.split.get("folds"):
         outcome = _cross_validate(request, data, out, work, timer)
     else:
-        outcome = _single_split(data, opts, out, work, timer)
+        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request))
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     with open(os.path.join(out, "config.yaml"), "w") as handle:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
@@ -163,6 +167,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "best_epoch_chosen_by": "the median kept epoch of the folds (final model: no validation)"
                      if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
+        "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -175,10 +180,14 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     return summary
 
 
-def _single_split(data, opts, out: str, work: str, timer):
+def _ddp_workers(request: RunRequest) -> int:
+    return request.num_workers if request.distributed == "ddp" else 0
+
+
+def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
-        fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"))
+        fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
     log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
@@ -206,7 +215,8 @@ class Outcome:
 def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
     """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
     opts = request.training
-    cv = cross_validation.run(data, opts, request.data.split_probabilities, work, os.path.join(out, "model"), timer)
+    cv = cross_validation.run(data, opts, request.data.split_probabilities, work, os.path.join(out, "model"), timer,
+                              _ddp_workers(request))
     log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
         f"{cv.final_options.epochs} epochs")
     # the delivered model's epochs first (fold "final"), as the report's learning curves read them, then each fold's

@@ -75,7 +75,8 @@ def run_variant(table: pd.DataFrame, s: dict, mode: str, augmentation: list[str]
     config = ludwig_config.build_ludwig_config(options, "multiclass", train_rows=int((table.split == 0).sum()))
     timer = StepTimer(profile)
     with tempfile.TemporaryDirectory() as work:
-        ludwig_trainer.train(table, config, work, os.path.join(work, "model"), 42, "multiclass", callbacks=[timer])
+        ludwig_trainer.train(table, config, work, os.path.join(work, "model"), 42, "multiclass", "balanced_accuracy",
+                             callbacks=[timer])
     batch = float(np.median(timer.seconds))
     return {"batch_ms": 1000 * batch, "images_per_s": s["batch"] / batch, "profile": timer.profile}
 

@@ -1,0 +1,244 @@
+"""``--distributed ddp``: data-parallel training in N processes through Ludwig's own Accelerate strategy.
+
+Why a backend subclass: in Ludwig 0.17.10 no shipped backend ever selects its ``AccelerateStrategy``.
+``LocalBackend.initialize`` registers the ``local`` strategy (ludwig/backend/base.py:249), ``LudwigModel.train``
+creates the trainer without a strategy (ludwig/api.py:475), so ``Trainer`` falls back to ``LocalStrategy``
+(ludwig/trainers/trainer.py:151: world size 1, all-reduce a no-op) and N processes under torchrun would
+each train their own copy on all the data. The Ray backend does the same in every Ray worker
+(ludwig/backend/ray.py:292-294, ``RemoteTrainer`` without a strategy at :335), so its workers train
+separate copies on their shards. ``DataParallelBackend`` is Ludwig's ``LocalBackend`` (a documented
+``Backend`` that ``LudwigModel(backend=...)`` accepts) that registers and hands the trainer Ludwig's own
+``AccelerateStrategy`` (ludwig/distributed/accelerate.py): Accelerate wraps the model in torch DDP (gradients
+averaged across processes in ``backward``), Ludwig's ``DistributedSampler`` gives each rank its shard
+(ludwig/data/sampler.py:60), its metrics are gathered across ranks, and only rank 0 saves. Nothing of
+Ludwig is patched. tests/test_data_parallel.py proves the synchronisation.
+
+The parent (the user's one command) does everything but training, as in a plain run; only training runs in
+``torch.distributed.run`` (torchrun) workers, which read the prepared table from the scratch folder; rank 0
+moves the model into place. The parent then loads it with the plain local path, so predictions, metrics,
+report and the model ZIP are the single-process code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+DISTRIBUTED = ("none", "ddp")
+JOB_FILE = "ddp_job.json"
+TABLE_FILE = "ddp_table.json"
+RESULT_FILE = "ddp_result.json"
+STOP_GRACE_S = 30  # after SIGTERM, workers get this long before SIGKILL
+
+
+class WorkersFailed(RuntimeError):
+    """A training worker died or failed; the others were stopped."""
+
+
+def check_options(distributed: str, num_workers: int, lr_schedule: str, device: str) -> None:
+    """InputError for a combination that cannot run; call before any work."""
+    from input_utils import InputError
+
+    if distributed not in DISTRIBUTED:
+        raise InputError(f"--distributed must be one of {', '.join(DISTRIBUTED)}, got {distributed!r}")
+    if distributed == "none":
+        if num_workers != 1:
+            raise InputError("--num-workers needs --distributed ddp")
+        return
+    if num_workers < 2:
+        raise InputError(f"--distributed ddp needs --num-workers 2 or more, got {num_workers}")
+    try:
+        import accelerate  # noqa: F401  Ludwig's AccelerateStrategy needs it
+    except ImportError as err:
+        raise InputError("--distributed ddp needs Hugging Face Accelerate: pip install 'image-learner[distributed]'"
+                         ) from err
+    if lr_schedule != "constant":
+        # The schedule's length is counted in single-process steps (ludwig_config.learning_rate_scheduler);
+        # with N workers an epoch has N times fewer steps, so the decay would stop a fraction of the way.
+        raise InputError("--lr-schedule cosine is not supported with --distributed ddp; use constant")
+    if device == "cuda":
+        import torch
+
+        if num_workers > torch.cuda.device_count():
+            raise InputError(f"--num-workers {num_workers} with --device cuda needs {num_workers} GPUs, "
+                             f"{torch.cuda.device_count()} visible")
+    elif num_workers > (os.cpu_count() or 1):
+        raise InputError(f"--num-workers {num_workers} exceeds the {os.cpu_count()} CPUs of this machine")
+
+
+def worker_threads(num_workers: int, cpus: int | None = None) -> int:
+    """Torch threads per worker: the CPUs shared out, one CPU left for Ludwig's image-decoding threads
+    and the parent, so the workers never starve the data loading they wait on."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, (cpus - 1) // num_workers)
+
+
+def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: str, validation_metric: str,
+          num_workers: int):
+    """Train in ``num_workers`` processes; returns ludwig_trainer.TrainedModel loaded with the local path."""
+    import pandas as pd
+
+    import ludwig_trainer
+
+    started = time.time()
+    job = {"config": config, "work_dir": work_dir, "model_dir": model_dir, "seed": seed, "task": task,
+           "validation_metric": validation_metric, "table": os.path.join(work_dir, TABLE_FILE),
+           "result": os.path.join(work_dir, RESULT_FILE)}
+    table.to_json(job["table"], orient="split", index=False)
+    job_path = os.path.join(work_dir, JOB_FILE)
+    with open(job_path, "w") as handle:
+        json.dump(job, handle)
+    # TMPDIR: torchrun's own torchelastic_* folder lands in the scratch folder too
+    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers)), "TMPDIR": work_dir}
+    launch(launch_command(num_workers, [os.path.abspath(__file__), "worker", job_path]), env)
+    with open(job["result"]) as handle:
+        result = json.load(handle)
+    history = pd.DataFrame(result["history"])
+    model = ludwig_trainer.load_model(model_dir)
+    return ludwig_trainer.TrainedModel(model, model_dir, history, result["best_epoch"], result["device"],
+                                       time.time() - started)
+
+
+def launch_command(num_workers: int, script_and_args: list[str]) -> list[str]:
+    """torchrun on this machine: a private rendezvous port, no restarts (a dead worker ends the run)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc-per-node", str(num_workers), "--max-restarts", "0", "--monitor-interval", "1",
+            *script_and_args]
+
+
+def launch(command: list[str], env: dict, timeout_s: float | None = None) -> None:
+    """Run torchrun in its own process group; on failure, timeout or a stop signal (an exception here)
+    stop every worker (SIGTERM, then SIGKILL) before returning or raising."""
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        code = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        raise WorkersFailed(f"training workers did not finish within {timeout_s:.0f} s; stopped") from None
+    except BaseException:
+        _stop(process)
+        raise
+    if code != 0:
+        _stop(process)  # torchrun already stops the others when one dies; make sure of it
+        raise WorkersFailed(f"a training worker failed (torchrun exit code {code}); the log above names it")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to torchrun and its workers (one process group), SIGKILL to whatever is left after the grace."""
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # all gone
+        pass
+
+
+def make_backend():
+    """Ludwig's LocalBackend with Ludwig's AccelerateStrategy registered and given to the trainer."""
+    from ludwig.backend.base import LocalBackend
+    from ludwig.distributed import init_dist_strategy
+
+    class DataParallelBackend(LocalBackend):
+        strategy = None
+
+        def initialize(self):
+            # Accelerate reads torchrun's RANK / WORLD_SIZE / MASTER_ADDR and starts the process group:
+            # NCCL on GPUs; on the CPU only with its ACCELERATE_USE_CPU flag (what `accelerate launch --cpu`
+            # sets), otherwise it silently runs each process alone (DistributedType.NO, world size 1).
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["ACCELERATE_USE_CPU"] = "true"
+            init_dist_strategy("accelerate")  # the one Ludwig's metric modules find (metric_modules.py:188)
+            self.strategy = _strategy_class()()
+            expected = int(os.environ.get("WORLD_SIZE", 1))
+            if self.strategy.size() != expected:
+                raise RuntimeError(f"Accelerate joined {self.strategy.size()} of {expected} processes "
+                                   f"({self.strategy.accelerator.distributed_type}); refusing to train unsynchronised")
+
+        def initialize_pytorch(self, *args, **kwargs):
+            import torch
+
+            if torch.cuda.is_available() and kwargs.get("gpus") is None:
+                kwargs["gpus"] = int(os.environ.get("LOCAL_RANK", 0))  # one GPU per process
+            super().initialize_pytorch(*args, **kwargs)
+
+        def create_trainer(self, config, model, **kwargs):
+            return super().create_trainer(config, model, distributed=self.strategy, **kwargs)
+
+        def is_coordinator(self) -> bool:
+            return self.strategy.is_coordinator()
+
+    return DataParallelBackend()
+
+
+def _strategy_class():
+    from ludwig.distributed.accelerate import AccelerateStrategy
+
+    class UnwrappingAccelerateStrategy(AccelerateStrategy):
+        """Ludwig's AccelerateStrategy, with one fix: its ``to_device`` calls ``model.to_device`` on the DDP wrapper
+        its own ``prepare`` returned (ludwig/distributed/accelerate.py:99, called by ludwig/models/predictor.py:219
+        on the trainer's ``dist_model``), so training failed at its first evaluation. Move the wrapped model."""
+
+        def to_device(self, model, device=None):
+            inner = getattr(model, "module", None)
+            if inner is not None and hasattr(inner, "to_device"):
+                inner.to_device(device if device is not None else self.accelerator.device)
+                return model
+            return super().to_device(model, device)
+
+    return UnwrappingAccelerateStrategy
+
+
+def check_readable(paths, host: str | None = None) -> None:
+    """Every worker must read every image (a shared filesystem across nodes): name the first missing one."""
+    from input_utils import InputError
+
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise InputError(f"{len(missing)} images are not readable on {host or socket.gethostname()} "
+                         f"(first: {missing[0]}): every training worker must see the output directory's "
+                         "scratch folder, e.g. on a shared filesystem")
+
+
+def _worker(job_path: str) -> int:
+    import pandas as pd
+
+    import ludwig_trainer
+    from ludwig_config import IMAGE_FEATURE
+
+    with open(job_path) as handle:
+        job = json.load(handle)
+    table = pd.read_json(job["table"], orient="split", dtype=False)
+    check_readable(table[IMAGE_FEATURE])
+    rank = int(os.environ.get("RANK", 0))
+    work = os.path.join(job["work_dir"], f"rank{rank}")
+    os.makedirs(work, exist_ok=True)
+    trained = ludwig_trainer.train(table, job["config"], work, job["model_dir"], job["seed"], job["task"],
+                                   job["validation_metric"], backend=make_backend())
+    if trained is not None:  # rank 0
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        result = {"history": trained.history.to_dict(orient="list"), "best_epoch": trained.best_epoch,
+                  "device": f"{trained.device}; {world} DDP processes"}
+        with open(job["result"], "w") as handle:
+            json.dump(result, handle)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["worker"] or len(sys.argv) != 3:
+        sys.exit("usage: data_parallel.py worker JOB.json (started by torchrun from image-learner)")
+    sys.exit(_worker(sys.argv[2]))
