@@ -40,9 +40,20 @@ base_python=$(find_python) || {
 # The dependency list (runtime + test extra) decides the environment; the project itself is
 # installed editable on top, so source changes never need a rebuild.
 deps=$("$base_python" - "$here/pyproject.toml" <<'PY'
-import sys, tomllib
+import re, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-deps = list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("test", []))
+extras = project.get("optional-dependencies", {})
+
+def expand(requirements):  # "image-learner[distributed]" in the test extra: that extra's own pins
+    for requirement in requirements:
+        own = re.fullmatch(re.escape(project["name"]) + r"\[([^\]]+)\]", requirement.strip())
+        if own:
+            for extra in own.group(1).split(","):
+                yield from expand(extras[extra.strip()])
+        else:
+            yield requirement
+
+deps = list(project["dependencies"]) + list(expand(extras.get("test", [])))
 print("\n".join(deps))
 PY
 )
