@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+import task_choice
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
@@ -33,6 +34,7 @@ class DataOptions:
     max_bad_image_fraction: float = DEFAULT_MAX_BAD_FRACTION
     max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
     workers: int = 1  # processes that decode and hash the images
+    task: str = "auto"  # task_choice.TASKS
 
 
 @dataclass
@@ -42,7 +44,7 @@ class PreparedData:
     (0/1/2); plus what was found on the way."""
 
     table: pd.DataFrame
-    classes: list[str]
+    classes: list[str]  # [] for regression (the label column then holds floats)
     task: str
     positive_label: str | None
     columns: dict
@@ -50,6 +52,7 @@ class PreparedData:
     split: dict
     leakage: dict
     warnings: list[str] = field(default_factory=list)
+    task_reason: str = ""  # why this task (task_choice), for the log
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
@@ -108,17 +111,17 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                                          options.max_bad_image_fraction, options.workers, resize_to)
     warnings += image_notes
 
-    classes = sorted(matched[label_col].unique())
-    if len(classes) < 2:
-        raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
-                         "rows; a classifier needs at least two")
-    counts = matched[label_col].value_counts()
-    for label in missing_value_like(classes):
-        warnings.append(f"class {label!r} ({counts[label]} images) is spelled like a missing-value marker: it was "
-                        "treated as a class of its own (labels are kept as written; only an empty cell is "
-                        "missing). If those rows are unlabelled, remove them from the CSV")
-    task = "binary" if len(classes) == 2 else "multiclass"
+    task, task_reason = task_choice.choose_task(matched[label_col], options.task, label_col, matched["csv_line"])
     positive = None
+    if task == "regression":
+        if options.positive_label:
+            raise InputError(f"--positive-label is for binary tasks; label column {label_col!r} makes a regression")
+        classes = []
+        labels = task_choice.regression_targets(matched[label_col])
+    else:
+        classes = sorted(matched[label_col].unique())
+        labels = matched[label_col].to_numpy()
+        _check_classes(matched, label_col, classes, warnings)
     if task == "binary":
         positive = options.positive_label or classes[1]
         if positive not in classes:
@@ -128,7 +131,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "image": matched[image_col].to_numpy(),
         "image_file": matched["image_file"].to_numpy(),
         "read_path": matched["read_path"].to_numpy(),
-        "label": matched[label_col].to_numpy(),
+        "label": labels,
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
@@ -150,6 +153,9 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                   "grouped_by": (["sample id: " + sample_col] if sample_col else [])
                   + (["leakage guard (flips/rotations/duplicates)"] if options.leakage_guard else []),
                   "column": split_col}
+    regression = task == "regression"
+    # What the split stratifies by: the class, or a regression target's quantile bin (per group).
+    strata = split_utils.quantile_bins(table["label"], table["group"]) if regression else table["label"]
     if split_col:
         codes = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         present = set(codes.tolist())
@@ -158,13 +164,14 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         split_info["method"] = f"user column {split_col!r}" + (
             " (used because of its name; --random-split ignores it)" if split_found_by_name else "")
         if 1 not in present:
-            codes = split_utils.carve_validation(table["label"], codes, table["group"],
+            codes = split_utils.carve_validation(strata, codes, table["group"],
                                                  options.split_probabilities, options.random_seed)
             split_info["method"] += ", validation carved out of train (seeded, stratified, grouped)"
     else:
-        codes = split_utils.random_split(table["label"], table["group"], options.split_probabilities,
+        codes = split_utils.random_split(strata, table["group"], options.split_probabilities,
                                          options.random_seed)
-        split_info["method"] = "random, stratified by label, seeded" + (
+        split_info["method"] = "random, stratified by " + (
+            f"{len(set(strata))} quantile bin(s) of the target" if regression else "label") + ", seeded" + (
             f" (column {split_ignored!r} ignored: --random-split)" if split_ignored else "")
     table["split"] = codes
 
@@ -179,7 +186,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     if not (codes == 0).any():
         raise InputError("the split left no training rows")
     errors, split_notes = split_utils.check_split(table["label"], codes, table["group"],
-                                                  options.split_probabilities, split_col)
+                                                  options.split_probabilities, split_col, regression)
     if errors:
         raise InputError(f"the random split (seed {options.random_seed}, shares "
                          f"{'/'.join(f'{p:g}' for p in options.split_probabilities)}) is unusable: "
@@ -191,11 +198,35 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "matched_rows": len(table),
         "unmatched_rows": len(match.unmatched_rows), "unmatched_csv_lines": match.unmatched_rows[:50],
         "unused_images": len(match.unused_images), "unused_image_examples": match.unused_images[:50],
+        "split_counts": {name: int((table["split"] == k).sum()) for k, name in enumerate(split_utils.SPLIT_NAMES)},
         "class_counts": {name: table.loc[table["split"] == k, "label"].value_counts().reindex(classes, fill_value=0)
                          .astype(int).to_dict() for k, name in enumerate(split_utils.SPLIT_NAMES)},
     }
+    if regression:  # no classes: the target's spread per split instead
+        dataset["class_counts"] = {name: {} for name in split_utils.SPLIT_NAMES}
+        dataset["target_summary"] = {name: _summary_of(table.loc[table["split"] == k, "label"])
+                                     for k, name in enumerate(split_utils.SPLIT_NAMES)}
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
-    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings, task_reason)
+
+
+def _check_classes(matched: pd.DataFrame, label_col: str, classes: list[str], warnings: list[str]) -> None:
+    if len(classes) < 2:
+        raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
+                         "rows; a classifier needs at least two")
+    counts = matched[label_col].value_counts()
+    for label in missing_value_like(classes):
+        warnings.append(f"class {label!r} ({counts[label]} images) is spelled like a missing-value marker: it was "
+                        "treated as a class of its own (labels are kept as written; only an empty cell is "
+                        "missing). If those rows are unlabelled, remove them from the CSV")
+
+
+def _summary_of(values: pd.Series) -> dict:
+    values = values.astype(float)
+    if values.empty:
+        return {"n": 0}
+    return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std(ddof=0)),
+            "min": float(values.min()), "median": float(values.median()), "max": float(values.max())}
 
 
 def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[str]) -> pd.DataFrame:
