@@ -157,9 +157,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
                      "class_weights_used": class_weights or positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
-                     "best_epoch_chosen_by": ("highest" if ludwig_config.HIGHER_IS_BETTER[data.task] else "lowest")
-                                             + " validation "
-                                             + ludwig_config.SELECTION_METRIC[data.task][1].replace("_", " ")},
+                     "best_epoch_chosen_by": _chosen_by(data.task)},
         "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -187,6 +185,11 @@ def regression_metrics_by_split(predictions: pd.DataFrame, seed: int, splits=spl
                                 "rmse": float(np.sqrt((error ** 2).mean()))}
         return found
     return regression_metrics.metrics_by_split(predictions, seed, splits)
+
+
+def _chosen_by(task: str) -> str:
+    return (("highest" if ludwig_config.HIGHER_IS_BETTER[task] else "lowest") + " validation "
+            + ludwig_config.SELECTION_METRIC[task][1].replace("_", " "))
 
 
 def _class_order(data: dataset_prep.PreparedData) -> list[str]:

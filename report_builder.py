@@ -137,6 +137,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
 
     started = time.time()
     summary, predictions, history, config = _read_run(output_dir)
+    if summary.get("task") == "regression":
+        return _regression_stand_in(output_dir, summary)
     classes = _class_order(predictions)
     # The run's metrics.json when there is one (same functions, same predictions.csv), else recomputed.
     metrics_path = os.path.join(output_dir, "metrics.json")
@@ -168,6 +170,31 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
         plotly_js=plotly.offline.get_plotlyjs(), build_seconds=time.time() - started,
         n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
         class_totals=predictions["true_label"].value_counts().to_dict())
+    path = os.path.join(output_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(html)
+    return path
+
+
+def _regression_stand_in(output_dir: str, summary: dict) -> str:
+    """A plain report for a regression run: the task, its reason, warnings and metrics.json as tables.
+    TODO(integrator): h-regreport's regression report replaces this stand-in."""
+    from html import escape
+
+    with open(os.path.join(output_dir, "metrics.json")) as handle:
+        per_split = json.load(handle)
+    names = sorted({k for m in per_split.values() for k, v in m.items() if isinstance(v, (int, float))})
+    rows = "".join(f"<tr><th>{escape(split)}</th>" + "".join(
+        f"<td>{m[k]:.4g}</td>" if isinstance(m.get(k), (int, float)) else "<td>–</td>" for k in names) + "</tr>"
+        for split, m in per_split.items())
+    warnings = "".join(f"<li>{escape(str(w))}</li>" for w in summary.get("warnings", []))
+    html = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>Image Learner report (regression)</title>"
+            "</head><body><h1>Image Learner: regression</h1>"
+            f"<p>Task: regression. {escape(str(summary.get('task_reason', '')))}</p>"
+            f"<p>Split: {escape(str(summary.get('split', {}).get('method', '')))}</p>"
+            + (f"<h2>Warnings</h2><ul>{warnings}</ul>" if warnings else "")
+            + "<h2>Metrics</h2><table border='1'><tr><th>split</th>"
+            + "".join(f"<th>{escape(k)}</th>" for k in names) + f"</tr>{rows}</table></body></html>")
     path = os.path.join(output_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)

@@ -47,10 +47,7 @@ def choose_task(labels, requested: str, column: str, csv_lines=None) -> tuple[st
         return f"{listed(values)} (CSV lines {listed(lines[mask].tolist())})"
 
     if requested == "regression":
-        if not_numeric.any():
-            raise InputError(f"--task regression needs a number in every row of label column {column!r}; "
-                             f"{int(not_numeric.sum())} row(s) hold something else: {offending(not_numeric)}. "
-                             "Remove those rows, or choose a classification task")
+        numbers_only(labels, column, csv_lines, "--task regression")
         if distinct_numbers < 2:
             raise InputError(f"--task regression: label column {column!r} holds one value only "
                              f"({labels.iloc[0]!r}); there is nothing to predict")
@@ -62,9 +59,9 @@ def choose_task(labels, requested: str, column: str, csv_lines=None) -> tuple[st
         return "binary", f"--task binary (labels {listed(classes)})"
     if requested == "multiclass":
         if len(classes) < 3:
+            hint = "; two labels make a binary task (--task binary or auto)" if len(classes) == 2 else ""
             raise InputError(f"--task multiclass needs at least three labels in column {column!r}, found "
-                             f"{len(classes)}: {listed(classes)}" + ("; two labels make a binary task (--task binary "
-                                                                   "or auto)" if len(classes) == 2 else ""))
+                             f"{len(classes)}: {listed(classes)}{hint}")
         return "multiclass", f"--task multiclass ({len(classes)} classes)"
 
     # auto
@@ -88,6 +85,19 @@ def choose_task(labels, requested: str, column: str, csv_lines=None) -> tuple[st
                               f"(at most {REGRESSION_MIN_DISTINCT - 1}): treated as class codes; --task regression "
                               "would predict a number")
     return "multiclass", f"auto: column {column!r} has {len(classes)} labels"
+
+
+def numbers_only(labels, column: str, csv_lines=None, why: str = "a regression") -> np.ndarray:
+    """The label texts as floats; InputError naming the values and CSV lines that are not finite numbers."""
+    labels = pd.Series(labels).astype(str).reset_index(drop=True)
+    numbers = labels.map(as_number)
+    bad = numbers.isna().to_numpy()
+    if bad.any():
+        lines = pd.Series(range(2, len(labels) + 2) if csv_lines is None else list(csv_lines))
+        raise InputError(f"{why} needs a number in every row of label column {column!r}; {int(bad.sum())} row(s) "
+                         f"hold something else: {listed(sorted(set(labels[bad])))} (CSV lines "
+                         f"{listed(lines[bad].tolist())}). Remove those rows, or choose a classification task")
+    return numbers.to_numpy(dtype=float)
 
 
 def regression_targets(labels) -> np.ndarray:
