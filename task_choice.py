@@ -44,7 +44,7 @@ def choose_task(labels, requested: str, column: str, csv_lines=None) -> tuple[st
 
     def offending(mask) -> str:
         values = sorted(set(labels[mask]))
-        return f"{listed(values)} (CSV lines {listed(lines[mask].tolist())})"
+        return f"{listed(map(repr, values))} (CSV lines {listed(lines[mask].tolist())})"
 
     if requested == "regression":
         numbers_only(labels, column, csv_lines, "--task regression")
@@ -55,18 +55,18 @@ def choose_task(labels, requested: str, column: str, csv_lines=None) -> tuple[st
     if requested == "binary":
         if len(classes) != 2:
             raise InputError(f"--task binary needs exactly two labels in column {column!r}, found {len(classes)}: "
-                             f"{listed(classes)}")
-        return "binary", f"--task binary (labels {listed(classes)})"
+                             f"{listed(map(repr, classes))}")
+        return "binary", f"--task binary (labels {listed(map(repr, classes))})"
     if requested == "multiclass":
         if len(classes) < 3:
             hint = "; two labels make a binary task (--task binary or auto)" if len(classes) == 2 else ""
             raise InputError(f"--task multiclass needs at least three labels in column {column!r}, found "
-                             f"{len(classes)}: {listed(classes)}{hint}")
+                             f"{len(classes)}: {listed(map(repr, classes))}{hint}")
         return "multiclass", f"--task multiclass ({len(classes)} classes)"
 
     # auto
     if len(classes) == 2:
-        return "binary", f"auto: column {column!r} has two labels ({listed(classes)})"
+        return "binary", f"auto: column {column!r} has two labels ({listed(map(repr, classes))})"
     if len(classes) < 2:
         return "multiclass", f"auto: column {column!r} has one label"  # prepare() names the error
     markers = np.asarray([bool(missing_value_like([text])) for text in labels])
@@ -95,7 +95,7 @@ def numbers_only(labels, column: str, csv_lines=None, why: str = "a regression")
     if bad.any():
         lines = pd.Series(range(2, len(labels) + 2) if csv_lines is None else list(csv_lines))
         raise InputError(f"{why} needs a number in every row of label column {column!r}; {int(bad.sum())} row(s) "
-                         f"hold something else: {listed(sorted(set(labels[bad])))} (CSV lines "
+                         f"hold something else: {listed(map(repr, sorted(set(labels[bad]))))} (CSV lines "
                          f"{listed(lines[bad].tolist())}). Remove those rows, or choose a classification task")
     return numbers.to_numpy(dtype=float)
 
