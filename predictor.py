@@ -39,7 +39,7 @@ class PredictRequest:
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
 
 
-def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str):
+def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
     """Table of image / image_file (/ true_label, or true_value for a regression) rows: the CSV's rows, or
     every image of the ZIP."""
     if not request.csv_file:
