@@ -108,3 +108,27 @@ def test_a_task_that_does_not_fit_is_refused(tmp_path, capsys, csv, extra, messa
     assert code == 2, err[-2000:]
     assert message in err and "Traceback" not in err
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_the_regression_config_and_the_kept_epoch():
+    import ludwig_config
+    import ludwig_trainer
+    from input_utils import InputError
+
+    options = ludwig_config.TrainingOptions(model_name="test_efficientnet", image_size=32)
+    config = ludwig_config.build_ludwig_config(options, "regression")
+    assert config["output_features"] == [{"name": "label", "type": "number", "preprocessing": {"normalization": None},
+                                          "loss": {"type": "mean_squared_error"}}]
+    assert config["trainer"]["validation_metric"] == "mean_absolute_error"
+    options.class_weights = "balanced"
+    with pytest.raises(InputError, match="classification"):
+        ludwig_config.build_ludwig_config(options, "regression")
+    # lower is better: the kept epoch is the one of least validation error (first on ties)
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "validation_mean_absolute_error": [5.0, 3.0, 4.0, 3.0]})
+    assert ludwig_trainer.best_epoch_of(history, "regression") == 2
+    # Ludwig's errors on the z-scored target come back in the target's unit; percentage errors are dropped
+    stats = {"training": {"label": {"mean_absolute_error": [0.5], "loss": [0.25], "r2": [0.1],
+                                    "mean_absolute_percentage_error": [3.0]}}}
+    table = ludwig_trainer.history_table(stats, "regression", target_std=10.0)
+    assert table.to_dict("list") == {"epoch": [1], "train_mean_absolute_error": [5.0], "train_loss": [25.0],
+                                     "train_r2": [0.1]}
