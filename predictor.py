@@ -110,8 +110,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
             found = _evaluate(predictions, manifest)
         write_json(os.path.join(out, "metrics.json"), found)
     timings = {**timer.seconds, "total": round(time.time() - started, 2)}
-    write_json(os.path.join(out, SUMMARY_FILE), _summary(request, manifest, predictions, unpacked, notes, found,
-                                                         timings))
+    summary = _summary(request, manifest, predictions, unpacked, notes, found, timings)
+    write_json(os.path.join(out, SUMMARY_FILE), {**summary, "target_column": label_col})
     if label_col:
         import report_builder  # the training report's builder, test section only
 

@@ -28,6 +28,7 @@ def test_age_is_detected_as_regression_and_predicted_in_years(trained):
     summary = json.loads((trained / "run_summary.json").read_text())
     assert summary["task"] == "regression" and summary["classes"] == [] and summary["threshold"] is None
     assert "numeric with 15 distinct values" in summary["task_reason"]
+    assert summary["target_column"] == "age"
     assert summary["split"]["method"].startswith("random, stratified by 5 quantile bin(s) of the target")
     assert summary["training"]["best_epoch_chosen_by"] == "lowest validation mean absolute error"
     predictions = pd.read_csv(trained / "predictions.csv")
