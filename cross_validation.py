@@ -54,7 +54,7 @@ def fold_rows(data, fold: int, validation_share, seed: int) -> pd.DataFrame:
     validation share of train + validation counts)."""
     table = data.table
     rows = table[(table["split"] == 0) & (table["fold"] != fold)].copy()
-    rows["split"] = split_utils.carve_validation(rows["label"].to_numpy(), np.zeros(len(rows), dtype=np.int64),
+    rows["split"] = split_utils.carve_validation(rows["stratum"].to_numpy(), np.zeros(len(rows), dtype=np.int64),
                                                  rows["group"].to_numpy(), validation_share, seed)
     return rows
 
@@ -64,7 +64,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     table = data.table
     k = int(table["fold"].max())
     in_folds = (table["split"] == 0).to_numpy()
-    proba = np.full((len(table), len(model_fit.class_order(data))), np.nan)
+    proba = np.full((len(table), model_fit.n_outputs(data)), np.nan)
     predicted = np.empty(len(table), dtype=object)
     kept, sizes, thresholds, histories = [], [], [], []
     for fold in range(1, k + 1):
@@ -76,7 +76,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         with timer.stage(f"fold {fold} of {k}: training {opts.model_name} for up to {opts.epochs} epochs"):
             fit = model_fit.fit(data, rows, opts, fold_dir, os.path.join(fold_dir, "model"), ddp_workers)
         with timer.stage(f"fold {fold} of {k}: predicting"):
-            scored = model_fit.probabilities(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
+            scored = model_fit.outputs(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
         oof, validation = scored[:target.sum()], scored[target.sum():]
         threshold = None
         if data.task == "binary":
@@ -104,7 +104,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     test = ~in_folds
     if test.any():
         with timer.stage("final model: predicting the held-out test images"):
-            proba[test] = model_fit.probabilities(data, final, table[test], opts)
+            proba[test] = model_fit.outputs(data, final, table[test], opts)
         predicted[test] = model_fit.predicted_labels(data, proba[test], threshold)
     history = pd.concat(histories, ignore_index=True)
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,

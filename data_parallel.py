@@ -79,7 +79,7 @@ def worker_threads(num_workers: int, cpus: int | None = None) -> int:
 
 
 def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: str, validation_metric: str,
-          num_workers: int):
+          num_workers: int, target_std: float | None = None):
     """Train in ``num_workers`` processes; returns ludwig_trainer.TrainedModel loaded with the local path."""
     import pandas as pd
 
@@ -87,7 +87,8 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
 
     started = time.time()
     job = {"config": config, "work_dir": work_dir, "model_dir": model_dir, "seed": seed, "task": task,
-           "validation_metric": validation_metric, "table": os.path.join(work_dir, TABLE_FILE),
+           "validation_metric": validation_metric, "target_std": target_std,
+           "table": os.path.join(work_dir, TABLE_FILE),
            "result": os.path.join(work_dir, RESULT_FILE)}
     table.to_json(job["table"], orient="split", index=False)
     job_path = os.path.join(work_dir, JOB_FILE)
@@ -228,7 +229,7 @@ def _worker(job_path: str) -> int:
     work = os.path.join(job["work_dir"], f"rank{rank}")
     os.makedirs(work, exist_ok=True)
     trained = ludwig_trainer.train(table, job["config"], work, job["model_dir"], job["seed"], job["task"],
-                                   job["validation_metric"], backend=make_backend())
+                                   job["validation_metric"], backend=make_backend(), target_std=job["target_std"])
     if trained is not None:  # rank 0
         world = int(os.environ.get("WORLD_SIZE", 1))
         result = {"history": trained.history.to_dict(orient="list"), "best_epoch": trained.best_epoch,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+import task_choice
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
@@ -34,6 +35,7 @@ class DataOptions:
     max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
     workers: int = 1  # processes that decode and hash the images
     cross_validation: int = 0  # K folds (K >= 2) instead of a train/validation/test split; 0: off
+    task: str = "auto"  # task_choice.TASKS
 
 
 @dataclass
@@ -44,7 +46,7 @@ class PreparedData:
     every fold row has split 0); plus what was found on the way."""
 
     table: pd.DataFrame
-    classes: list[str]
+    classes: list[str]  # [] for regression (the label column then holds floats)
     task: str
     positive_label: str | None
     columns: dict
@@ -52,6 +54,7 @@ class PreparedData:
     split: dict
     leakage: dict
     warnings: list[str] = field(default_factory=list)
+    task_reason: str = ""  # why this task (task_choice), for the log
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
@@ -110,17 +113,17 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                                          options.max_bad_image_fraction, options.workers, resize_to)
     warnings += image_notes
 
-    classes = sorted(matched[label_col].unique())
-    if len(classes) < 2:
-        raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
-                         "rows; a classifier needs at least two")
-    counts = matched[label_col].value_counts()
-    for label in missing_value_like(classes):
-        warnings.append(f"class {label!r} ({counts[label]} images) is spelled like a missing-value marker: it was "
-                        "treated as a class of its own (labels are kept as written; only an empty cell is "
-                        "missing). If those rows are unlabelled, remove them from the CSV")
-    task = "binary" if len(classes) == 2 else "multiclass"
+    task, task_reason = task_choice.choose_task(matched[label_col], options.task, label_col, matched["csv_line"])
     positive = None
+    if task == "regression":
+        if options.positive_label:
+            raise InputError(f"--positive-label is for binary tasks; label column {label_col!r} makes a regression")
+        classes = []
+        labels = task_choice.regression_targets(matched[label_col])
+    else:
+        classes = sorted(matched[label_col].unique())
+        labels = matched[label_col].to_numpy()
+        _check_classes(matched, label_col, classes, warnings)
     if task == "binary":
         positive = options.positive_label or classes[1]
         if positive not in classes:
@@ -130,7 +133,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "image": matched[image_col].to_numpy(),
         "image_file": matched["image_file"].to_numpy(),
         "read_path": matched["read_path"].to_numpy(),
-        "label": matched[label_col].to_numpy(),
+        "label": labels,
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
@@ -152,9 +155,13 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                   "grouped_by": (["sample id: " + sample_col] if sample_col else [])
                   + (["leakage guard (flips/rotations/duplicates)"] if options.leakage_guard else []),
                   "column": split_col}
+    regression = task == "regression"
+    # What the split stratifies by: the class, or a regression target's quantile bin (per group).
+    strata = split_utils.quantile_bins(table["label"], table["group"]) if regression else table["label"]
+    table["stratum"] = np.asarray(strata)  # the folds' validation parts are carved by it too (cross_validation)
     if options.cross_validation:
         codes = _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
-                                        split_info)
+                                        split_info, regression)
     elif split_col:
         codes = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         present = set(codes.tolist())
@@ -163,13 +170,14 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         split_info["method"] = f"user column {split_col!r}" + (
             " (used because of its name; --random-split ignores it)" if split_found_by_name else "")
         if 1 not in present:
-            codes = split_utils.carve_validation(table["label"], codes, table["group"],
+            codes = split_utils.carve_validation(strata, codes, table["group"],
                                                  options.split_probabilities, options.random_seed)
             split_info["method"] += ", validation carved out of train (seeded, stratified, grouped)"
     else:
-        codes = split_utils.random_split(table["label"], table["group"], options.split_probabilities,
+        codes = split_utils.random_split(strata, table["group"], options.split_probabilities,
                                          options.random_seed)
-        split_info["method"] = "random, stratified by label, seeded" + (
+        split_info["method"] = "random, stratified by " + (
+            f"{len(set(strata))} quantile bin(s) of the target" if regression else "label") + ", seeded" + (
             f" (column {split_ignored!r} ignored: --random-split)" if split_ignored else "")
     table["split"] = codes
 
@@ -185,7 +193,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     if not (codes == 0).any():
         raise InputError("the split left no training rows")
     errors, split_notes = ([], []) if options.cross_validation else split_utils.check_split(
-        table["label"], codes, table["group"], options.split_probabilities, split_col)
+        table["label"], codes, table["group"], options.split_probabilities, split_col, regression)
     if errors:
         raise InputError(f"the random split (seed {options.random_seed}, shares "
                          f"{'/'.join(f'{p:g}' for p in options.split_probabilities)}) is unusable: "
@@ -197,21 +205,46 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "matched_rows": len(table),
         "unmatched_rows": len(match.unmatched_rows), "unmatched_csv_lines": match.unmatched_rows[:50],
         "unused_images": len(match.unused_images), "unused_image_examples": match.unused_images[:50],
+        "split_counts": {name: int((table["split"] == k).sum()) for k, name in enumerate(split_utils.SPLIT_NAMES)},
         "class_counts": _class_counts(table, classes, options.cross_validation),
     }
+    if regression:  # no classes: the target's spread per split instead
+        dataset["class_counts"] = {name: {} for name in split_utils.SPLIT_NAMES}
+        dataset["target_summary"] = {name: _summary_of(table.loc[table["split"] == k, "label"])
+                                     for k, name in enumerate(split_utils.SPLIT_NAMES)}
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
-    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings)
+    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings, task_reason)
+
+
+def _check_classes(matched: pd.DataFrame, label_col: str, classes: list[str], warnings: list[str]) -> None:
+    if len(classes) < 2:
+        raise InputError(f"label column {label_col!r} has only one class ({classes[0]!r}) among the matched "
+                         "rows; a classifier needs at least two")
+    counts = matched[label_col].value_counts()
+    for label in missing_value_like(classes):
+        warnings.append(f"class {label!r} ({counts[label]} images) is spelled like a missing-value marker: it was "
+                        "treated as a class of its own (labels are kept as written; only an empty cell is "
+                        "missing). If those rows are unlabelled, remove them from the CSV")
+
+
+def _summary_of(values: pd.Series) -> dict:
+    values = values.astype(float)
+    if values.empty:
+        return {"n": 0}
+    return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std(ddof=0)),
+            "min": float(values.min()), "median": float(values.median()), "max": float(values.max())}
 
 
 def _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
-                            split_info) -> np.ndarray:
+                            split_info, regression: bool = False) -> np.ndarray:
     """Split codes (0 for the fold rows, 2 for a user column's test rows, held out) and the ``fold``
     column of ``table`` (1..K, 0 for held-out rows); describes the split in ``split_info``."""
     k = options.cross_validation
     if k < 2:
         raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {k}")
     codes = np.zeros(len(table), dtype=np.int64)
-    split_info["method"] = f"{k}-fold cross-validation, stratified by label, seeded"
+    split_info["method"] = (f"{k}-fold cross-validation, stratified by "
+                            + ("quantile bins of the target" if regression else "label") + ", seeded")
     if split_col:
         user = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         codes[user == 2] = 2
@@ -225,7 +258,7 @@ def _cross_validation_split(table, matched, split_col, split_found_by_name, spli
     if not in_folds.any():
         raise InputError(f"split column {split_col!r} marks every row as test: nothing is left for the folds")
     folds = np.zeros(len(table), dtype=np.int64)
-    folds[in_folds] = split_utils.assign_folds(table["label"].to_numpy()[in_folds],
+    folds[in_folds] = split_utils.assign_folds(table["stratum"].to_numpy()[in_folds],
                                                table["group"].to_numpy()[in_folds], k, options.random_seed)
     table["fold"] = folds
     split_info["folds"] = k

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     import image_check
     import input_utils
     import leakage_guard
+    import task_choice
     from ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
     from metrics import THRESHOLD_POLICIES
 
@@ -52,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--image-zip", required=True, help="ZIP archive of the images")
     io.add_argument("--output-dir", required=True, help="where the model, report and tables are written")
     io.add_argument("--image-column", default="image_path", help="image path column (name or 1-based index)")
-    io.add_argument("--target-column", default="label", help="class label column (name or 1-based index)")
+    io.add_argument("--target-column", default="label",
+                    help="label column: classes, or a number to predict (name or 1-based index)")
+    io.add_argument("--task", choices=task_choice.TASKS, default="auto",
+                    help="auto: two labels make a binary task; a column of numbers with more than "
+                         f"{task_choice.REGRESSION_MIN_DISTINCT - 1} distinct values a regression (numbers with "
+                         "missing-value markers such as NA are an error); anything else multiclass, so class codes "
+                         "0/1/2 stay classes. The log says what was chosen and why")
     io.add_argument("--sample-id-column", default=None,
                     help="patient/lesion id column: all images of one id stay in one split")
     io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
@@ -119,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augmentation", default="random_horizontal_flip",
                        help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
     train.add_argument("--class-weights", choices=("none", "balanced"), default="none",
-                       help="'balanced' weighs the loss by inverse class frequency")
+                       help="'balanced' weighs the loss by inverse class frequency (classification only)")
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
                      help="binary tasks: the decision threshold maximises this on the validation split "
@@ -195,7 +202,7 @@ def request_from_args(args: argparse.Namespace):
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
-        cross_validation=args.cross_validation)
+        cross_validation=args.cross_validation, task=args.task)
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,

@@ -96,6 +96,8 @@ def resolve_validation_metric(name: str, task: str) -> str:
     return name
 
 
+TASKS = ("binary", "multiclass", "regression")
+
 # "cosine": one epoch of linear warm-up to the learning rate, then cosine decay to 0 by the last epoch.
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -135,13 +137,15 @@ def learning_rate_scheduler(schedule: str, epochs: int, train_rows: int, batch_s
 
 def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict[str, float] | None = None,
                         positive_weight: float | None = None, train_rows: int = 0) -> dict:
-    """The Ludwig config for ``task`` ("multiclass" or "binary").
+    """The Ludwig config for ``task`` ("multiclass", "binary" or "regression").
 
     ``class_weights`` (multiclass) and ``positive_weight`` (binary) come from the train split when the
     user asked for balanced weights; ``train_rows`` (the train split's size) sets the schedule's length.
     """
-    if task not in ("multiclass", "binary"):
-        raise ValueError(f"task must be multiclass or binary, not {task!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if task == "regression" and (class_weights or positive_weight is not None or options.class_weights != "none"):
+        raise InputError("--class-weights balanced is for classification; a regression target has no classes")
     encoder = {
         "type": ENCODER_TYPE,
         "model_name": options.model_name,
@@ -174,6 +178,12 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
         output = {"name": LABEL_FEATURE, "type": "binary"}
         if positive_weight is not None:
             output["loss"] = {"type": "binary_weighted_cross_entropy", "positive_class_weight": positive_weight}
+    elif task == "regression":
+        # Ludwig sees the target already z-scored with the *training* rows' mean and standard deviation
+        # (pipeline; the manifest keeps them to map predictions back to the target's unit). Ludwig's own
+        # "zscore" would take them from every row it is given, test rows included.
+        output = {"name": LABEL_FEATURE, "type": "number", "preprocessing": {"normalization": None},
+                  "loss": {"type": "mean_squared_error"}}
     else:
         output = {"name": LABEL_FEATURE, "type": "category", "top_k": 3}
         if class_weights:

@@ -57,15 +57,27 @@ def _out_of_memory(stage: str, batch_size: int, image_size: int | None,
                                                    suggest_mixed_precision))
 
 
-def history_table(train_stats: dict, task: str) -> pd.DataFrame:
-    """Ludwig's nested training statistics -> one row per epoch, ``<split>_<metric>`` columns."""
+# Regression metrics Ludwig computes on the z-scored target, and the power of the standard deviation that
+# brings them back to the target's unit (r2 has none). Percentage errors of z-scores mean nothing: dropped.
+_SCALED_METRICS = {"mean_absolute_error": 1, "root_mean_squared_error": 1, "mean_squared_error": 2, "loss": 2,
+                   "r2": 0}
+
+
+def history_table(train_stats: dict, task: str, target_std: float | None = None) -> pd.DataFrame:
+    """Ludwig's nested training statistics -> one row per epoch, ``<split>_<metric>`` columns.
+
+    ``target_std``: a regression target's training standard deviation; Ludwig saw the target z-scored,
+    so its errors (and the mean squared error loss) are put back into the target's unit."""
     columns: dict[str, list[float]] = {}
     available = set(train_stats.keys())  # Ludwig's TrainingStats is dict-like, without .get
     for ludwig_split, split in HISTORY_SPLITS.items():
         per_feature = train_stats[ludwig_split] if ludwig_split in available else {}
         for metric, values in per_feature.get(LABEL_FEATURE, {}).items():
             name = CATEGORY_METRIC_NAMES.get(metric, metric) if task == "multiclass" else metric
-            columns[f"{split}_{name}"] = [float(v) for v in values]
+            if target_std and metric not in _SCALED_METRICS:
+                continue
+            scale = target_std ** _SCALED_METRICS[metric] if target_std else 1.0
+            columns[f"{split}_{name}"] = [float(v) * scale for v in values]
     n_epochs = max((len(v) for v in columns.values()), default=0)
     table = pd.DataFrame({"epoch": np.arange(1, n_epochs + 1)})
     for name, values in columns.items():
@@ -95,13 +107,14 @@ def register_with_ludwig() -> None:
 
 
 def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed: int, task: str,
-          validation_metric: str, callbacks: list | None = None, backend=None) -> TrainedModel | None:
+          validation_metric: str, callbacks: list | None = None, backend=None,
+          target_std: float | None = None) -> TrainedModel | None:
     """Train on ``table`` (image_path, label, split columns) and move the model to ``model_dir``.
 
     ``validation_metric``: the VALIDATION_METRICS name the config's trainer uses (finds the kept epoch in
     the history); ``callbacks``: Ludwig ``Callback`` objects (the benchmarks time epochs with one);
     ``backend``: a Ludwig backend object (data_parallel's); then only its coordinator (rank 0) saves the
-    model and gets a result, the other ranks get None."""
+    model and gets a result, the other ranks get None; ``target_std``: see history_table."""
     register_with_ludwig()
     from ludwig.api import LudwigModel
 
@@ -132,7 +145,7 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     for leftover in ("training_checkpoints", "llm_eval_examples"):
         shutil.rmtree(os.path.join(trained_dir, leftover), ignore_errors=True)
     shutil.move(trained_dir, model_dir)
-    history = history_table(results.train_stats, task)
+    history = history_table(results.train_stats, task, target_std)
     return TrainedModel(model, model_dir, history, best_epoch_of(history, task, validation_metric),
                         devices.describe(amp_dtype), seconds)
 
@@ -160,14 +173,10 @@ def _keep_sigint_handler():
     return KeepSigintHandler()
 
 
-def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: str,
-                          batch_size: int) -> np.ndarray:
-    """Class probabilities (rows x classes, in ``classes`` order) for every row of ``table``.
-
-    Predicts in about ten chunks of whole batches and logs the progress after each: Ludwig's own bar is
-    silent for a loaded model, and a chunk costs no more than one call for everything."""
-    if table.empty:
-        return np.zeros((0, len(classes)))
+def _predict_chunks(model, table: pd.DataFrame, batch_size: int) -> pd.DataFrame:
+    """Ludwig's predictions for every row of ``table``, in about ten chunks of whole batches, logging the
+    progress after each: Ludwig's own bar is silent for a loaded model, and a chunk costs no more than one
+    call for everything."""
     chunk = max(1, math.ceil(len(table) / PROGRESS_STEPS / batch_size)) * batch_size
     started, parts = time.time(), []
     with warnings.catch_warnings():
@@ -184,7 +193,15 @@ def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: 
             parts.append(part)
             done = min(start + chunk, len(table))
             log(f"predicted {done} of {len(table)} images ({done / len(table):.0%}) in {time.time() - started:.1f} s")
-    predictions = pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True)
+
+
+def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: str,
+                          batch_size: int) -> np.ndarray:
+    """Class probabilities (rows x classes, in ``classes`` order) for every row of ``table``."""
+    if table.empty:
+        return np.zeros((0, len(classes)))
+    predictions = _predict_chunks(model, table, batch_size)
     if task == "binary":
         positive = predictions[f"{LABEL_FEATURE}_probabilities_True"].to_numpy(dtype=float)
         return np.column_stack([1.0 - positive, positive])
@@ -195,6 +212,15 @@ def predict_probabilities(model, table: pd.DataFrame, classes: list[str], task: 
         if f"{LABEL_FEATURE}_probabilities_{c}" in predictions else zeros
         for c in classes
     ])
+
+
+def predict_values(model, table: pd.DataFrame, batch_size: int, mean: float, std: float) -> np.ndarray:
+    """A regression model's predictions for every row of ``table``, in the target's unit: Ludwig predicts
+    the z-scored target (``label_predictions``), mapped back with the training ``mean`` and ``std``."""
+    if table.empty:
+        return np.zeros(0)
+    predictions = _predict_chunks(model, table, batch_size)
+    return predictions[f"{LABEL_FEATURE}_predictions"].to_numpy(dtype=float) * std + mean
 
 
 def rendered_config(config: dict) -> dict:

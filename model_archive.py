@@ -29,7 +29,7 @@ CONFIG = "model_hyperparameters.json"
 METADATA = "training_set_metadata.json"
 WEIGHTS = "model_weights.safetensors"
 FORMAT = "image-learner-model"
-FORMAT_VERSION = 2  # 2: the manifest holds the training options and Ludwig's class order
+FORMAT_VERSION = 3  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling
 MODEL_FILES = {CONFIG, WEIGHTS, METADATA, MANIFEST}
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -94,7 +94,7 @@ OPTION_RULES = {
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
-                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "training")
+                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training")
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
 
 
@@ -170,10 +170,22 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
         _expect(manifest[field] == running, MANIFEST, field, manifest[field],
                 f"{running!r} ({what}): retrain the model or use the matching tool version")
     task, classes, binary = manifest["task"], manifest["classes"], manifest["task"] == "binary"
-    _expect(task in ("multiclass", "binary"), MANIFEST, "task", task, "'multiclass' or 'binary'")
+    _expect(task in ("multiclass", "binary", "regression"), MANIFEST, "task", task,
+            "'multiclass', 'binary' or 'regression'")
+    vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
+    if task == "regression":
+        for field, value in (("classes", []), ("positive_label", None), ("threshold", None),
+                             ("label_vocabulary", None)):
+            _expect(manifest[field] == value and type(manifest[field]) is type(value), MANIFEST, field,
+                    manifest[field], f"{value!r} for a regression model".replace("None", "null"))
+        _expect(isinstance(scaling, dict) and set(scaling) == {"mean", "std"} and _is_number(scaling.get("mean"))
+                and _is_number(scaling.get("std"), 0, above=True), MANIFEST, "target_scaling", scaling,
+                "the training target's mean and std (std above 0)")
+        _check_training(manifest, binary)
+        return
+    _expect(scaling is None, MANIFEST, "target_scaling", scaling, "null for a classification model")
     _expect(_STRINGS(classes) and (len(classes) == 2 if binary else len(classes) >= 3 and classes == sorted(classes)),
             MANIFEST, "classes", classes, "2 class names" if binary else "3 or more class names in sorted order")
-    vocabulary = manifest["label_vocabulary"]
     if binary:
         _expect(manifest["positive_label"] == classes[1], MANIFEST, "positive_label", manifest["positive_label"],
                 f"{classes[1]!r} (the second class)")
@@ -207,6 +219,9 @@ def _check_training(manifest: dict, binary: bool) -> None:
         _expect(manifest["threshold"] == options["threshold"], MANIFEST, "threshold", manifest["threshold"],
                 f"training.options.threshold ({options['threshold']!r})")
     balanced = options["class_weights"] == "balanced"
+    if manifest["task"] == "regression":
+        _expect(not balanced, MANIFEST, "training.options.class_weights", options["class_weights"],
+                "'none' for a regression model")
     weights, positive = training["class_weights"], training["positive_weight"]
     if balanced and not binary:
         _expect(isinstance(weights, dict) and set(weights) == set(manifest["classes"])

@@ -15,6 +15,7 @@ import pandas as pd
 
 import ludwig_config
 import metrics
+from input_utils import InputError
 from ludwig_config import TrainingOptions
 
 
@@ -25,23 +26,46 @@ class Fit:
     class_weights: dict | None
     positive_weight: float | None
     train_rows: int
+    target_scaling: dict | None = None  # regression: the training rows' {"mean", "std"} (Ludwig sees z-scores)
 
 
 def class_order(data) -> list[str]:
-    """Probability columns: sorted class names; for binary, negative first then positive."""
+    """Probability columns: sorted class names; for binary, negative first then positive; none for a regression."""
     if data.task == "binary":
         return [c for c in data.classes if c != data.positive_label] + [data.positive_label]
     return data.classes
 
 
+def n_outputs(data) -> int:
+    """Columns of ``outputs``: one probability per class, or the one predicted value of a regression."""
+    return 1 if data.task == "regression" else len(class_order(data))
+
+
+def target_scaling(train_values) -> dict:
+    """Mean and standard deviation of the training rows' target: Ludwig trains on the z-scored target
+    (from training rows only: Ludwig's own zscore would take them from every row, test included). A
+    constant training target keeps a scale of 1."""
+    values = np.asarray(train_values, dtype=float)
+    std = float(values.std())
+    return {"mean": float(values.mean()), "std": std if std > 0 else 1.0}
+
+
 def ludwig_inputs(data, rows: pd.DataFrame, opts: TrainingOptions):
-    """(Ludwig table, class weights, positive weight) for ``rows`` (a slice of ``data.table`` whose
-    ``split`` column says each row's role); balanced weights come from its train rows."""
+    """(Ludwig table, class weights, positive weight, target scaling) for ``rows`` (a slice of
+    ``data.table`` whose ``split`` column says each row's role); balanced weights and a regression
+    target's scaling come from its train rows."""
     table = pd.DataFrame({
         ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy(),
         ludwig_config.LABEL_FEATURE: rows["label"].to_numpy(),
         ludwig_config.SPLIT_COLUMN: rows["split"].to_numpy(),
     })
+    if data.task == "regression":
+        if opts.class_weights != "none":
+            raise InputError(f"--class-weights {opts.class_weights} is for classification; label column "
+                             f"{data.columns['label']!r} makes a regression ({data.task_reason})")
+        scaling = target_scaling(rows.loc[rows["split"] == 0, "label"])
+        table[ludwig_config.LABEL_FEATURE] = (rows["label"].to_numpy(float) - scaling["mean"]) / scaling["std"]
+        return table, None, None, scaling
     if data.task == "binary":
         table[ludwig_config.LABEL_FEATURE] = table[ludwig_config.LABEL_FEATURE] == data.positive_label
     class_weights = positive_weight = None
@@ -53,15 +77,16 @@ def ludwig_inputs(data, rows: pd.DataFrame, opts: TrainingOptions):
             positive_weight = weights.get(data.positive_label, 1.0) / weights.get(negative, 1.0)
         else:
             class_weights = {c: weights.get(c, 1.0) for c in data.classes}
-    return table, class_weights, positive_weight
+    return table, class_weights, positive_weight, None
 
 
 def config_for(data, rows: pd.DataFrame, opts: TrainingOptions):
-    """(Ludwig table, config, class weights, positive weight, train rows) of one fit, without training."""
-    table, class_weights, positive_weight = ludwig_inputs(data, rows, opts)
+    """(Ludwig table, config, class weights, positive weight, train rows, target scaling) of one fit,
+    without training."""
+    table, class_weights, positive_weight, scaling = ludwig_inputs(data, rows, opts)
     train_rows = int((rows["split"] == 0).sum())
     config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight, train_rows=train_rows)
-    return table, config, class_weights, positive_weight, train_rows
+    return table, config, class_weights, positive_weight, train_rows, scaling
 
 
 def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_dir: str, ddp_workers: int = 0) -> Fit:
@@ -69,24 +94,30 @@ def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_di
     train data-parallel in that many processes (data_parallel); 0: in this process."""
     import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
 
-    table, config, class_weights, positive_weight, train_rows = config_for(data, rows, opts)
+    table, config, class_weights, positive_weight, train_rows, scaling = config_for(data, rows, opts)
     os.makedirs(work_dir, exist_ok=True)
+    target_std = scaling["std"] if scaling else None
     if ddp_workers:
         import data_parallel
 
         trained = data_parallel.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
-                                      opts.validation_metric, ddp_workers)
+                                      opts.validation_metric, ddp_workers, target_std)
     else:
         trained = ludwig_trainer.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
-                                       opts.validation_metric)
-    return Fit(trained, config, class_weights, positive_weight, train_rows)
+                                       opts.validation_metric, target_std=target_std)
+    return Fit(trained, config, class_weights, positive_weight, train_rows, scaling)
 
 
-def probabilities(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
-    """Class probabilities (rows x classes, in ``class_order``) of ``rows`` by the fitted model."""
+def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
+    """What the fitted model says of ``rows``: class probabilities (rows x classes, in ``class_order``), or
+    a regression's predicted values in the target's unit (rows x 1)."""
     import ludwig_trainer
 
     table = pd.DataFrame({ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy()})
+    if data.task == "regression":
+        scaling = model.target_scaling
+        return ludwig_trainer.predict_values(model.trained.ludwig_model, table, opts.batch_size, scaling["mean"],
+                                             scaling["std"])[:, None]
     return ludwig_trainer.predict_probabilities(model.trained.ludwig_model, table, class_order(data), data.task,
                                                 opts.batch_size)
 
@@ -101,6 +132,10 @@ def binary_threshold(data, labels, p_positive, opts: TrainingOptions) -> float:
 
 
 def predicted_labels(data, proba: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Predicted class names (by ``threshold`` for a binary task, else the most probable class); a
+    regression's predicted values as they are."""
+    if data.task == "regression":
+        return proba[:, 0]
     order = class_order(data)
     if threshold is not None:
         return np.where(proba[:, 1] >= threshold, order[1], order[0])

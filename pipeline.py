@@ -21,6 +21,7 @@ import cross_validation
 import data_parallel
 import dataset_prep
 import devices
+import evaluation
 import ludwig_config
 import metrics
 import model_archive
@@ -125,9 +126,10 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     resolve_task_options(opts, data.task)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
-    counts = data.dataset["class_counts"]
-    log(f"{len(data.table)} images, {len(data.classes)} classes ({data.task}); split "
-        + ", ".join(f"{k} {sum(v.values())}" for k, v in counts.items())
+    log(f"task: {data.task}; {data.task_reason}")
+    log(f"{len(data.table)} images, " + ("a numeric target" if data.task == "regression" else
+                                         f"{len(data.classes)} classes") + f" ({data.task}); split "
+        + ", ".join(f"{k} {n}" for k, n in data.dataset["split_counts"].items())
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
     log(f"split: {data.split['method']}")
     _write_split_csv(data, os.path.join(out, "split.csv"))
@@ -145,7 +147,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     model_archive.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
-        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig")},
+        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig"),
+        "target_scaling": fit.target_scaling},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
@@ -154,7 +157,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool": {"name": "image-learner", "version": TOOL_VERSION},
         "command_line": sys.argv,
         "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip)},
-        "columns": data.columns, "task": data.task, "classes": data.classes,
+        "columns": data.columns, "target_column": data.columns["label"],
+        "task": data.task, "task_reason": data.task_reason, "classes": data.classes,
+        "target_scaling": fit.target_scaling,
         "positive_label": data.positive_label, "threshold": threshold,
         "threshold_policy": _threshold_policy(opts, bool(outcome.cross_validation)) if threshold is not None else None,
         "dataset": data.dataset, "split": data.split, "leakage": data.leakage, "warnings": data.warnings,
@@ -191,15 +196,17 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
-        proba = model_fit.probabilities(data, fit, data.table, opts)
+        proba = model_fit.outputs(data, fit, data.table, opts)
     threshold = None
     if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
         validation = data.table["split"].to_numpy() == 1
         threshold = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
-    predictions = _predictions_table(data, proba, model_fit.predicted_labels(data, proba, threshold))
+    classes = model_fit.class_order(data)
+    predictions = evaluation.predictions_table(data, proba, model_fit.predicted_labels(data, proba, threshold),
+                                               classes)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     with timer.stage("computing metrics (with bootstrap intervals)"):
-        all_metrics = metrics.metrics_by_split(predictions, model_fit.class_order(data), opts.random_seed)
+        all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
     return Outcome(fit, opts, threshold, all_metrics)
 
 
@@ -224,17 +231,19 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
     pd.concat([final_history, cv.history.astype({"fold": str})], ignore_index=True)[cv.history.columns.union(
         final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
     fold = data.table["fold"].to_numpy()
-    predictions = _predictions_table(data, cv.proba, cv.predicted,
-                                     np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
-                                     pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
-    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     classes = model_fit.class_order(data)
+    predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
+                                               np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
+                                               pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
+    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    # a regression's baseline: the median of every cross-validated row (the final model's training rows)
+    baseline = float(np.median(data.table.loc[fold > 0, "label"].astype(float))) if data.task == "regression" else None
 
     def score(part, splits):
-        return metrics.metrics_by_split(part, classes, opts.random_seed, splits)
+        return evaluation.metrics_by_split(data.task, part, classes, opts.random_seed, splits, baseline)
 
     with timer.stage("computing metrics (with bootstrap intervals)"):
-        all_metrics = {**metrics.metrics_by_split(predictions, classes, opts.random_seed, ("test",)),
+        all_metrics = {**score(predictions, ("test",)),
                        "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
                                                                       cv.fold_thresholds)}
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
@@ -258,26 +267,8 @@ def _chosen_by(task: str, validation_metric: str) -> str:
     return f"{'highest' if higher_is_better else 'lowest'} validation {column.replace('_', ' ')}"
 
 
-def _predictions_table(data, proba: np.ndarray, predicted, split_names=None, fold=None) -> pd.DataFrame:
-    order = model_fit.class_order(data)
-    if split_names is None:
-        split_names = np.asarray(split_utils.SPLIT_NAMES)[data.table["split"].to_numpy()]
-    table = pd.DataFrame({
-        "image": data.table["image"], "image_file": data.table["image_file"], "split": split_names,
-        "true_label": data.table["label"], "predicted_label": predicted,
-    })
-    for k, cls in enumerate(order):
-        table[f"prob_{cls}"] = proba[:, k]
-    if fold is not None:
-        table["fold"] = fold
-    if data.columns["sample_id"]:
-        table["sample_id"] = data.table["sample_id"]
-    table["duplicate_group"] = data.table["duplicate_group"]
-    return table
-
-
 def _write_split_csv(data, path: str) -> None:
-    table = data.table.drop(columns=["read_path"])  # a scratch path, gone after the run
+    table = data.table.drop(columns=["read_path", "stratum"])  # a scratch path, gone after the run; a split input
     table["split"] = np.asarray(split_utils.SPLIT_NAMES)[table["split"].to_numpy()]
     table.to_csv(path, index=False)
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 import devices
 import model_archive
+import task_choice
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
 from input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column)
@@ -38,8 +39,9 @@ class PredictRequest:
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
 
 
-def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str]):
-    """Table of image / image_file (/ true_label) rows: the CSV's rows, or every image of the ZIP."""
+def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
+    """Table of image / image_file (/ true_label, or true_value for a regression) rows: the CSV's rows, or
+    every image of the ZIP."""
     if not request.csv_file:
         table = match_rows_to_images(pd.DataFrame({"image": files}), "image", files).table
         if table.empty:
@@ -59,7 +61,12 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
              if match.unmatched_rows else [])
     table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
     if label_col:
-        table["true_label"] = label_text(match.table[label_col], label_col, match.table["csv_line"]).to_numpy()
+        labels = label_text(match.table[label_col], label_col, match.table["csv_line"])
+        if task == "regression":
+            table["true_value"] = task_choice.numbers_only(labels, label_col, match.table["csv_line"],
+                                                           "a regression model's evaluation")
+        else:
+            table["true_label"] = labels.to_numpy()
     return table, label_col, notes
 
 
@@ -89,7 +96,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
-    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files)
+    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"])
     with timer.stage(f"checking {len(table)} images"):
         table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"])
     for note in notes:
@@ -103,8 +110,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
             found = _evaluate(predictions, manifest)
         write_json(os.path.join(out, "metrics.json"), found)
     timings = {**timer.seconds, "total": round(time.time() - started, 2)}
-    write_json(os.path.join(out, SUMMARY_FILE), _summary(request, manifest, predictions, unpacked, notes, found,
-                                                         timings))
+    summary = _summary(request, manifest, predictions, unpacked, notes, found, timings)
+    write_json(os.path.join(out, SUMMARY_FILE), {**summary, "target_column": label_col})
     if label_col:
         import report_builder  # the training report's builder, test section only
 
@@ -127,7 +134,8 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
         "dataset": {"csv_rows": len(predictions), "images_in_zip": len(files),
                     "non_image_files_skipped": len(unpacked.skipped), "matched_rows": len(predictions),
                     "unmatched_rows": 0, "unused_images": len(files) - len(predictions),
-                    "class_counts": {"test": counts}},
+                    "split_counts": {"test": len(predictions)}, "class_counts": {"test": counts}},
+        "target_scaling": manifest["target_scaling"],
         "split": {"method": "none: a saved model applied to new images (all evaluated as test)",
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
@@ -161,9 +169,15 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
     classes = manifest["classes"]
     with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
         model = ludwig_trainer.load_model(model_dir)
-        proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
+        if manifest["task"] == "regression":
+            scaling = manifest["target_scaling"]
+            values = ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"], scaling["std"])
+        else:
+            proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
     out = table.drop(columns=["read_path"])
-    if manifest["task"] == "binary":
+    if manifest["task"] == "regression":
+        out["predicted_value"] = values
+    elif manifest["task"] == "binary":
         out["predicted_label"] = np.where(proba[:, 1] >= manifest["threshold"], classes[1], classes[0])
         out["threshold"] = manifest["threshold"]
     else:
@@ -174,11 +188,13 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
 
 
 def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
-    import metrics
+    import evaluation
 
     classes = manifest["classes"]
-    unknown = sorted(set(predictions["true_label"]) - set(classes))
-    if unknown:
-        raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows "
-                         f"({', '.join(classes)})")
-    return metrics.metrics_by_split(predictions.assign(split="test"), classes, splits=("test",))
+    if manifest["task"] != "regression":
+        unknown = sorted(set(predictions["true_label"]) - set(classes))
+        if unknown:
+            raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows "
+                             f"({', '.join(classes)})")
+    # every image predicted is scored as a test set; a regression has no train split here, so no baseline
+    return evaluation.metrics_by_split(manifest["task"], predictions.assign(split="test"), classes, 42, ("test",))

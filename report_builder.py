@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -203,23 +202,28 @@ def _per_split(output_dir, summary, predictions, classes) -> dict:
 
 
 CV_COLUMNS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc_macro")
+CV_REGRESSION_COLUMNS = ("mae", "rmse", "r2", "spearman_r")
 
 
 def _cross_validation_section(summary, cv_metrics, predictions, classes) -> dict | None:
     """The cross-validation section: fold table with mean ± sd, pooled out-of-fold metrics with
-    intervals, the pooled confusion matrix and the spread of balanced accuracy across folds."""
+    intervals, the spread of the headline metric across folds and, for classes, the pooled confusion matrix."""
     if not cv_metrics:
         return None
-    labels = {**METRIC_LABELS, **(BINARY_LABELS if summary.get("task") == "binary" else {})}
-    columns = [(c, labels[c]) for c in CV_COLUMNS if any(f.get(c) is not None for f in cv_metrics["folds"])]
+    regression = summary.get("task") == "regression"
+    if regression:
+        labels, keys, spread = REGRESSION_LABELS, CV_REGRESSION_COLUMNS, ("mae", "MAE")
+    else:
+        labels = {**METRIC_LABELS, **(BINARY_LABELS if summary.get("task") == "binary" else {})}
+        keys, spread = CV_COLUMNS, ("balanced_accuracy", "balanced accuracy")
+    columns = [(c, labels[c]) for c in keys if any(f.get(c) is not None for f in cv_metrics["folds"])]
     pooled = cv_metrics["pooled"]
     return {"facts": summary.get("cross_validation", {}), "folds": cv_metrics["folds"], "columns": columns,
             "mean": cv_metrics["mean"], "sd": cv_metrics["sd"],
             "pooled_rows": [{"label": label, "value": pooled.get(key), "ci": (pooled.get("ci95") or {}).get(key)}
                             for key, label in labels.items() if key in pooled],
-            "confusion": _confusion_table(predictions, classes, "cross_validation"),
-            "spread": report_plots.fold_spread(cv_metrics["folds"], "balanced_accuracy", "balanced accuracy",
-                                               pooled.get("balanced_accuracy"))}
+            "confusion": None if regression else _confusion_table(predictions, classes, "cross_validation"),
+            "spread": report_plots.fold_spread(cv_metrics["folds"], spread[0], spread[1], pooled.get(spread[0]))}
 
 
 def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
@@ -243,7 +247,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
             **common, figures=dict(_regression_figures(summary, predictions, history)), gallery=gallery,
             gallery_reason=gallery_reason, target=summary.get("target_column") or "value",
             baseline=per_split.get("train", per_split.get("test", {})).get("baseline_median"),
-            value_summary=report_plots_regression.value_summary(predictions), build_seconds=time.time() - started)
+            value_summary=report_plots_regression.value_summary(predictions), build_seconds=time.time() - started,
+            cv=_cross_validation_section(summary, cv_metrics, predictions, classes))
     else:
         gallery, gallery_reason = report_images.misclassified_gallery(predictions, classes, images_dir)
         html = _environment().get_template("report.html.j2").render(
@@ -259,9 +264,3 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)
     return path
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    print(build_report(sys.argv[1]))

@@ -134,6 +134,24 @@ def random_split(labels, groups=None, probabilities=DEFAULT_PROBABILITIES, seed:
     return _assign(labels, groups, probs, rng, 3)
 
 
+def quantile_bins(values, groups=None, n_bins: int = 5) -> np.ndarray:
+    """Strata for a regression target: each group's median value, groups ranked by it and cut into up to
+    ``n_bins`` bins of equal group counts (at least 10 groups a bin, so a 10% split can get one from each).
+
+    Returned per row as text ``"q1"``.. so the classes' stratified, grouped assignment serves as is: every
+    split gets low, middle and high values. Ties are ranked by group id, so the same input gives the same
+    bins. Equal counts, not equal value ranges: a skewed target still fills every bin."""
+    values = np.asarray(values, dtype=float)
+    groups = np.arange(len(values)) if groups is None else np.asarray(groups)
+    group_ids, inverse = np.unique(groups, return_inverse=True)
+    medians = np.array([np.median(values[inverse == g]) for g in range(len(group_ids))])
+    bins = max(1, min(n_bins, len(group_ids) // 10))
+    rank = np.empty(len(group_ids), dtype=np.int64)
+    rank[np.argsort(medians, kind="stable")] = np.arange(len(group_ids))
+    group_bin = rank * bins // max(1, len(group_ids))
+    return np.asarray([f"q{b + 1}" for b in group_bin[inverse]])
+
+
 def carve_validation(labels, split_codes, groups=None, probabilities=DEFAULT_PROBABILITIES,
                      seed: int = 42) -> np.ndarray:
     """A user split with train and test only: move part of train to validation, groups kept whole.
@@ -154,15 +172,19 @@ def carve_validation(labels, split_codes, groups=None, probabilities=DEFAULT_PRO
     return codes
 
 
-def check_split(labels, codes, groups, probabilities, user_column: str | None = None) -> tuple[list[str], list[str]]:
+def check_split(labels, codes, groups, probabilities, user_column: str | None = None,
+                regression: bool = False) -> tuple[list[str], list[str]]:
     """Problems of a finished split, as (errors, warnings), each naming the rows per split.
 
     A random split must give validation and test rows (unless their share is 0) and every class
     training and test rows; otherwise the numbers reported would be missing or meaningless, so it is
     an error saying what to change. With the user's split column the user chose: the same facts
-    are warnings. A class without validation rows is always a warning.
+    are warnings. A class without validation rows is always a warning. A ``regression`` target has no
+    classes: only empty splits count (its quantile strata are a means, not something to check).
     """
     probs = validate_probabilities(probabilities)
+    if regression:
+        labels = np.zeros(len(np.asarray(codes)), dtype=np.int64)
     labels, codes, groups = np.asarray(labels).astype(str), np.asarray(codes), np.asarray(groups)
     per_class = pd.crosstab(labels, codes).reindex(columns=range(3), fill_value=0)
     groups_per_class = pd.Series(groups).groupby(labels).nunique()
@@ -210,8 +232,9 @@ def check_split(labels, codes, groups, probabilities, user_column: str | None = 
         errors.append(
             "Groups are kept whole (an image with its flipped or rotated copies, and all images sharing a "
             f"--sample-id-column id): {len(set(groups.tolist()))} group(s) for {len(labels)} images are too few "
-            "or too large for these shares. Change one of: add images or use smaller groups; remove the rows of "
-            "a rare class; other --split-probabilities (a 0 share for validation or test is accepted and means "
+            "or too large for these shares. Change one of: add images or use smaller groups; "
+            + ("" if regression else "remove the rows of a rare class; ")
+            + "other --split-probabilities (a 0 share for validation or test is accepted and means "
             "no such split); or give your own split with --split-column")
     return errors, warnings
 

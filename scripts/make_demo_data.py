@@ -5,7 +5,9 @@ Tutorial-style: per class the first N distinct lesions (in labels.csv order), ea
 SIDE x SIDE, plus a horizontally flipped copy, as in the Galaxy tutorial's images_96.zip. Licence of
 the result: CC BY-NC-SA 4.0 (see test-data/README.md).
 
-    python scripts/make_demo_data.py [--per-class 10] [--side 64] [--model]   (--model: only tiny_model.zip)
+    python scripts/make_demo_data.py [--per-class 10] [--side 64]
+    python scripts/make_demo_data.py --age-csv   # only ham10000_demo_age.csv (each patient's age, from the metadata)
+    python scripts/make_demo_data.py --model     # only tiny_model.zip and tiny_regression_model.zip
 """
 
 import argparse
@@ -18,6 +20,7 @@ from PIL import Image, ImageOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "originals_600x450")
+HAM_METADATA = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "HAM10000_metadata.csv")
 OUT = os.path.join(HERE, "..", "test-data")
 
 
@@ -39,10 +42,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-class", type=int, default=10)
     parser.add_argument("--side", type=int, default=64)
-    parser.add_argument("--model", action="store_true", help="only (re)build test-data/tiny_model.zip")
+    parser.add_argument("--model", action="store_true",
+                        help="only (re)build test-data/tiny_model.zip and tiny_regression_model.zip")
+    parser.add_argument("--age-csv", action="store_true", help="only (re)build test-data/ham10000_demo_age.csv")
     args = parser.parse_args()
     if args.model:
         make_test_model()
+        make_test_regression_model()
+        return
+    if args.age_csv:
+        make_age_csv()
         return
     labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
     chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class)
@@ -67,6 +76,21 @@ def main() -> None:
     table.assign(split=table.lesion_id.map(split_of)).to_csv(
         os.path.join(OUT, "ham10000_demo_split_column.csv"), index=False)
     print(f"{len(members)} images from {len(chosen)} lesions, {table.label.nunique()} classes")
+    make_age_csv()
+
+
+def make_age_csv() -> None:
+    """test-data/ham10000_demo_age.csv: the demo images with the patient's age (HAM10000 metadata, by
+    image_id) as the target, for regression (age from the image)."""
+    demo = pd.read_csv(os.path.join(OUT, "ham10000_demo_metadata.csv"))
+    ages = pd.read_csv(HAM_METADATA, usecols=["image_id", "age"]).drop_duplicates("image_id")
+    table = demo.merge(ages, on="image_id", how="left", validate="many_to_one")
+    if table.age.isna().any():
+        raise SystemExit(f"no age for {sorted(table.loc[table.age.isna(), 'image_id'])[:5]}")
+    table["age"] = table.age.astype(int)  # HAM10000 gives ages in steps of 5 years, written as 55.0
+    table[["image_path", "age", "lesion_id", "image_id"]].to_csv(os.path.join(OUT, "ham10000_demo_age.csv"),
+                                                                 index=False)
+    print(f"ages of {len(table)} images: {table.age.nunique()} distinct values, {table.age.min()}-{table.age.max()}")
 
 
 def make_test_model() -> None:
@@ -88,6 +112,28 @@ def make_test_model() -> None:
         if code:
             sys.exit(code)
         shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, "tiny_model.zip"))
+
+
+def make_test_regression_model() -> None:
+    """test-data/tiny_regression_model.zip: the same tiny backbone predicting age (ham10000_demo_age.csv),
+    grouped by lesion, for the predict tool's regression tests."""
+    import shutil
+    import sys
+    import tempfile
+
+    sys.path.insert(0, os.path.join(HERE, ".."))
+    import image_learner_cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = image_learner_cli.main([
+            "--csv-file", os.path.join(OUT, "ham10000_demo_age.csv"), "--target-column", "age", "--task", "regression",
+            "--sample-id-column", "lesion_id",
+            "--image-zip", os.path.join(OUT, "ham10000_demo_images.zip"), "--output-dir", tmp + "/run",
+            "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "16", "--no-report"])
+        if code:
+            sys.exit(code)
+        shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, "tiny_regression_model.zip"))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def _form(**changes):
     """Parameter values as Galaxy hands them to the Cheetah template (defaults of the form)."""
     values = {
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
-        "image_column": "1", "target_column": "2", "sample_id_column": None, "data_split": {"method": "random"},
-        "cross_validation": {"enabled": "no"},
+        "image_column": "1", "target_column": "2", "task": "auto", "sample_id_column": None,
+        "data_split": {"method": "random"}, "cross_validation": {"enabled": "no"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
         "augmentation": "random_horizontal_flip",
@@ -85,7 +85,7 @@ def test_predict_form_maps_to_the_predict_subcommand(metadata, expected):
 def test_default_form_is_the_tutorial_run(source):
     args, argv = _cli_args(source)
     assert (args.csv_file, args.image_zip, args.output_dir) == ("/data/meta.csv", "/data/images.zip", "outputs")
-    assert (args.image_column, args.target_column) == ("1", "2")
+    assert (args.image_column, args.target_column, args.task) == ("1", "2", "auto")
     assert args.sample_id_column is None
     assert args.random_split and args.split_column is None  # the form's default: random, as its help says
     assert args.model_name == "caformer_s18_384" and args.use_pretrained and args.fine_tune
@@ -107,7 +107,7 @@ def test_cross_validation_maps_to_its_flag(source):
 
 def test_every_other_field_maps_to_its_flag(source):
     args, _ = _cli_args(
-        source, sample_id_column="3", data_split={"method": "column", "split_column": "5"},
+        source, sample_id_column="3", task="regression", data_split={"method": "column", "split_column": "5"},
         backbone={"source": "custom", "model_name": "resnet18.a1_in1k"},
         use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation=None,
         training={"epochs": 2, "early_stop": 0, "batch_size": 8, "learning_rate": 0.0005, "random_seed": 7,
@@ -115,6 +115,7 @@ def test_every_other_field_maps_to_its_flag(source):
                   "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5,
                   "validation_metric": "loss", "decision_threshold": {"mode": "fixed", "threshold": 0.3}})
     assert (args.sample_id_column, args.split_column, args.random_split) == ("3", "5", False)
+    assert args.task == "regression"
     assert args.model_name == "resnet18.a1_in1k" and not args.use_pretrained and not args.fine_tune
     assert args.image_size == 96 and args.augmentation == "none"
     assert (args.epochs, args.early_stop, args.batch_size, args.learning_rate, args.random_seed) == (2, 0, 8, 0.0005, 7)

@@ -1,6 +1,7 @@
 """A tampered model ZIP is refused before anything is loaded: exit 2 with a message naming the file and
 field, never a traceback, nothing executed. Tampered copies are built from test-data/tiny_model.zip
-(multiclass) or from a binary model trained once for this module."""
+(multiclass), test-data/tiny_regression_model.zip (regression) or from a binary model trained once for this
+module."""
 
 import copy
 import io
@@ -16,6 +17,7 @@ import image_learner_cli
 from conftest import DEMO_CSV, DEMO_ZIP, ROOT, TEST_DATA, make_zip
 
 TINY_MODEL = os.path.join(TEST_DATA, "tiny_model.zip")
+TINY_REGRESSION_MODEL = os.path.join(TEST_DATA, "tiny_regression_model.zip")
 MANIFEST, CONFIG, METADATA, WEIGHTS = ("model/image_learner.json", "model/model_hyperparameters.json",
                                        "model/training_set_metadata.json", "model/model_weights.safetensors")
 DECODER = "output_features.module_dict.label__ludwig.decoder_obj.dense.dense.weight"
@@ -29,6 +31,11 @@ def _members(path) -> dict:
 @pytest.fixture(scope="module")
 def multiclass():
     return _members(TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def regression():
+    return _members(TINY_REGRESSION_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +92,7 @@ def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
         archive.extractall(tmp_path)
     with run_files.scratch_tempdir(str(tmp_path)):  # as in predict: timm's import writes temp files
         manifest = model_archive.validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
-    assert manifest["format_version"] == model_archive.FORMAT_VERSION == 2
+    assert manifest["format_version"] == model_archive.FORMAT_VERSION == 3
     assert manifest["label_vocabulary"] == json.loads(multiclass[METADATA])["label"]["idx2str"]
 
 
@@ -126,7 +133,7 @@ def _swap_vocabulary(metadata):
 MANIFEST_CASES = {
     "other tool_version": (_set(("tool_version",), "0.0.9"), "tool_version is '0.0.9', expected '0.1.0'"),
     "other ludwig_version": (_set(("ludwig_version",), "0.10.0"), "ludwig_version is '0.10.0'"),
-    "old format_version": (_set(("format_version",), 1), "format_version 1; this tool reads"),
+    "old format_version": (_set(("format_version",), 2), "format_version 2; this tool reads"),
     "classes swapped": (_set(("classes",), _swap_two), "in sorted order"),
     "a class missing": (_set(("classes",), lambda c: c[:-1]), "label_vocabulary is"),
     "vocabulary swapped": (_set(("label_vocabulary",), _swap_two), "training_set_metadata.json: label.idx2str[0]"),
@@ -138,7 +145,9 @@ MANIFEST_CASES = {
                                 "expected a timm model name"),
     "model_name unknown to timm": (_set(("training", "options", "model_name"), "evil_net"),
                                    "training.options.model_name is 'evil_net', expected a timm model name"),
-    "task regression": (_set(("task",), "regression"), "task is 'regression'"),
+    "task regression": (_set(("task",), "regression"), "classes is ['akiec'"),
+    "target_scaling on multiclass": (_set(("target_scaling",), {"mean": 0.0, "std": 1.0}),
+                                     "target_scaling is {'mean': 0.0, 'std': 1.0}, expected null"),
     "threshold on multiclass": (_set(("threshold",), 0.5), "threshold is 0.5, expected null"),
     "epochs boolean": (_set(("training", "options", "epochs"), True), "training.options.epochs is True"),
     "learning_rate zero": (_set(("training", "options", "learning_rate"), 0), "learning_rate is 0"),
@@ -169,14 +178,17 @@ def test_tampered_manifest_is_refused(multiclass, tmp_path, capsys, case):
 
 
 FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
-          "image_size", "model_name", "ludwig_version", "label_vocabulary", "training")
+          "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training")
 
 
 @pytest.mark.parametrize("field", FIELDS)
 @pytest.mark.parametrize("how", ["missing", "null"])
 def test_manifest_field_missing_or_null_is_refused(multiclass, binary, tmp_path, capsys, field, how):
-    """positive_label and threshold are null in a multiclass manifest: a binary model is tampered there."""
+    """positive_label and threshold are null in a multiclass manifest: a binary model is tampered there; so is
+    target_scaling, null except in a regression model."""
     members = binary if field in ("positive_label", "threshold") else multiclass
+    if field == "target_scaling" and how == "null":
+        members = _members(TINY_REGRESSION_MODEL)
     edit = _set((field,), delete=True) if how == "missing" else _set((field,), None)
     _refused(tmp_path, capsys, _edit_json(members, MANIFEST, edit), field)
 
@@ -204,6 +216,48 @@ def test_training_option_null_is_refused(multiclass, tmp_path, capsys, option):
         "validation_metric not the config's"])
 def test_tampered_binary_manifest_is_refused(binary, tmp_path, capsys, edit, message):
     _refused(tmp_path, capsys, _edit_json(binary, MANIFEST, edit), message)
+
+
+def _flip_task(task):
+    return _set(("task",), task)
+
+
+REGRESSION_CASES = {
+    "task flipped to multiclass": (_flip_task("multiclass"), "image_learner.json: target_scaling is"),
+    "task flipped to binary": (_flip_task("binary"), "image_learner.json: target_scaling is"),
+    "task flipped, scaling dropped": (lambda m: (m.update(task="multiclass", target_scaling=None)),
+                                      "image_learner.json: classes is [], expected 3 or more class names"),
+    "classes added": (_set(("classes",), ["young", "old"]), "classes is ['young', 'old'], expected []"),
+    "threshold set": (_set(("threshold",), 0.5), "threshold is 0.5, expected null for a regression model"),
+    "vocabulary set": (_set(("label_vocabulary",), ["a"]), "label_vocabulary is ['a'], expected null"),
+    "std zero": (_set(("target_scaling", "std"), 0.0), "target_scaling is"),
+    "mean string": (_set(("target_scaling", "mean"), "50"), "target_scaling is"),
+    "scaling extra key": (_set(("target_scaling", "code"), "x"), "target_scaling is"),
+    "balanced class weights": (_set(("training", "options", "class_weights"), "balanced"),
+                               "training.options.class_weights is 'balanced', expected 'none' for a regression"),
+}
+
+
+@pytest.mark.parametrize("case", REGRESSION_CASES)
+def test_tampered_regression_manifest_is_refused(regression, tmp_path, capsys, case):
+    edit, message = REGRESSION_CASES[case]
+    _refused(tmp_path, capsys, _edit_json(regression, MANIFEST, edit), message)
+
+
+def test_tampered_regression_files_are_refused(regression, multiclass, tmp_path, capsys):
+    """A number output turned into a category in the config, a vocabulary slipped into Ludwig's metadata, and
+    a 7-class head in place of the 1-unit regressor are each refused."""
+    for sub in "cmw":
+        (tmp_path / sub).mkdir()
+    config = _set(("output_features", 0, "type"), "category")
+    _refused(tmp_path / "c", capsys, _edit_json(regression, CONFIG, config),
+             "model_hyperparameters.json: output_features[0].type is 'category', expected 'number'")
+    vocabulary = _set(("label", "idx2str"), ["young", "old"])
+    _refused(tmp_path / "m", capsys, _edit_json(regression, METADATA, vocabulary),
+             "training_set_metadata.json: label.idx2str is not a field Image Learner writes")
+    head = _tensors(regression)
+    head[DECODER] = _tensors(multiclass)[DECODER]
+    _refused(tmp_path / "w", capsys, _with_tensors(regression, head), "has shape [7, 256], expected [1, 256]")
 
 
 def _llm_exploit(marker, evil_dir):
@@ -379,10 +433,10 @@ def test_a_predict_run_has_the_hub_offline_from_its_first_import(tmp_path):
     assert "RESULT 0 True None" in done.stdout, done.stderr[-2000:]
 
 
-@pytest.mark.parametrize("kind", ["multiclass", "binary"])
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "regression"])
 def test_the_genuine_models_predict(request, tmp_path, kind):
-    """The models the tampering starts from are accepted: test-data/tiny_model.zip (the Galaxy tool
-    tests' model) and the binary one with balanced class weights."""
+    """The models the tampering starts from are accepted: test-data/tiny_model.zip and tiny_regression_model.zip
+    (the Galaxy tool tests' models) and the binary one with balanced class weights."""
     model = make_zip(tmp_path / "model.zip", request.getfixturevalue(kind))
     assert image_learner_cli.main(["predict", "--model", model, "--image-zip", DEMO_ZIP, "--csv-file", DEMO_CSV,
                                    "--output-dir", str(tmp_path / "p"), "--no-evaluate"]) == 0

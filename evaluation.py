@@ -1,0 +1,50 @@
+"""predictions.csv and metrics.json of a run, for every task (pure; no Ludwig).
+
+A classification table has ``true_label``, ``predicted_label`` and one ``prob_<class>`` column per class;
+a regression table has ``true_value`` and ``predicted_value`` (the target's unit). Both carry the image,
+its split (or ``cross_validation`` for out-of-fold rows, with ``fold``), the sample id when there is one,
+and the duplicate group. Metrics come from metrics.py (classes) or regression_metrics.py (numbers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import metrics
+import regression_metrics
+import split_utils
+
+
+def predictions_table(data, outputs: np.ndarray, predicted, classes: list[str], split_names=None,
+                      fold=None) -> pd.DataFrame:
+    """One row per image of ``data.table``: ``outputs`` (rows x classes probabilities, in ``classes``
+    order; rows x 1 predicted values for a regression) and ``predicted`` (labels; values for a regression).
+    ``split_names``: default the split of each row; ``fold``: the out-of-fold column, if any."""
+    if split_names is None:
+        split_names = np.asarray(split_utils.SPLIT_NAMES)[data.table["split"].to_numpy()]
+    table = pd.DataFrame({"image": data.table["image"], "image_file": data.table["image_file"],
+                          "split": split_names})
+    if data.task == "regression":
+        table["true_value"] = data.table["label"].to_numpy(float)
+        table["predicted_value"] = np.asarray(predicted, dtype=float)
+    else:
+        table["true_label"] = data.table["label"]
+        table["predicted_label"] = predicted
+        for k, cls in enumerate(classes):
+            table[f"prob_{cls}"] = outputs[:, k]
+    if fold is not None:
+        table["fold"] = fold
+    if data.columns["sample_id"]:
+        table["sample_id"] = data.table["sample_id"]
+    table["duplicate_group"] = data.table["duplicate_group"]
+    return table
+
+
+def metrics_by_split(task: str, predictions: pd.DataFrame, classes: list[str], seed: int,
+                     splits=split_utils.SPLIT_NAMES, baseline: float | None = None) -> dict:
+    """metrics.json's per-split entries (bootstrap intervals on "test") for ``task``. ``baseline``: a
+    regression's constant prediction to compare with (default: the train split's median)."""
+    if task == "regression":
+        return regression_metrics.metrics_by_split(predictions, seed, splits, baseline=baseline)
+    return metrics.metrics_by_split(predictions, classes, seed, splits)
