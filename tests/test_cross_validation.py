@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 import cross_validation
 import image_learner_cli
 import split_utils
-from conftest import DEMO_CSV, DEMO_ZIP
+from conftest import DEMO_CSV, DEMO_ZIP, TEST_DATA
 from input_utils import InputError
 
 
@@ -89,7 +89,8 @@ def test_fold_rows_carve_validation_from_the_other_folds_only():
     labels, groups = _dataset()
     folds = split_utils.assign_folds(labels, groups, 4, seed=2)
     split = np.where(np.arange(len(labels)) % 17 == 0, 2, 0)  # some held-out test rows
-    table = pd.DataFrame({"label": labels, "group": groups, "fold": np.where(split == 2, 0, folds), "split": split})
+    table = pd.DataFrame({"label": labels, "stratum": labels, "group": groups, "fold": np.where(split == 2, 0, folds),
+                          "split": split})
     data = type("Data", (), {"table": table})()
     rows = cross_validation.fold_rows(data, 2, (0.7, 0.1, 0.2), seed=2)
     assert not (rows["fold"] == 2).any() and not (rows["fold"] == 0).any()  # neither the fold nor the test rows
@@ -123,6 +124,7 @@ def test_summary_has_per_fold_mean_sd_and_pooled_intervals():
     assert summary["pooled"]["n"] == n and len(summary["pooled"]["ci95"]["balanced_accuracy"]) == 2
 
 
+AGE_CSV = f"{TEST_DATA}/ham10000_demo_age.csv"
 TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
         "--batch-size", "16", "--preprocessing-workers", "1"]
 
@@ -159,3 +161,37 @@ def test_cross_validated_model_predicts(cv_run, tmp_path):
     assert image_learner_cli.main(["predict", "--model", str(cv_run / "trained_model.zip"), "--image-zip", DEMO_ZIP,
                                    "--output-dir", str(tmp_path / "p")]) == 0
     assert len(pd.read_csv(tmp_path / "p" / "predictions.csv")) == 140
+
+
+def test_a_regression_cross_validates_by_target_quantiles_and_its_model_predicts_values(tmp_path):
+    """Age from the demo images, 2 folds: folds stratified by quantile bins of the target and grouped by
+    lesion, one out-of-fold value per image in the target's unit, regression metrics per fold and pooled
+    (with the median baseline), the report's cross-validation section, and a model that predicts values."""
+    out = tmp_path / "run"
+    assert image_learner_cli.main(["--csv-file", AGE_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
+                                   "--target-column", "age", "--sample-id-column", "lesion_id",
+                                   "--cross-validation", "2"]) == 0
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert {"true_value", "predicted_value", "fold"} <= set(predictions) and not any(
+        c.startswith("prob_") for c in predictions)
+    assert len(predictions) == 140 and set(predictions["fold"]) == {1, 2}
+    assert predictions.groupby("sample_id")["fold"].nunique().max() == 1
+    ages = pd.read_csv(AGE_CSV).set_index("image_path")["age"]
+    assert np.allclose(predictions.set_index("image")["true_value"], ages.loc[predictions["image"]].to_numpy())
+    # both folds hold young and old patients: stratified by the target's quantiles, not by chance
+    spread = predictions.groupby("fold")["true_value"].agg(["min", "max"])
+    assert (spread["min"] <= ages.quantile(0.2)).all() and (spread["max"] >= ages.quantile(0.8)).all()
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["task"] == "regression" and "quantile bins of the target" in summary["split"]["method"]
+    cv = json.loads((out / "metrics.json").read_text())["cross_validation"]
+    assert [f["n"] for f in cv["folds"]] == predictions["fold"].value_counts().sort_index().tolist()
+    error = (predictions["predicted_value"] - predictions["true_value"]).abs()
+    assert cv["pooled"]["mae"] == pytest.approx(error.mean())
+    assert cv["pooled"]["baseline_median"] == pytest.approx(ages.median())
+    assert cv["pooled"]["ci95"]["mae"][0] <= cv["pooled"]["mae"] <= cv["pooled"]["ci95"]["mae"][1]
+    assert cv["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in cv["folds"]]))
+    report = (out / "report.html").read_text()
+    assert 'id="cross-validation"' in report and "Mean absolute error (MAE)" in report
+    assert image_learner_cli.main(["predict", "--model", str(out / "trained_model.zip"), "--image-zip", DEMO_ZIP,
+                                   "--output-dir", str(tmp_path / "p")]) == 0
+    assert "predicted_value" in pd.read_csv(tmp_path / "p" / "predictions.csv")
