@@ -126,7 +126,7 @@ def test_the_regression_config_and_the_kept_epoch():
         ludwig_config.build_ludwig_config(options, "regression")
     # lower is better: the kept epoch is the one of least validation error (first on ties)
     history = pd.DataFrame({"epoch": [1, 2, 3, 4], "validation_mean_absolute_error": [5.0, 3.0, 4.0, 3.0]})
-    assert ludwig_trainer.best_epoch_of(history, "regression") == 2
+    assert ludwig_trainer.best_epoch_of(history, "regression", "mae") == 2
     # Ludwig's errors on the z-scored target come back in the target's unit; percentage errors are dropped
     stats = {"training": {"label": {"mean_absolute_error": [0.5], "loss": [0.25], "r2": [0.1],
                                     "mean_absolute_percentage_error": [3.0]}}}
