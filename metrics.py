@@ -167,12 +167,18 @@ def bootstrap_ci(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_r
     a metric is undefined (ROC-AUC with fewer than two classes in it) is skipped for that metric, and
     a metric with fewer than 10 defined resamples gets no interval (None)."""
     samples = bootstrap_samples(y_true, proba, classes, y_pred, metric_names, n_resamples, seed)[1]
+    return percentile_intervals(samples, level)
+
+
+def percentile_intervals(samples: dict, level: float = 0.95, min_defined: int = 10) -> dict:
+    """{metric: [low, high]} percentile intervals of bootstrap ``samples`` ({metric: values per resample},
+    NaN where undefined); None for a metric with fewer than ``min_defined`` defined resamples."""
     tail = (1.0 - level) / 2 * 100
     intervals = {}
     for name, values in samples.items():
         defined = values[~np.isnan(values)]
         intervals[name] = ([float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
-                           if len(defined) >= 10 else None)
+                           if len(defined) >= min_defined else None)
     return intervals
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from metrics import resample_rows
+from metrics import percentile_intervals, resample_rows
 
 HEADLINE = ("mae", "rmse", "r2", "pearson_r", "spearman_r", "median_absolute_error")
 BASELINE = ("baseline_median_mae", "baseline_median_rmse", "mae_gain_over_baseline")
@@ -106,14 +106,7 @@ def bootstrap_samples(y_true, y_pred, baseline: float | None = None, n_resamples
 def bootstrap_ci(y_true, y_pred, baseline: float | None = None, n_resamples: int = 1000, seed: int = 42,
                  level: float = 0.95) -> dict:
     """Percentile bootstrap intervals {metric: [low, high] or None} (rules in the module docstring)."""
-    samples = bootstrap_samples(y_true, y_pred, baseline, n_resamples, seed)[1]
-    tail = (1.0 - level) / 2 * 100
-    intervals = {}
-    for name, values in samples.items():
-        defined = values[~np.isnan(values)]
-        intervals[name] = ([float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
-                           if len(defined) >= 10 else None)
-    return intervals
+    return percentile_intervals(bootstrap_samples(y_true, y_pred, baseline, n_resamples, seed)[1], level)
 
 
 def train_median(predictions) -> float | None:

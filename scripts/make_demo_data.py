@@ -93,9 +93,11 @@ def make_age_csv() -> None:
     print(f"ages of {len(table)} images: {table.age.nunique()} distinct values, {table.age.min()}-{table.age.max()}")
 
 
-def make_test_model() -> None:
+def make_test_model(csv_name: str = "ham10000_demo_metadata.csv", zip_name: str = "tiny_model.zip",
+                    extra: tuple = ()) -> None:
     """test-data/tiny_model.zip: timm's tiny test_efficientnet trained 1 epoch at 32 px on the demo set,
-    for the predict tool's tests (regenerate when the Ludwig version changes)."""
+    for the predict tool's tests (regenerate when the Ludwig version or the model manifest changes); with
+    other arguments the same for another table (the regression model)."""
     import shutil
     import sys
     import tempfile
@@ -105,35 +107,20 @@ def make_test_model() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         code = image_learner_cli.main([
-            "--csv-file", os.path.join(OUT, "ham10000_demo_metadata.csv"),
+            "--csv-file", os.path.join(OUT, csv_name), *extra,
             "--image-zip", os.path.join(OUT, "ham10000_demo_images.zip"), "--output-dir", tmp + "/run",
             "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
             "--batch-size", "16", "--no-report"])
         if code:
             sys.exit(code)
-        shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, "tiny_model.zip"))
+        shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, zip_name))
 
 
 def make_test_regression_model() -> None:
     """test-data/tiny_regression_model.zip: the same tiny backbone predicting age (ham10000_demo_age.csv),
     grouped by lesion, for the predict tool's regression tests."""
-    import shutil
-    import sys
-    import tempfile
-
-    sys.path.insert(0, os.path.join(HERE, ".."))
-    import image_learner_cli
-
-    with tempfile.TemporaryDirectory() as tmp:
-        code = image_learner_cli.main([
-            "--csv-file", os.path.join(OUT, "ham10000_demo_age.csv"), "--target-column", "age", "--task", "regression",
-            "--sample-id-column", "lesion_id",
-            "--image-zip", os.path.join(OUT, "ham10000_demo_images.zip"), "--output-dir", tmp + "/run",
-            "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
-            "--batch-size", "16", "--no-report"])
-        if code:
-            sys.exit(code)
-        shutil.copy(os.path.join(tmp, "run", "trained_model.zip"), os.path.join(OUT, "tiny_regression_model.zip"))
+    make_test_model("ham10000_demo_age.csv", "tiny_regression_model.zip",
+                    ("--target-column", "age", "--task", "regression", "--sample-id-column", "lesion_id"))
 
 
 if __name__ == "__main__":
