@@ -24,7 +24,7 @@ import devices
 import evaluation
 import ludwig_config
 import metrics
-import model_archive
+import model_manifest
 import model_fit
 import split_utils
 import timm_backbone
@@ -144,7 +144,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
-    model_archive.write_manifest(os.path.join(out, "model"), {
+    model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig"),

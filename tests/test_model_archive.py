@@ -84,15 +84,16 @@ def _refused(tmp_path, capsys, members, message, image_zip=DEMO_ZIP):
 def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
     """validate_model_dir needs no Ludwig: without a renderer the config must contain what our builder makes."""
     import model_archive
+    import model_manifest
     import run_files
     from ludwig_config import TrainingOptions
 
-    assert set(model_archive.OPTION_RULES) == {f.name for f in fields(TrainingOptions)}
+    assert set(model_manifest.OPTION_RULES) == {f.name for f in fields(TrainingOptions)}
     with zipfile.ZipFile(TINY_MODEL) as archive:
         archive.extractall(tmp_path)
     with run_files.scratch_tempdir(str(tmp_path)):  # as in predict: timm's import writes temp files
         manifest = model_archive.validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
-    assert manifest["format_version"] == model_archive.FORMAT_VERSION == 3
+    assert manifest["format_version"] == model_manifest.FORMAT_VERSION == 3
     assert manifest["label_vocabulary"] == json.loads(multiclass[METADATA])["label"]["idx2str"]
 
 
