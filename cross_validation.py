@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+import evaluation
 import model_fit
 import split_utils
 from run_files import log
@@ -84,7 +85,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
                                                    opts)
             thresholds.append(threshold)
         proba[target] = oof
-        predicted[target] = model_fit.predicted_labels(data, oof, threshold)
+        predicted[target] = evaluation.predicted_labels(data.task, model_fit.class_order(data), oof, threshold)
         kept.append(fit.trained.best_epoch)
         sizes.append({"fold": fold, "train": int((rows["split"] == 0).sum()),
                       "validation": int((rows["split"] == 1).sum()), "predicted": int(target.sum())})
@@ -105,7 +106,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     if test.any():
         with timer.stage("final model: predicting the held-out test images"):
             proba[test] = model_fit.outputs(data, final, table[test], opts)
-        predicted[test] = model_fit.predicted_labels(data, proba[test], threshold)
+        predicted[test] = evaluation.predicted_labels(data.task, model_fit.class_order(data), proba[test], threshold)
     history = pd.concat(histories, ignore_index=True)
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,
                            history[["fold", *[c for c in history.columns if c != "fold"]]])

@@ -240,8 +240,6 @@ def _cross_validation_split(table, matched, split_col, split_found_by_name, spli
     """Split codes (0 for the fold rows, 2 for a user column's test rows, held out) and the ``fold``
     column of ``table`` (1..K, 0 for held-out rows); describes the split in ``split_info``."""
     k = options.cross_validation
-    if k < 2:
-        raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {k}")
     codes = np.zeros(len(table), dtype=np.int64)
     split_info["method"] = (f"{k}-fold cross-validation, stratified by "
                             + ("quantile bins of the target" if regression else "label") + ", seeded")

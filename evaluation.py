@@ -16,6 +16,17 @@ import regression_metrics
 import split_utils
 
 
+def predicted_labels(task: str, classes: list[str], outputs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """What a model predicts from its ``outputs``: a binary task's label by ``threshold`` on P(positive)
+    (``classes`` is [negative, positive]), another classification's most probable class, a regression's
+    value as it is. Training, cross-validation and predict all call this one rule."""
+    if task == "regression":
+        return outputs[:, 0]
+    if task == "binary":
+        return np.where(outputs[:, 1] >= threshold, classes[1], classes[0])
+    return np.asarray(classes)[outputs.argmax(axis=1)]
+
+
 def predictions_table(data, outputs: np.ndarray, predicted, classes: list[str], split_names=None,
                       fold=None) -> pd.DataFrame:
     """One row per image of ``data.table``: ``outputs`` (rows x classes probabilities, in ``classes``

@@ -15,7 +15,6 @@ import pandas as pd
 
 import ludwig_config
 import metrics
-from input_utils import InputError
 from ludwig_config import TrainingOptions
 
 
@@ -60,9 +59,6 @@ def ludwig_inputs(data, rows: pd.DataFrame, opts: TrainingOptions):
         ludwig_config.SPLIT_COLUMN: rows["split"].to_numpy(),
     })
     if data.task == "regression":
-        if opts.class_weights != "none":
-            raise InputError(f"--class-weights {opts.class_weights} is for classification; label column "
-                             f"{data.columns['label']!r} makes a regression ({data.task_reason})")
         scaling = target_scaling(rows.loc[rows["split"] == 0, "label"])
         table[ludwig_config.LABEL_FEATURE] = (rows["label"].to_numpy(float) - scaling["mean"]) / scaling["std"]
         return table, None, None, scaling
@@ -129,14 +125,3 @@ def binary_threshold(data, labels, p_positive, opts: TrainingOptions) -> float:
         return float(opts.threshold)
     is_positive = np.asarray(labels) == data.positive_label
     return metrics.choose_threshold(is_positive, np.asarray(p_positive), opts.threshold_metric)
-
-
-def predicted_labels(data, proba: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Predicted class names (by ``threshold`` for a binary task, else the most probable class); a
-    regression's predicted values as they are."""
-    if data.task == "regression":
-        return proba[:, 0]
-    order = class_order(data)
-    if threshold is not None:
-        return np.where(proba[:, 1] >= threshold, order[1], order[0])
-    return np.asarray(order)[proba.argmax(axis=1)]

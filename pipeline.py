@@ -82,8 +82,12 @@ def resolve_training_options(request: RunRequest) -> None:
 
 def resolve_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
     """Once the task is known: "auto" -> the task's validation metric; a fixed --threshold on a task without
-    one is an InputError (a --threshold-metric is only noted: the Galaxy form always sends one)."""
+    one, or class weights for a regression, is an InputError (a --threshold-metric is only noted: the Galaxy
+    form always sends one)."""
     opts.validation_metric = ludwig_config.resolve_validation_metric(opts.validation_metric, task)
+    if task == "regression" and opts.class_weights != "none":
+        raise InputError(f"--class-weights {opts.class_weights} is for classification; this is a regression task "
+                         "(a number to predict has no classes to weigh)")
     if task != "binary":
         if opts.threshold is not None:
             raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
@@ -123,10 +127,10 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         data = dataset_prep.prepare(request.csv_file, images_dir, unpacked.files, request.data,
                                     converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size,
                                     skipped_files=unpacked.skipped)
+    log(f"task: {data.task}; {data.task_reason}")
     resolve_task_options(opts, data.task)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
-    log(f"task: {data.task}; {data.task_reason}")
     log(f"{len(data.table)} images, " + ("a numeric target" if data.task == "regression" else
                                          f"{len(data.classes)} classes") + f" ({data.task}); split "
         + ", ".join(f"{k} {n}" for k, n in data.dataset["split_counts"].items())
@@ -144,10 +148,11 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
+    versions = library_versions()
     model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
-        "model_name": opts.model_name, "ludwig_version": library_versions().get("ludwig"),
+        "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
         "target_scaling": fit.target_scaling},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
     with timer.stage("zipping the model"):
@@ -173,7 +178,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
-        "device": trained.device, "versions": library_versions(), "metrics": all_metrics,
+        "device": trained.device, "versions": versions, "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
     write_json(os.path.join(out, SUMMARY_FILE), summary)
@@ -202,7 +207,8 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
         validation = data.table["split"].to_numpy() == 1
         threshold = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
     classes = model_fit.class_order(data)
-    predictions = evaluation.predictions_table(data, proba, model_fit.predicted_labels(data, proba, threshold),
+    predictions = evaluation.predictions_table(data, proba,
+                                               evaluation.predicted_labels(data.task, classes, proba, threshold),
                                                classes)
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     with timer.stage("computing metrics (with bootstrap intervals)"):

@@ -12,10 +12,10 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 import devices
+import evaluation
 import model_archive
 import task_choice
 from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
@@ -177,19 +177,16 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
     out = table.drop(columns=["read_path"])
     if manifest["task"] == "regression":
         out["predicted_value"] = values
-    elif manifest["task"] == "binary":
-        out["predicted_label"] = np.where(proba[:, 1] >= manifest["threshold"], classes[1], classes[0])
+        return model, out
+    out["predicted_label"] = evaluation.predicted_labels(manifest["task"], classes, proba, manifest["threshold"])
+    if manifest["task"] == "binary":
         out["threshold"] = manifest["threshold"]
-    else:
-        out["predicted_label"] = np.asarray(classes)[proba.argmax(axis=1)]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
     return model, out
 
 
 def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
-    import evaluation
-
     classes = manifest["classes"]
     if manifest["task"] != "regression":
         unknown = sorted(set(predictions["true_label"]) - set(classes))
