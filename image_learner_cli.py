@@ -26,7 +26,7 @@ EXIT_WORKERS = 4  # a --distributed training worker died; the others were stoppe
 
 
 def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = True) -> None:
-    import devices
+    from image_learner.training import devices
 
     group = parser.add_argument_group("hardware")
     group.add_argument("--device", choices=devices.DEVICES, default="auto",
@@ -38,12 +38,12 @@ def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import image_check
-    import input_utils
-    import leakage_guard
-    import task_choice
-    from ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
-    from metrics import THRESHOLD_POLICIES
+    from image_learner.data import image_check
+    from image_learner.data import input_utils
+    from image_learner.data import leakage_guard
+    from image_learner.data import task_choice
+    from image_learner.training.ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
+    from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
     parser = argparse.ArgumentParser(
         prog="image-learner", description=__doc__.split("\n\n")[0],
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
-    import input_utils
+    from image_learner.data import input_utils
 
     parser = argparse.ArgumentParser(
         prog="image-learner predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -179,8 +179,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
 
 
 def predict_request_from_args(args: argparse.Namespace):
-    import input_utils
-    import predictor
+    from image_learner.data import input_utils
+    from image_learner.model import predictor
 
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
@@ -189,10 +189,10 @@ def predict_request_from_args(args: argparse.Namespace):
 
 
 def request_from_args(args: argparse.Namespace):
-    import dataset_prep
-    import input_utils
-    import ludwig_config
-    import pipeline
+    from image_learner.data import dataset_prep
+    from image_learner.data import input_utils
+    from image_learner.training import ludwig_config
+    from image_learner import pipeline
 
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
@@ -266,21 +266,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(mode: str, args: argparse.Namespace) -> int:
-    import data_parallel
-    import devices
-    import run_files
-    import timm_backbone
-    from input_utils import InputError
+    from image_learner.training import data_parallel
+    from image_learner.training import devices
+    from image_learner import run_files
+    from image_learner.training import timm_backbone
+    from image_learner.errors import InputError
 
     try:
         # First: --device cpu must hide the GPUs before anything starts CUDA (see devices.py).
         devices.select(args.device, getattr(args, "mixed_precision", "auto"))
         if mode == "predict":
-            import predictor
+            from image_learner.model import predictor
 
             predictor.predict(predict_request_from_args(args))
         else:
-            import pipeline
+            from image_learner import pipeline
 
             pipeline.run(request_from_args(args))
     except InputError as err:

@@ -17,12 +17,12 @@ import pandas as pd
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from input_utils import read_output_csv
-import metrics
-import regression_metrics
-import report_images
-import report_plots
-import report_plots_regression
+from image_learner.data.input_utils import read_output_csv
+from image_learner.evaluation import metrics
+from image_learner.evaluation import regression_metrics
+from image_learner.report import report_images
+from image_learner.report import report_plots
+from image_learner.report import report_plots_regression
 
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
@@ -182,7 +182,7 @@ def _saliency(summary, predictions, classes, images_dir, ludwig_model):
 
 def _environment() -> Environment:
     # A package, not a folder beside this file: found the same way from a checkout and from a wheel.
-    env = Environment(loader=PackageLoader("image_learner_templates", "."),
+    env = Environment(loader=PackageLoader("image_learner.report", "templates"),
                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, digits=3: "–" if v is None or (isinstance(v, float) and np.isnan(v)) \
         else f"{v:.{digits}f}"

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from input_utils import InputError, listed
+from image_learner.errors import InputError, listed
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_PROBABILITIES = (0.7, 0.1, 0.2)

@@ -22,7 +22,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import regression_metrics  # noqa: E402
+from image_learner.evaluation import regression_metrics  # noqa: E402
 from common import SHARED, lite0_weights, run_tool  # noqa: E402
 
 

@@ -51,7 +51,7 @@ def lite0_weights() -> str:
     path = os.path.join(WEIGHTS_CACHE, "tf_efficientnet_lite0.safetensors")
     if not os.path.exists(path):
         os.makedirs(WEIGHTS_CACHE, exist_ok=True)
-        subprocess.run([sys.executable, os.path.join(ROOT, "offline_weights.py"), path], check=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "image_learner", "training", "offline_weights.py"), path], check=True)
     return path
 
 

@@ -4,7 +4,7 @@ children, sampled every 0.2 s).
 
     python bench/distributed_overhead.py WEIGHTS.safetensors [--workers 2]
 
-WEIGHTS: EfficientNet-Lite0 ImageNet weights (python offline_weights.py OUT.safetensors). Needs the
+WEIGHTS: EfficientNet-Lite0 ImageNet weights (python image_learner/training/offline_weights.py OUT.safetensors). Needs the
 ``distributed`` extra. Not a test: numbers go to BENCHMARKS.md by hand."""
 
 import argparse

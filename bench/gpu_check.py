@@ -40,8 +40,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, run_tool  # noqa: E402
 from plain_loop import decode_files  # noqa: E402
 from throughput import raw_loop, tool  # noqa: E402
-import devices  # noqa: E402
-import image_check  # noqa: E402
+from image_learner.training import devices  # noqa: E402
+from image_learner.data import image_check  # noqa: E402
 
 CARRIED_IMAGES = os.path.join(ROOT, ".gpu_carry", "ham10000")
 DEMO_ZIP = os.path.join(ROOT, "test-data", "ham10000_demo_images.zip")

@@ -28,10 +28,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_check import FULL, SMOKE, build_set  # noqa: E402
-import devices  # noqa: E402
-import image_check  # noqa: E402
-import ludwig_config  # noqa: E402
-import ludwig_trainer  # noqa: E402
+from image_learner.training import devices  # noqa: E402
+from image_learner.data import image_check  # noqa: E402
+from image_learner.training import ludwig_config  # noqa: E402
+from image_learner.training import ludwig_trainer  # noqa: E402
 from ludwig.callbacks import Callback  # noqa: E402
 
 

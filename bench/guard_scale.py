@@ -25,7 +25,7 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from leakage_guard import (COLOUR_TOLERANCE, DEFAULT_MAX_DISTANCE, _distance_rows, duplicate_groups,  # noqa: E402
+from image_learner.data.leakage_guard import (COLOUR_TOLERANCE, DEFAULT_MAX_DISTANCE, _distance_rows, duplicate_groups,  # noqa: E402
                            hash_pairs, min_distances, thumbnail_symmetry)
 from split_utils import connected_groups  # noqa: E402
 

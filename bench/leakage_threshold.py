@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from leakage_guard import (DEFAULT_MAX_DISTANCE, colour_distances, duplicate_groups, image_hashes,  # noqa: E402
+from image_learner.data.leakage_guard import (DEFAULT_MAX_DISTANCE, colour_distances, duplicate_groups, image_hashes,  # noqa: E402
                            image_thumbnail, min_distances)
 
 DEFAULT_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "ham10000",

@@ -18,7 +18,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import metrics  # noqa: E402
+from image_learner.evaluation import metrics  # noqa: E402
 
 
 def old_bootstrap_ci(y_true, proba, classes, y_pred, metric_names=metrics.HEADLINE, n_resamples=1000, seed=42,

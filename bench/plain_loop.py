@@ -30,8 +30,8 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import metrics  # noqa: E402
-from input_utils import read_output_csv  # noqa: E402
+from image_learner.evaluation import metrics  # noqa: E402
+from image_learner.data.input_utils import read_output_csv  # noqa: E402
 
 
 def decode_files(paths: list[str], size: int) -> torch.Tensor:

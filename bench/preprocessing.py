@@ -27,7 +27,7 @@ TOOL_SIDE = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
 import dataset_prep, ludwig_config, timm_backbone
-from input_utils import extract_zip_safely
+from image_learner.data.input_utils import extract_zip_safely
 csv, zip_path, work, size, workers = sys.argv[1:6]
 times = {{}}
 started = time.perf_counter()

@@ -71,8 +71,8 @@ def probe(scratch: str, out: str, epochs: int, workers: int) -> dict:
     from ludwig.callbacks import Callback
     from safetensors.torch import load_file, save_file
 
-    import timm_backbone
-    from ludwig_config import TrainingOptions, build_ludwig_config
+    from image_learner.training import timm_backbone
+    from image_learner.training.ludwig_config import TrainingOptions, build_ludwig_config
 
     timm_backbone.register_with_ludwig()
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=os.path.join(scratch, "ray"),

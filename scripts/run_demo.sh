@@ -13,7 +13,7 @@ weights_dir=${IMAGE_LEARNER_ENV_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/image-learn
 weights=$weights_dir/tf_efficientnet_lite0.safetensors
 if [ ! -f "$weights" ]; then
     mkdir -p "$weights_dir"
-    "$py" "$here/offline_weights.py" "$weights.tmp" >/dev/null && mv "$weights.tmp" "$weights"
+    "$py" "$here/image_learner/training/offline_weights.py" "$weights.tmp" >/dev/null && mv "$weights.tmp" "$weights"
 fi
 
 "$py" "$here/image_learner_cli.py" \

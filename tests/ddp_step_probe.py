@@ -25,9 +25,9 @@ def main(backend_name, table_path, out, batch, lr, epochs):
     from ludwig.callbacks import Callback
     from safetensors.torch import save_file
 
-    import data_parallel
-    import timm_backbone
-    from ludwig_config import TrainingOptions, build_ludwig_config
+    from image_learner.training import data_parallel
+    from image_learner.training import timm_backbone
+    from image_learner.training.ludwig_config import TrainingOptions, build_ludwig_config
 
     timm_backbone.register_with_ludwig()
     rank = int(os.environ.get("RANK", 0))

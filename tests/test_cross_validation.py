@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cross_validation
+from image_learner.training import cross_validation
 import image_learner_cli
 import split_utils
 from conftest import DEMO_CSV, DEMO_ZIP, TEST_DATA
-from input_utils import InputError
+from image_learner.errors import InputError
 
 
 def _dataset(seed=0, n_groups=60):
@@ -105,7 +105,7 @@ def test_final_epochs_is_the_median_kept_epoch_halves_up():
 
 
 def test_summary_has_per_fold_mean_sd_and_pooled_intervals():
-    import metrics
+    from image_learner.evaluation import metrics
 
     rng = np.random.default_rng(0)
     n = 90

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data_parallel
+from image_learner.training import data_parallel
 from conftest import CLI, DEMO_CSV, DEMO_ZIP, ROOT, png_bytes
 
 
@@ -136,7 +136,7 @@ def test_a_dead_worker_stops_the_others_and_raises(tmp_path):
 
 
 def test_options_are_checked_before_any_work():
-    from input_utils import InputError
+    from image_learner.errors import InputError
 
     with pytest.raises(InputError, match="needs --distributed ddp"):
         data_parallel.check_options("none", 2, "constant", "cpu")
@@ -150,7 +150,7 @@ def test_options_are_checked_before_any_work():
 
 
 def test_images_every_worker_cannot_read_are_named(tmp_path):
-    from input_utils import InputError
+    from image_learner.errors import InputError
 
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(InputError, match="not readable on node7.*gone.png.*shared filesystem"):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-import devices
+from image_learner.training import devices
 import image_learner_cli
-import ludwig_config
-import ludwig_trainer
-import report_images
+from image_learner.training import ludwig_config
+from image_learner.training import ludwig_trainer
+from image_learner.report import report_images
 from conftest import DEMO_CSV, DEMO_ZIP
-from input_utils import InputError
+from image_learner.errors import InputError
 
 TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
         "--batch-size", "16", "--preprocessing-workers", "1"]
@@ -220,7 +220,7 @@ def test_grad_cam_moves_inputs_to_the_models_device_and_results_to_the_host(tmp_
 
 
 def test_the_encoder_creates_no_tensor_off_its_inputs_device(meta_device):
-    import timm_backbone
+    from image_learner.training import timm_backbone
 
     timm_backbone.register_with_ludwig()
     from ludwig.encoders.registry import get_encoder_registry

@@ -169,7 +169,7 @@ def test_zip_that_matches_no_row_fails_cleanly(tmp_path):
 
 
 def test_a_crash_during_training_leaves_no_outputs(tmp_path, monkeypatch, capsys):
-    import ludwig_trainer
+    from image_learner.training import ludwig_trainer
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

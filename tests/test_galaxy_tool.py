@@ -10,7 +10,7 @@ from galaxy.tool_util.parser import get_tool_source
 from galaxy.util.template import fill_template
 
 import image_learner_cli
-import timm_backbone
+from image_learner.training import timm_backbone
 from conftest import ROOT
 
 TOOL = os.path.join(ROOT, "image_learner.xml")

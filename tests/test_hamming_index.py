@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hamming_index import chunk_plan, radius_pairs
+from image_learner.data.hamming_index import chunk_plan, radius_pairs
 
 
 def _brute_force(database, queries, radius):

@@ -7,10 +7,10 @@ import zipfile
 import pandas as pd
 import pytest
 
-import dataset_prep
+from image_learner.data import dataset_prep
 import image_learner_cli
 from conftest import DEMO_CSV, make_zip, png_bytes
-from input_utils import InputError, extract_zip_safely
+from image_learner.data.input_utils import InputError, extract_zip_safely
 
 
 def _prepare(tmp_path, rows, files=None, **options):

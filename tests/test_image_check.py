@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import dataset_prep
-from image_check import check_image, check_images
-from input_utils import InputError
+from image_learner.data import dataset_prep
+from image_learner.data.image_check import check_image, check_images
+from image_learner.errors import InputError
 
 
 def _save(img, fmt, **kw):
@@ -122,7 +122,7 @@ def test_too_many_unreadable_images_stop_the_run(tmp_path):
 
 
 def test_worker_processes_give_the_same_result_in_the_same_order(tmp_path, monkeypatch):
-    import image_check
+    from image_learner.data import image_check
 
     root = tmp_path / "in"
     root.mkdir()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import make_zip, png_bytes
-from input_utils import (InputError, ZipLimits, extract_images, extract_zip_safely, match_rows_to_images,
+from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, extract_zip_safely, match_rows_to_images,
                          read_metadata_csv, resolve_column)
 
 

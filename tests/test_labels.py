@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-import dataset_prep
-import predictor
+from image_learner.data import dataset_prep
+from image_learner.model import predictor
 import report_builder
 from conftest import png_bytes
-from input_utils import InputError, label_text, missing_value_like, read_output_csv
+from image_learner.data.input_utils import InputError, label_text, missing_value_like, read_output_csv
 
 MARKERS = ["N/A", "#N/A", "n/a", "<NA>", "NaN", "None", "null"]
 

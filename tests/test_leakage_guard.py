@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-import dataset_prep
+from image_learner.data import dataset_prep
 from conftest import DEMO_CSV, DEMO_ZIP, TEST_DATA
-from input_utils import extract_zip_safely
-from input_utils import InputError
-from leakage_guard import duplicate_groups, hash_pairs, image_hashes, image_thumbnail, min_distances
+from image_learner.data.input_utils import extract_zip_safely
+from image_learner.errors import InputError
+from image_learner.data.leakage_guard import duplicate_groups, hash_pairs, image_hashes, image_thumbnail, min_distances
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,11 @@
 
 import pytest
 
-import ludwig_config
-import pipeline
-import timm_backbone
-from input_utils import InputError
-from ludwig_config import TrainingOptions, build_ludwig_config
+from image_learner.training import ludwig_config
+from image_learner import pipeline
+from image_learner.training import timm_backbone
+from image_learner.errors import InputError
+from image_learner.training.ludwig_config import TrainingOptions, build_ludwig_config
 
 
 def _encoder(cfg):

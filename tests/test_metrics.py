@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-import metrics
+from image_learner.evaluation import metrics
 
 CLASSES = ["a", "b", "c"]
 Y_TRUE = ["a", "a", "b", "b", "c", "c"]

@@ -83,10 +83,10 @@ def _refused(tmp_path, capsys, members, message, image_zip=DEMO_ZIP):
 
 def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
     """validate_model_dir needs no Ludwig: without a renderer the config must contain what our builder makes."""
-    import model_archive
-    import model_manifest
-    import run_files
-    from ludwig_config import TrainingOptions
+    from image_learner.model import model_archive
+    from image_learner.model import model_manifest
+    from image_learner import run_files
+    from image_learner.training.ludwig_config import TrainingOptions
 
     assert set(model_manifest.OPTION_RULES) == {f.name for f in fields(TrainingOptions)}
     with zipfile.ZipFile(TINY_MODEL) as archive:
@@ -100,8 +100,8 @@ def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
 def test_a_vocabulary_out_of_alphabetical_order_is_accepted(multiclass, tmp_path):
     """Ludwig numbers the classes most frequent first and saves the metadata with sorted keys: a genuine
     model whose frequency order is not alphabetical must load (a smoke run of bench/gpu_check.py found this)."""
-    import model_archive
-    import run_files
+    from image_learner.model import model_archive
+    from image_learner import run_files
 
     def reorder(metadata):
         label = metadata["label"]
@@ -408,7 +408,7 @@ def test_tampered_weights_are_refused(multiclass, tmp_path, capsys, case):
 
 
 def test_hub_is_offline_while_loading_and_restored_after(monkeypatch):
-    import model_archive
+    from image_learner.model import model_archive
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")

@@ -14,24 +14,35 @@ from galaxy.tool_util.parser import get_tool_source
 
 from conftest import DEMO_CSV, DEMO_ZIP, ROOT
 
-TEMPLATE_PACKAGE = "image_learner_templates"
+PACKAGE = "image_learner"
+ENTRY_MODULES = {"image_learner_cli.py", "report_builder.py", "split_utils.py"}  # stay at the root (README)
 SETUP_ONLY = {"setup.py"}  # build scripts at the root, never imported at run time (none today)
 
 
 def runtime_files() -> set[str]:
-    """What a run needs, derived from the checkout: every *.py at the root and the template package."""
+    """What a run needs, derived from the checkout: every *.py at the root and every file of the package
+    (modules and report templates; no caches)."""
     modules = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py"))} - SETUP_ONLY
-    package = {f"{TEMPLATE_PACKAGE}/{os.path.basename(p)}"
-               for p in glob.glob(os.path.join(ROOT, TEMPLATE_PACKAGE, "*")) if os.path.isfile(p)}
-    assert f"{TEMPLATE_PACKAGE}/report.html.j2" in package
+    package = set()
+    for folder, dirs, files in os.walk(os.path.join(ROOT, PACKAGE)):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        package.update(os.path.relpath(os.path.join(folder, f), ROOT) for f in files if not f.endswith(".pyc"))
+    assert f"{PACKAGE}/report/templates/report.html.j2" in package
     return modules | package
 
 
-def test_pyproject_lists_every_runtime_module():
+def test_the_root_holds_only_the_entry_modules():
+    assert {f for f in runtime_files() if "/" not in f} == ENTRY_MODULES
+
+
+def test_pyproject_lists_the_entry_modules_and_the_package():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
         setuptools = tomllib.load(handle)["tool"]["setuptools"]
     assert {f"{m}.py" for m in setuptools["py-modules"]} == {f for f in runtime_files() if "/" not in f}
-    assert setuptools["packages"] == [TEMPLATE_PACKAGE]
+    assert setuptools["packages"]["find"]["include"] == [PACKAGE, f"{PACKAGE}.*"]
+    # every folder of the package with modules is a package (else find would leave it out of the wheel)
+    for folder in {os.path.dirname(f) for f in runtime_files() if f.endswith(".py") and "/" in f}:
+        assert os.path.exists(os.path.join(ROOT, folder, "__init__.py")), folder
 
 
 @pytest.mark.parametrize("tool", ["image_learner.xml", "image_learner_predict.xml"])
@@ -94,7 +105,7 @@ def check_origins():
 
 
 def _isolated_python(target, code, cwd, argv=()):
-    names = {os.path.splitext(f)[0] for f in runtime_files() if "/" not in f} | {TEMPLATE_PACKAGE}
+    names = {os.path.splitext(f)[0] for f in runtime_files() if "/" not in f} | {PACKAGE}
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # -I: no PYTHONPATH, no user site, no current directory on sys.path.
     return _run([sys.executable, "-I", "-c", ISOLATED + code, str(target), ",".join(sorted(names)), *argv],
@@ -110,7 +121,7 @@ def test_the_installed_wheel_runs_its_command_and_writes_a_report(target, tmp_pa
 
     out = tmp_path / "run"
     code = "import image_learner_cli\ncode = image_learner_cli.main(sys.argv[3:])\n" \
-           "assert 'image_learner_templates' in sys.modules\ncheck_origins()\nsys.exit(code)\n"
+           "assert 'image_learner.report.report_images' in sys.modules\ncheck_origins()\nsys.exit(code)\n"
     _isolated_python(target, code, tmp_path, [
         "--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), "--model-name",
         "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1", "--batch-size", "16",

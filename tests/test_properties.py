@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import split_utils
-from input_utils import InputError, match_rows_to_images, normalise_csv_path
+from image_learner.data.input_utils import InputError, match_rows_to_images, normalise_csv_path
 
 NAME = st.text(alphabet="abcXYZ019_-éü", min_size=1, max_size=6)
 FOLDERS = st.lists(NAME, min_size=0, max_size=2)

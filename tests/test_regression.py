@@ -112,9 +112,9 @@ def test_a_task_that_does_not_fit_is_refused(tmp_path, capsys, csv, extra, messa
 
 
 def test_the_regression_config_and_the_kept_epoch():
-    import ludwig_config
-    import ludwig_trainer
-    from input_utils import InputError
+    from image_learner.training import ludwig_config
+    from image_learner.training import ludwig_trainer
+    from image_learner.errors import InputError
 
     options = ludwig_config.TrainingOptions(model_name="test_efficientnet", image_size=32)
     config = ludwig_config.build_ludwig_config(options, "regression")

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import ludwig_config
+from image_learner.training import ludwig_config
 import report_builder
-import report_images
-from run_files import scratch_tempdir
+from image_learner.report import report_images
+from image_learner.run_files import scratch_tempdir
 from conftest import DEMO_ZIP
 from test_report_regression import write_regression_run
 
@@ -23,7 +23,7 @@ N_IMAGES = 40
 
 @pytest.fixture(scope="module")
 def number_model(tmp_path_factory):
-    import timm_backbone
+    from image_learner.training import timm_backbone
 
     timm_backbone.register_with_ludwig()
     from ludwig.api import LudwigModel

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-import regression_metrics as rm
+from image_learner.evaluation import regression_metrics as rm
 
 TRUE = [1.0, 2.0, 3.0, 4.0]
 PRED = [1.5, 2.0, 2.5, 5.0]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import metrics
+from image_learner.evaluation import metrics
 import report_builder
 from conftest import ROOT
 
@@ -150,7 +150,7 @@ def test_binary_calibration_is_explained_as_threshold_free(tmp_path):
 def test_confidence_is_the_probability_of_the_thresholded_label():
     """Binary at threshold 0.3: P(malignant) = 0.4 is called malignant, so its confidence is 0.4, not
     the top-class 0.6 of benign (which contradicted the label shown as right or wrong)."""
-    import report_plots
+    from image_learner.report import report_plots
 
     proba = np.array([[0.6, 0.4], [0.8, 0.2], [0.1, 0.9]])
     confidence = report_plots.predicted_class_probability(proba, ["benign", "malignant"],

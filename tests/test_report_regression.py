@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pandas as pd
 
-import regression_metrics
+from image_learner.evaluation import regression_metrics
 import report_builder
 from test_report import EVIL, chromium, rendered_dom  # noqa: F401 (chromium is a fixture)
 

@@ -7,24 +7,47 @@ import sys
 
 import pytest
 
-import run_files
+from image_learner import run_files
 from conftest import ROOT
-from input_utils import InputError
+from image_learner.errors import InputError
 
-MODULES = sorted(name[:-3] for name in os.listdir(ROOT) if name.endswith(".py"))
+def _module_names() -> list[str]:
+    """Every module of the tool as an importable dotted name: the root's entry modules and the package's."""
+    names = [name[:-3] for name in os.listdir(ROOT) if name.endswith(".py")]
+    for folder, dirs, files in os.walk(os.path.join(ROOT, "image_learner")):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        package = os.path.relpath(folder, ROOT).replace(os.sep, ".")
+        names += [package if f == "__init__.py" else f"{package}.{f[:-3]}" for f in files if f.endswith(".py")]
+    return sorted(names)
+
+
+MODULES = _module_names()
+
+
+def _path(module: str) -> str:
+    base = os.path.join(ROOT, *module.split("."))
+    return os.path.join(base, "__init__.py") if os.path.isdir(base) else base + ".py"
 
 
 def _imports(module: str) -> set[str]:
-    """The tool's modules that ``module`` imports anywhere (also inside functions)."""
-    with open(os.path.join(ROOT, module + ".py"), encoding="utf-8") as handle:
+    """The tool's modules that ``module`` imports anywhere (also inside functions); importing a package's
+    module counts as importing that module, not its package's __init__ (which holds only a docstring)."""
+    with open(_path(module), encoding="utf-8") as handle:
         tree = ast.parse(handle.read())
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[0] for alias in node.names)
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return found & set(MODULES) - {module}
+
+
+def test_package_inits_import_nothing_of_the_tool():
+    for module in MODULES:
+        if _path(module).endswith("__init__.py"):
+            assert not _imports(module), module
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -48,7 +71,8 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_module_import_graph_has_no_cycle():
-    assert {"pipeline", "predictor", "run_files", "image_learner_cli"} <= set(MODULES)
+    assert {"image_learner.pipeline", "image_learner.model.predictor", "image_learner.run_files",
+            "image_learner_cli", "split_utils", "report_builder"} <= set(MODULES)
     graph = {module: _imports(module) for module in MODULES}
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself works

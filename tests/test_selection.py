@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-import ludwig_config
-import ludwig_trainer
-import pipeline
-from input_utils import InputError
-from ludwig_config import VALIDATION_METRICS, TrainingOptions, build_ludwig_config
+from image_learner.training import ludwig_config
+from image_learner.training import ludwig_trainer
+from image_learner import pipeline
+from image_learner.errors import InputError
+from image_learner.training.ludwig_config import VALIDATION_METRICS, TrainingOptions, build_ludwig_config
 
 LUDWIG_TYPE = {"multiclass": "category", "binary": "binary", "regression": "number"}
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import split_utils
-from input_utils import InputError
+from image_learner.errors import InputError
 
 
 def _labels(counts: dict[str, int]) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import DEMO_CSV, DEMO_ZIP, stop_and_check, wait_for_line
-from image_check import check_images
+from image_learner.data.image_check import check_images
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -4,8 +4,8 @@ Pure: no images, no training."""
 import numpy as np
 import pytest
 
-from input_utils import InputError
-from task_choice import REGRESSION_MIN_DISTINCT, as_number, choose_task, numbers_only
+from image_learner.errors import InputError
+from image_learner.data.task_choice import REGRESSION_MIN_DISTINCT, as_number, choose_task, numbers_only
 
 AGES = [str(a) for a in range(20, 80, 5)]  # 12 distinct numbers
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-import ludwig_config
-import metrics
-from ludwig_config import TrainingOptions
+from image_learner.training import ludwig_config
+from image_learner.evaluation import metrics
+from image_learner.training.ludwig_config import TrainingOptions
 
 
 @dataclass
@@ -88,13 +88,13 @@ def config_for(data, rows: pd.DataFrame, opts: TrainingOptions):
 def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_dir: str, ddp_workers: int = 0) -> Fit:
     """Train on ``rows``; Ludwig's files go below ``work_dir``, the model to ``model_dir``. ``ddp_workers``:
     train data-parallel in that many processes (data_parallel); 0: in this process."""
-    import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
+    from image_learner.training import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
 
     table, config, class_weights, positive_weight, train_rows, scaling = config_for(data, rows, opts)
     os.makedirs(work_dir, exist_ok=True)
     target_std = scaling["std"] if scaling else None
     if ddp_workers:
-        import data_parallel
+        from image_learner.training import data_parallel
 
         trained = data_parallel.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
                                       opts.validation_metric, ddp_workers, target_std)
@@ -107,7 +107,7 @@ def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_di
 def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
     """What the fitted model says of ``rows``: class probabilities (rows x classes, in ``class_order``), or
     a regression's predicted values in the target's unit (rows x 1)."""
-    import ludwig_trainer
+    from image_learner.training import ludwig_trainer
 
     table = pd.DataFrame({ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy()})
     if data.task == "regression":

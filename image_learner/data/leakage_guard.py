@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from hamming_index import radius_pairs, sorted_unique
-from input_utils import InputError
+from image_learner.data.hamming_index import radius_pairs, sorted_unique
+from image_learner.errors import InputError
 from split_utils import connected_groups
 
 HASH_SIDE = 64  # images are reduced to 64x64 grey before the DCT

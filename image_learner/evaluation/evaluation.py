@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-import metrics
-import regression_metrics
+from image_learner.evaluation import metrics
+from image_learner.evaluation import regression_metrics
 import split_utils
 
 

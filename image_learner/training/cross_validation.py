@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-import evaluation
-import model_fit
+from image_learner.evaluation import evaluation
+from image_learner.training import model_fit
 import split_utils
-from run_files import log
+from image_learner.run_files import log
 
 SPLIT_NAME = "cross_validation"  # the split column of predictions.csv for out-of-fold rows
 

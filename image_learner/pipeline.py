@@ -17,19 +17,19 @@ import numpy as np
 import pandas as pd
 import yaml
 
-import cross_validation
-import data_parallel
-import dataset_prep
-import devices
-import evaluation
-import ludwig_config
-import metrics
-import model_manifest
-import model_fit
+from image_learner.training import cross_validation
+from image_learner.training import data_parallel
+from image_learner.data import dataset_prep
+from image_learner.training import devices
+from image_learner.evaluation import evaluation
+from image_learner.training import ludwig_config
+from image_learner.evaluation import metrics
+from image_learner.model import model_manifest
+from image_learner.training import model_fit
 import split_utils
-import timm_backbone
-from input_utils import InputError, ZipLimits, extract_images
-from run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
+from image_learner.training import timm_backbone
+from image_learner.data.input_utils import InputError, ZipLimits, extract_images
+from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-import task_choice
-from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
+from image_learner.data import task_choice
+from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images
+from image_learner.data.leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
-from input_utils import (IMAGE_EXTENSIONS, MAX_LISTED, InputError, label_text, listed, match_rows_to_images,
+from image_learner.data.input_utils import (IMAGE_EXTENSIONS, MAX_LISTED, InputError, label_text, listed, match_rows_to_images,
                          missing_value_like, read_metadata_csv, resolve_column)
 
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-import devices
-from input_utils import InputError
-from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS
-from run_files import log
+from image_learner.training import devices
+from image_learner.errors import InputError
+from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS
+from image_learner.run_files import log
 
 # Ludwig's names for its per-epoch metrics -> honest names (Ludwig's multiclass "accuracy" is
 # torchmetrics' macro-averaged recall, i.e. balanced accuracy; "accuracy_micro" is plain accuracy).
@@ -99,8 +99,8 @@ def best_epoch_of(history: pd.DataFrame, task: str, validation_metric: str) -> i
 
 def register_with_ludwig() -> None:
     """Our encoder and metrics in Ludwig's registries: before any config naming them is built or loaded."""
-    import ludwig_metrics
-    import timm_backbone
+    from image_learner.training import ludwig_metrics
+    from image_learner.training import timm_backbone
 
     timm_backbone.register_with_ludwig()
     ludwig_metrics.register_with_ludwig()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from metrics import percentile_intervals, resample_rows
+from image_learner.evaluation.metrics import percentile_intervals, resample_rows
 
 HEADLINE = ("mae", "rmse", "r2", "pearson_r", "spearman_r", "median_absolute_error")
 BASELINE = ("baseline_median_mae", "baseline_median_rmse", "mae_gain_over_baseline")

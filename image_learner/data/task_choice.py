@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from input_utils import InputError, listed, missing_value_like
+from image_learner.data.input_utils import InputError, listed, missing_value_like
 
 TASKS = ("auto", "binary", "multiclass", "regression")
 REGRESSION_MIN_DISTINCT = 11  # more than 10 distinct numbers: a quantity, not class codes (as upstream)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from input_utils import InputError
-from timm_backbone import ENCODER_TYPE
+from image_learner.errors import InputError
+from image_learner.training.timm_backbone import ENCODER_TYPE
 
 IMAGE_FEATURE = "image_path"
 LABEL_FEATURE = "label"

@@ -42,7 +42,7 @@ class WorkersFailed(RuntimeError):
 
 def check_options(distributed: str, num_workers: int, lr_schedule: str, device: str) -> None:
     """InputError for a combination that cannot run; call before any work."""
-    from input_utils import InputError
+    from image_learner.errors import InputError
 
     if distributed not in DISTRIBUTED:
         raise InputError(f"--distributed must be one of {', '.join(DISTRIBUTED)}, got {distributed!r}")
@@ -83,7 +83,7 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
     """Train in ``num_workers`` processes; returns ludwig_trainer.TrainedModel loaded with the local path."""
     import pandas as pd
 
-    import ludwig_trainer
+    from image_learner.training import ludwig_trainer
 
     started = time.time()
     job = {"config": config, "work_dir": work_dir, "model_dir": model_dir, "seed": seed, "task": task,
@@ -95,14 +95,20 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
     with open(job_path, "w") as handle:
         json.dump(job, handle)
     # TMPDIR: torchrun's own torchelastic_* folder lands in the scratch folder too
-    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers)), "TMPDIR": work_dir}
-    launch(launch_command(num_workers, [os.path.abspath(__file__), "worker", job_path]), env)
+    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers)), "TMPDIR": work_dir,
+           "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
+    launch(launch_command(num_workers, ["-m", __spec__.name, "worker", job_path]), env)
     with open(job["result"]) as handle:
         result = json.load(handle)
     history = pd.DataFrame(result["history"])
     model = ludwig_trainer.load_model(model_dir)
     return ludwig_trainer.TrainedModel(model, model_dir, history, result["best_epoch"], result["device"],
                                        time.time() - started)
+
+
+# The folder holding the image_learner package: the workers run this module with ``python -m`` (it
+# imports the package), whether the tool runs from a checkout, Galaxy's tool folder or an installed wheel.
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def launch_command(num_workers: int, script_and_args: list[str]) -> list[str]:
@@ -206,7 +212,7 @@ def _strategy_class():
 
 def check_readable(paths, host: str | None = None) -> None:
     """Every worker must read every image (a shared filesystem across nodes): name the first missing one."""
-    from input_utils import InputError
+    from image_learner.errors import InputError
 
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -218,8 +224,8 @@ def check_readable(paths, host: str | None = None) -> None:
 def _worker(job_path: str) -> int:
     import pandas as pd
 
-    import ludwig_trainer
-    from ludwig_config import IMAGE_FEATURE
+    from image_learner.training import ludwig_trainer
+    from image_learner.training.ludwig_config import IMAGE_FEATURE
 
     with open(job_path) as handle:
         job = json.load(handle)
@@ -241,5 +247,5 @@ def _worker(job_path: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["worker"] or len(sys.argv) != 3:
-        sys.exit("usage: data_parallel.py worker JOB.json (started by torchrun from image-learner)")
+        sys.exit("usage: python -m image_learner.training.data_parallel worker JOB.json (started by torchrun from image-learner)")
     sys.exit(_worker(sys.argv[2]))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from image_learner.errors import MAX_LISTED, InputError, listed  # noqa: F401 (re-exported)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 # Archive members that operating systems add by themselves; never images, never an error.
 JUNK_PARTS = ("__MACOSX",)
@@ -34,19 +36,6 @@ MISSING_VALUE_MARKERS = frozenset({
 })
 # Text columns of the tables this tool writes (predictions.csv, split.csv), re-read as text, never as NA.
 OUTPUT_TEXT_COLUMNS = ("image", "image_file", "split", "label", "true_label", "predicted_label", "sample_id")
-
-
-class InputError(Exception):
-    """A problem with the user's input files or options; the message is shown as is."""
-
-
-MAX_LISTED = 10  # rows/files named in a message before "…and N more"
-
-
-def listed(items, limit: int = MAX_LISTED, sep: str = ", ") -> str:
-    """The first ``limit`` items for a message, then how many more there are."""
-    items = [str(i) for i in items]
-    return sep.join(items[:limit]) + (f" …and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn import metrics as skm
 
-import metrics
+from image_learner.evaluation import metrics
 
 LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=50, b=50),
               legend=dict(font=dict(size=11)))

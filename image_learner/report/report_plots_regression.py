@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from report_plots import SPLIT_COLOURS, to_html
+from image_learner.report.report_plots import SPLIT_COLOURS, to_html
 
 SPLITS = ("train", "validation", "test")
 # Ludwig's number-feature metrics in training_history.csv (<split>_<metric>) drawn as learning curves.

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-import devices
-import evaluation
-import model_archive
-import task_choice
-from image_check import DEFAULT_MAX_BAD_FRACTION, check_images
-from input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
+from image_learner.training import devices
+from image_learner.evaluation import evaluation
+from image_learner.model import model_archive
+from image_learner.data import task_choice
+from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images
+from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column)
-from run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
+from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
 
@@ -85,7 +85,7 @@ def predict(request: PredictRequest) -> pd.DataFrame:
 
 
 def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
-    import ludwig_trainer
+    from image_learner.training import ludwig_trainer
 
     timer = StageTimer()
     with timer.stage("unpacking and validating the model"):
@@ -163,7 +163,7 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
 
 
 def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int):
-    import ludwig_trainer
+    from image_learner.training import ludwig_trainer
 
     ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]

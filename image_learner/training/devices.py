@@ -20,7 +20,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from input_utils import InputError
+from image_learner.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 MIXED_PRECISION = ("auto", "on", "off")

@@ -14,9 +14,9 @@ import os
 import re
 from dataclasses import asdict
 
-from input_utils import InputError
-from ludwig_config import AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, TrainingOptions
-from metrics import THRESHOLD_POLICIES
+from image_learner.errors import InputError
+from image_learner.training.ludwig_config import AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, TrainingOptions
+from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
 METADATA = "training_set_metadata.json"
@@ -39,7 +39,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)?")  # no "hf-hub:" / 
 
 def _timm_model(name) -> bool:
     """A timm architecture (and pretrained tag) timm knows, as training stores it (aliases resolved)."""
-    import timm_backbone
+    from image_learner.training import timm_backbone
 
     if not (isinstance(name, str) and _MODEL_NAME.fullmatch(name)):
         return False

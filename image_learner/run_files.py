@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from input_utils import InputError
+from image_learner.errors import InputError
 
 TOOL_VERSION = "0.1.0"
 SUMMARY_FILE = "run_summary.json"

@@ -16,9 +16,9 @@ import json
 import os
 from contextlib import contextmanager
 
-from input_utils import InputError, ZipLimits, extract_zip_safely
-from ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
-from model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
+from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely
+from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
+from image_learner.model.model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
 
 CONFIG = "model_hyperparameters.json"
 WEIGHTS = "model_weights.safetensors"

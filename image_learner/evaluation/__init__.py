@@ -1,0 +1,1 @@
+"""Evaluation stage: metrics with bootstrap intervals and the predictions table (pure; no Ludwig)."""

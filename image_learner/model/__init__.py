@@ -1,0 +1,1 @@
+"""Model stage: the trained model's archive and manifest (validated as hostile input) and predict."""
