@@ -17,8 +17,9 @@ Every number a regression run reports is computed here from ``predictions.csv`` 
   no baseline unless its median is passed in.
 - Test intervals: percentile bootstrap of groups (bootstrap.py: images sharing a sample id or a
   duplicate group drawn together; each row its own group without them), 1000 resamples by a seeded
-  generator (same seed, same resamples as the classification intervals); each resample is scored by the same rules as a split, a resample on which a metric is undefined is
-  skipped for it, and a metric with fewer than 10 defined resamples gets no interval (None).
+  generator (same seed, same resamples as the classification intervals); each resample is scored by
+  the same rules as a split, a resample on which a metric is undefined is skipped for it, and a metric
+  with fewer than 10 defined resamples gets no interval (None).
 """
 
 from __future__ import annotations

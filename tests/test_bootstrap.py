@@ -63,7 +63,8 @@ def _lesions(n_lesions: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"image": [f"l{i}_orig.jpg" for i in range(n_lesions)], "split": "test",
                          "true_label": label, "predicted_label": np.where(p >= 0.5, "malignant", "benign"),
                          "prob_benign": 1 - p, "prob_malignant": p, "sample_id": [f"L{i}" for i in range(n_lesions)],
-                         "duplicate_group": np.arange(n_lesions), "true_value": 40 + 20 * p + rng.normal(0, 8, n_lesions),
+                         "duplicate_group": np.arange(n_lesions),
+                         "true_value": 40 + 20 * p + rng.normal(0, 8, n_lesions),
                          "predicted_value": 40 + 20 * p})
 
 

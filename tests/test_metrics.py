@@ -195,7 +195,8 @@ def test_bootstrap_skips_undefined_resamples():
     classes = ["a", "b"]
     proba = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
     values = metrics.bootstrap_samples(["a", "a", "b"], proba, classes, n_resamples=200, seed=3)
-    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in bootstrap.resample_rows(3, None, 200, 3)])
+    drawn = bootstrap.resample_rows(3, None, 200, 3)
+    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in drawn])
     assert one_class.any() and not one_class.all()
     assert np.array_equal(np.isnan(values["roc_auc_macro"]), one_class)
     assert not np.isnan(values["accuracy"]).any()
