@@ -18,6 +18,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from image_learner.data.input_utils import read_output_csv
+from image_learner.evaluation import bootstrap
 from image_learner.evaluation import metrics
 from image_learner.evaluation import regression_metrics
 from image_learner.report import report_images
@@ -222,8 +223,20 @@ def _cross_validation_section(summary, cv_metrics, predictions, classes) -> dict
             "mean": cv_metrics["mean"], "sd": cv_metrics["sd"],
             "pooled_rows": [{"label": label, "value": pooled.get(key), "ci": (pooled.get("ci95") or {}).get(key)}
                             for key, label in labels.items() if key in pooled],
+            "interval_basis": _interval_basis(pooled, "out-of-fold images"),
             "confusion": None if regression else _confusion_table(predictions, classes, "cross_validation"),
             "spread": report_plots.fold_spread(cv_metrics["folds"], spread[0], spread[1], pooled.get(spread[0]))}
+
+
+def _interval_basis(split_metrics: dict, what: str) -> str:
+    """The sentence on what the split's intervals rest on; a metrics.json written before groups were
+    resampled (no "ci95_basis") resampled images one by one, and says so."""
+    basis = split_metrics.get("ci95_basis")
+    if basis:
+        return bootstrap.describe(basis, what)
+    if split_metrics.get("ci95"):
+        return f"95% intervals over 1,000 resamples of the {what}, resampled one by one (not by group)"
+    return f"1,000 resamples of the {what}"  # no such split: no intervals shown
 
 
 def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
@@ -240,7 +253,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
                   saliency=saliency, saliency_reason=saliency_reason, citations=_citations(summary),
                   config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
                   plotly_js=plotly.offline.get_plotlyjs(),
-                  n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS})
+                  n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
+                  interval_basis=_interval_basis(per_split.get("test", {}), "test images"))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

@@ -4,7 +4,9 @@
 lesion, tf_efficientnet_lite0 from offline ImageNet weights, through the CLI
 (``--task regression --target-column age --sample-id-column lesion_id``). Prints, per seed, the test
 MAE with its 95% bootstrap interval against the baseline of always predicting the training images'
-median age (with its interval, and the paired interval of the gain), and writes a markdown table.
+median age (with its interval, and the paired interval of the gain), and writes a markdown table. The
+intervals resample lesions whole (sample id or duplicate group; the group count is in the test-images
+column), as the tool's metrics.json does.
 
     python bench/age_regression.py [--seeds 42 43 44] [--epochs 15] [--image-size 224]
                                    [--work /tmp/age_bench] [--markdown /tmp/age_bench/age_regression.md]
@@ -79,7 +81,8 @@ def main() -> None:
         maes.append(test["mae"])
         baselines.append(test["baseline_median_mae"])
         r2, rho = test.get("r2"), test.get("spearman_r")
-        line = (f"| {seed} | {test['n']} | {test['mae']:.1f} ({_interval(ci, 'mae')}) | "
+        groups = test["ci95_basis"]["groups"]
+        line = (f"| {seed} | {test['n']} ({groups} groups) | {test['mae']:.1f} ({_interval(ci, 'mae')}) | "
                 f"{test['baseline_median_mae']:.1f} ({_interval(ci, 'baseline_median_mae')}; median "
                 f"{test['baseline_median']:.0f}) | {test['mae_gain_over_baseline']:+.1f} "
                 f"({_interval(ci, 'mae_gain_over_baseline')}) | {'–' if r2 is None else f'{r2:.2f}'} | "

@@ -2,7 +2,8 @@
 """k-fold cross-validation against one 70/10/20 split, the same budget (model, image size, epochs, early stop,
 batch): tf_efficientnet_lite0 (offline ImageNet weights, fine-tuned) on the 258 shared HAM10000 originals
 (600x450, grouped by lesion). For each: the balanced accuracy and the width of its 95% bootstrap interval
-(single split: the test split's; cross-validation: the pooled out-of-fold predictions'), and for
+(single split: the test split's; cross-validation: the pooled out-of-fold predictions'; lesions resampled
+whole, the number of lesion groups in the "images scored" column), and for
 cross-validation the spread across folds (mean ± sd, min–max). Prints a markdown table and writes it to
 ``--table``.
 
@@ -24,6 +25,12 @@ from common import build_set, lite0_weights, run_tool  # noqa: E402
 def _metrics(out: str) -> dict:
     with open(os.path.join(out, "metrics.json")) as handle:
         return json.load(handle)
+
+
+def _scored(entry: dict) -> str:
+    """Images scored and the groups their interval resamples (metrics.json's ci95_basis)."""
+    basis = entry.get("ci95_basis") or {}
+    return f"{entry['n']} ({basis['groups']} groups)" if basis else str(entry["n"])
 
 
 def main() -> None:
@@ -57,7 +64,7 @@ def main() -> None:
         test = _metrics(out)["test"]
         low, high = test["ci95"]["balanced_accuracy"]
         widths["split"].append(high - low)
-        lines.append(f"| one 70/10/20 split (test) | {seed} | {test['n']} | {test['balanced_accuracy']:.3f} | "
+        lines.append(f"| one 70/10/20 split (test) | {seed} | {_scored(test)} | {test['balanced_accuracy']:.3f} | "
                      f"{low:.3f}–{high:.3f} | {high - low:.3f} | – | {summary['training']['best_epoch']} | "
                      f"{summary['wall_s']:.0f} |")
         print(lines[-1], flush=True)
@@ -71,7 +78,7 @@ def main() -> None:
         widths["cv"].append(high - low)
         folds = np.array([f["balanced_accuracy"] for f in cv["folds"]])
         kept = summary["cross_validation"]["kept_epochs"]
-        lines.append(f"| {args.folds}-fold CV (pooled out-of-fold) | {seed} | {pooled['n']} | "
+        lines.append(f"| {args.folds}-fold CV (pooled out-of-fold) | {seed} | {_scored(pooled)} | "
                      f"{pooled['balanced_accuracy']:.3f} | {low:.3f}–{high:.3f} | {high - low:.3f} | "
                      f"{folds.mean():.3f} ± {folds.std(ddof=1):.3f} ({folds.min():.3f}–{folds.max():.3f}) | "
                      f"{', '.join(map(str, kept))} → final {summary['cross_validation']['final_epochs']} | "

@@ -195,3 +195,38 @@ def test_a_regression_cross_validates_by_target_quantiles_and_its_model_predicts
     assert image_learner_cli.main(["predict", "--model", str(out / "trained_model.zip"), "--image-zip", DEMO_ZIP,
                                    "--output-dir", str(tmp_path / "p")]) == 0
     assert "predicted_value" in pd.read_csv(tmp_path / "p" / "predictions.csv")
+
+
+def test_pooled_out_of_fold_intervals_resample_lesions_whole():
+    """Two images per lesion in the out-of-fold rows: the pooled intervals rest on the lesions (45), and
+    equal those of one image per lesion (the second image adds no information)."""
+    from image_learner.evaluation import metrics
+
+    rng = np.random.default_rng(1)
+    n = 45
+    true = rng.choice(["a", "b", "c"], n)
+    proba = rng.dirichlet([1, 1, 1], n)
+    once = pd.DataFrame({"split": "cross_validation", "fold": np.arange(n) % 3 + 1, "true_label": true,
+                         "predicted_label": np.array(["a", "b", "c"])[proba.argmax(1)],
+                         "sample_id": [f"lesion{i}" for i in range(n)], "duplicate_group": np.arange(n)})
+    for k, c in enumerate("abc"):
+        once[f"prob_{c}"] = proba[:, k]
+    twice = pd.concat([once, once.assign(duplicate_group=once["duplicate_group"] + n)], ignore_index=True)
+
+    def score(p, s):
+        return metrics.metrics_by_split(p, list("abc"), 1, s)
+
+    pooled = cross_validation.summarise(twice, score, [1, 1, 1])["pooled"]
+    assert pooled["n"] == 2 * n and pooled["ci95_basis"]["groups"] == n
+    single = cross_validation.summarise(once, score, [1, 1, 1])["pooled"]["ci95"]
+    for name, interval in pooled["ci95"].items():
+        assert interval == pytest.approx(single[name], abs=1e-12), name
+
+
+def test_cross_validation_report_says_how_many_lesions_the_intervals_rest_on(cv_run):
+    """The demo: 140 images, one original and one flip of each of 70 lesions."""
+    pooled = json.loads((cv_run / "metrics.json").read_text())["cross_validation"]["pooled"]
+    assert pooled["ci95_basis"]["rows"] == 140 and pooled["ci95_basis"]["groups"] == 70
+    assert pooled["ci95_basis"]["grouped_by"] == ["sample id", "duplicate group"]
+    report = " ".join((cv_run / "report.html").read_text().split())
+    assert "95% intervals over 1,000 resamples of 70 groups of the 140 out-of-fold images" in report

@@ -153,8 +153,13 @@ def _sklearn_on_resample(y_true, proba, classes, y_pred):
 
 @pytest.mark.parametrize("seed, n, classes", [(0, 12, ["a", "b", "c"]), (1, 7, ["x", "y"]), (2, 30, list("abcdefg")),
                                               (3, 5, list("abcd")), (4, 40, ["neg", "pos"]), (5, 3, ["a", "b"])])
-def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes, grouped):
+    """Rows or groups (each a few rows): the weighted chunked computation equals scikit-learn on each
+    resample's rows written out (bootstrap.resample_rows: the drawn groups' rows concatenated)."""
     import warnings
+
+    from image_learner.evaluation import bootstrap
 
     rng = np.random.default_rng(seed)
     y_true = rng.choice(classes, n)
@@ -162,11 +167,12 @@ def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes)
     proba /= proba.sum(axis=1, keepdims=True)
     y_pred = (np.where(proba[:, 1] >= 0.3, classes[1], classes[0]) if len(classes) == 2
               else rng.choice(classes, n))  # binary: a tuned threshold; else: any labels, some absent ones
-    rows, values = metrics.bootstrap_samples(y_true, proba, classes, y_pred, n_resamples=60, seed=seed)
-    assert rows.shape == (60, n)
+    groups = rng.integers(0, max(1, n // 3), n) if grouped else None
+    values = metrics.bootstrap_samples(y_true, proba, classes, y_pred, n_resamples=60, seed=seed, groups=groups,
+                                       max_cells=7 * n)  # chunks of 7 resamples: the chunking is checked too
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for r, picked in enumerate(rows):
+        for r, picked in enumerate(bootstrap.resample_rows(n, groups, 60, seed)):
             expected = _sklearn_on_resample(y_true[picked], proba[picked], classes, y_pred[picked])
             for name, value in expected.items():
                 assert values[name][r] == pytest.approx(value, abs=1e-12, nan_ok=True), (name, r)
@@ -174,18 +180,23 @@ def test_vectorised_bootstrap_equals_scikit_learn_per_resample(seed, n, classes)
 
 def test_bootstrap_draws_the_same_resamples_as_one_call_per_resample():
     """Same seed, same rows as the earlier loop that drew each resample with its own generator call."""
+    from image_learner.evaluation import bootstrap
+
     rng = np.random.default_rng(11)
     expected = [rng.integers(0, 9, 9) for _ in range(25)]
-    assert np.array_equal(metrics.resample_rows(9, 25, 11), np.array(expected))
+    assert np.array_equal(np.array(list(bootstrap.resample_rows(9, None, 25, 11))), np.array(expected))
 
 
 def test_bootstrap_skips_undefined_resamples():
     """Two rows of one class and one of another: many resamples hold one class only; ROC-AUC skips
     them (NaN there, interval from the rest), the counting metrics never do."""
+    from image_learner.evaluation import bootstrap
+
     classes = ["a", "b"]
     proba = np.array([[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
-    rows, values = metrics.bootstrap_samples(["a", "a", "b"], proba, classes, n_resamples=200, seed=3)
-    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in rows])
+    values = metrics.bootstrap_samples(["a", "a", "b"], proba, classes, n_resamples=200, seed=3)
+    drawn = bootstrap.resample_rows(3, None, 200, 3)
+    one_class = np.array([len(set(np.array(["a", "a", "b"])[r])) == 1 for r in drawn])
     assert one_class.any() and not one_class.all()
     assert np.array_equal(np.isnan(values["roc_auc_macro"]), one_class)
     assert not np.isnan(values["accuracy"]).any()

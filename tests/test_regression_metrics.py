@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
+from image_learner.evaluation import bootstrap
 from image_learner.evaluation import regression_metrics as rm
 
 TRUE = [1.0, 2.0, 3.0, 4.0]
@@ -91,9 +92,9 @@ def test_bootstrap_is_seeded_contains_the_estimate_and_equals_each_resample():
     point = rm.split_metrics(true, pred, 50.0)
     for name, (low, high) in first.items():
         assert low <= point[name] <= high, name
-    rows, samples = rm.bootstrap_samples(true, pred, 50.0, n_resamples=20, seed=7)
-    for r in (0, 5, 19):
-        each = rm.split_metrics(true[rows[r]], pred[rows[r]], 50.0)
+    samples = rm.bootstrap_samples(true, pred, 50.0, n_resamples=20, seed=7)
+    for r, rows in enumerate(bootstrap.resample_rows(60, None, 20, 7)):
+        each = rm.split_metrics(true[rows], pred[rows], 50.0)
         for name, values in samples.items():
             assert values[r] == pytest.approx(each[name]), name
 

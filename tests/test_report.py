@@ -156,3 +156,21 @@ def test_confidence_is_the_probability_of_the_thresholded_label():
     confidence = report_plots.predicted_class_probability(proba, ["benign", "malignant"],
                                                           ["malignant", "benign", "malignant"])
     assert confidence == pytest.approx([0.4, 0.8, 0.9])
+
+
+def test_report_says_how_many_groups_the_intervals_rest_on(tmp_path):
+    """Test images in pairs sharing a duplicate group: the interval sentence names 10 groups of 20 images."""
+    folder = str(tmp_path / "run")
+    write_run(folder, ["akiec", "mel", "nv"])
+    table = pd.read_csv(os.path.join(folder, "predictions.csv"))
+    test = table["split"] == "test"
+    table.loc[test, "duplicate_group"] = 1000 + np.arange(test.sum()) // 2
+    table.to_csv(os.path.join(folder, "predictions.csv"), index=False)
+    with open(os.path.join(folder, "metrics.json"), "w") as handle:
+        json.dump(metrics.metrics_by_split(table, ["akiec", "mel", "nv"], 42), handle)
+    html = " ".join(open(report_builder.build_report(folder), encoding="utf-8").read().split())
+    assert ("Intervals: percentile bootstrap, 95% intervals over 1,000 resamples of 10 groups of the 20 test images "
+            "(images sharing a duplicate group are drawn together, all or none), seed 42") in html
+    os.remove(os.path.join(folder, "metrics.json"))  # recomputed from predictions.csv: the same groups
+    html = " ".join(open(report_builder.build_report(folder), encoding="utf-8").read().split())
+    assert "1,000 resamples of 10 groups of the 20 test images" in html

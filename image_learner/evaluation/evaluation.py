@@ -3,7 +3,8 @@
 A classification table has ``true_label``, ``predicted_label`` and one ``prob_<class>`` column per class;
 a regression table has ``true_value`` and ``predicted_value`` (the target's unit). Both carry the image,
 its split (or ``cross_validation`` for out-of-fold rows, with ``fold``), the sample id when there is one,
-and the duplicate group. Metrics come from metrics.py (classes) or regression_metrics.py (numbers).
+and the duplicate group. Metrics come from metrics.py (classes) or regression_metrics.py (numbers); their
+bootstrap intervals draw the rows sharing a sample id or a duplicate group together (bootstrap.py).
 """
 
 from __future__ import annotations

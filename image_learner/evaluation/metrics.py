@@ -25,7 +25,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy import sparse
 from sklearn import metrics as skm
+
+from image_learner.evaluation import bootstrap
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc_macro")
 ECE_BINS = 10
@@ -160,13 +163,14 @@ def per_class_table(y_true, proba, classes, y_pred=None) -> list[dict]:
 
 
 def bootstrap_ci(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_resamples: int = 1000,
-                 seed: int = 42, level: float = 0.95) -> dict:
-    """Percentile bootstrap intervals of the headline metrics: rows resampled with replacement
-    ``n_resamples`` times with a seeded generator (same seed, same interval). Each resample is scored
-    by the same rules as a split (macro averages over the classes present in it); a resample on which
-    a metric is undefined (ROC-AUC with fewer than two classes in it) is skipped for that metric, and
-    a metric with fewer than 10 defined resamples gets no interval (None)."""
-    samples = bootstrap_samples(y_true, proba, classes, y_pred, metric_names, n_resamples, seed)[1]
+                 seed: int = 42, level: float = 0.95, groups=None) -> dict:
+    """Percentile bootstrap intervals of the headline metrics: ``groups`` (default: each row its own)
+    resampled with replacement ``n_resamples`` times with a seeded generator (same seed, same interval),
+    every row of a drawn group scored (bootstrap.py). Each resample is scored by the same rules as a split
+    (macro averages over the classes present in it); a resample on which a metric is undefined (ROC-AUC
+    with fewer than two classes in it) is skipped for that metric, and a metric with fewer than 10 defined
+    resamples gets no interval (None)."""
+    samples = bootstrap_samples(y_true, proba, classes, y_pred, metric_names, n_resamples, seed, groups)
     return percentile_intervals(samples, level)
 
 
@@ -182,72 +186,74 @@ def percentile_intervals(samples: dict, level: float = 0.95, min_defined: int = 
     return intervals
 
 
-def resample_rows(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """Row indices of every bootstrap resample, shape (n_resamples, n). One generator call per
-    resample, in the order the earlier one-resample-at-a-time loop made them, so a seed keeps giving
-    the same resamples (numpy restarts its bounded-integer buffer on every call)."""
-    rng = np.random.default_rng(seed)
-    rows = np.empty((n_resamples, n), dtype=np.int64)
-    for r in range(n_resamples if n else 0):
-        rows[r] = rng.integers(0, n, n)
-    return rows
-
-
 def bootstrap_samples(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_resamples: int = 1000,
-                      seed: int = 42) -> tuple[np.ndarray, dict]:
-    """(resample row indices, {metric: value per resample, NaN where undefined}), all resamples at
-    once: counting metrics from per-resample confusion matrices, ROC-AUC as a weighted rank statistic
-    (each row weighted by how often the resample drew it). Equals scikit-learn on each resample."""
+                      seed: int = 42, groups=None, max_cells: int = bootstrap.MAX_CELLS) -> dict:
+    """{metric: value per resample, NaN where undefined} of the cluster bootstrap (bootstrap.py), a chunk
+    of resamples at a time: counting metrics from per-resample confusion matrices, ROC-AUC as a weighted
+    rank statistic (each row weighted by how often the resample drew it). Equals scikit-learn on each
+    resample's rows (bootstrap.resample_rows)."""
     y_true, proba, classes, y_pred = _prepare(y_true, proba, classes, y_pred)
     n, k = len(y_true), len(classes)
-    rows = resample_rows(n, n_resamples, seed)
-    if n == 0:
-        return rows, {name: np.full(n_resamples, np.nan) for name in metric_names}
     lookup = {c: i for i, c in enumerate(classes)}
     if not set(y_true) <= set(lookup):
         raise ValueError(f"true labels outside the classes: {sorted(set(y_true) - set(lookup))}")
     true = np.array([lookup[v] for v in y_true], dtype=np.int64)
     pred = np.array([lookup.get(v, k) for v in y_pred], dtype=np.int64)  # column k: a label outside classes
-    # how often each resample drew each row, (rows, resamples); float so BLAS does the products below,
-    # exact for counts and sums of products below 2**53
-    drawn = np.bincount((rows * n_resamples + np.arange(n_resamples)[:, None]).ravel(), minlength=n * n_resamples)
-    weights = drawn.reshape(n, n_resamples).astype(float)
-    pair = np.zeros((n, k * (k + 1)))
-    pair[np.arange(n), true * (k + 1) + pred] = 1.0  # each row's cell of the confusion matrix
-    confusion = (weights.T @ pair).round().astype(np.int64).reshape(n_resamples, k, k + 1)
+    # each row's cell of the confusion matrix, sparse: k * (k + 1) dense columns would not fit many classes
+    pair = sparse.csr_matrix((np.ones(n), (np.arange(n), true * (k + 1) + pred)), shape=(n, k * (k + 1)))
+    # binary: the positive class's AUC; the sorting is shared by every resample
+    plans = [_auc_plan(proba[:, c], true == c) for c in ([1] if k == 2 else range(k))] \
+        if "roc_auc_macro" in metric_names else []
+    chunks = [_score_chunk(weights, pair, plans, k, metric_names)
+              for weights in bootstrap.resample_weights(n, groups, n_resamples, seed, max_cells)]
+    if not chunks:  # no rows: nothing to resample
+        return {name: np.full(n_resamples, np.nan) for name in metric_names}
+    return {name: np.concatenate([c[name] for c in chunks]) for name in metric_names}
+
+
+def _score_chunk(weights, pair, plans, k: int, metric_names) -> dict:
+    """The headline metrics of the resamples in ``weights`` (rows x resamples: how often each row is drawn)."""
+    count = weights.shape[1]
+    confusion = np.asarray(pair.T @ weights).T.round().astype(np.int64).reshape(count, k, k + 1)
     hits = confusion[:, np.arange(k), np.arange(k)]
     support, called = confusion.sum(axis=2), confusion[:, :, :k].sum(axis=1)
     present = support > 0
     n_present = present.sum(axis=1)
     recall = hits / np.maximum(support, 1)
     f1 = 2 * hits / np.maximum(support + called, 1)  # 2TP / (2TP + FP + FN); 0 where that is 0/0
-    values = {"accuracy": hits.sum(axis=1) / n,
+    # a group resample holds as many rows as its drawn groups have, not n
+    values = {"accuracy": hits.sum(axis=1) / support.sum(axis=1),
               "balanced_accuracy": (recall * present).sum(axis=1) / n_present,
               "macro_f1": (f1 * present).sum(axis=1) / n_present}
     if "roc_auc_macro" in metric_names:
-        scored = [1] if k == 2 else range(k)  # binary: the positive class
-        auc = np.column_stack([_weighted_auc(proba[:, c], true == c, weights) for c in scored])
+        auc = np.column_stack([_weighted_auc(plan, weights) for plan in plans])
         with warnings.catch_warnings():  # classes absent from a resample are NaN columns there
             warnings.simplefilter("ignore", RuntimeWarning)
             values["roc_auc_macro"] = np.where(n_present >= 2, np.nanmean(auc, axis=1), np.nan)
-    return rows, {name: values[name].astype(float) for name in metric_names}
+    return {name: values[name].astype(float) for name in metric_names}
 
 
-def _weighted_auc(scores, is_positive, weights) -> np.ndarray:
-    """Per resample (column of ``weights``: how often each row was drawn), the Mann-Whitney AUC of
-    ``scores`` for the positive rows against the rest, ties counting one half; NaN without positives
-    or negatives. The negatives are sorted once and cumulated; each positive adds its weight times the
-    negative weight below it plus half the tied one. Whole numbers (exact) until the final division."""
+def _auc_plan(scores, is_positive) -> tuple:
+    """What every resample's weighted AUC of one class shares: the negatives sorted by score, the
+    positives, and for each positive how many sorted negatives lie strictly below it and at or below it."""
     negative = np.flatnonzero(~is_positive)
     negative = negative[np.argsort(scores[negative], kind="stable")]
-    positive_scores = scores[is_positive]
+    positive = np.flatnonzero(is_positive)
+    sorted_negative = scores[negative]
+    return (negative, positive, np.searchsorted(sorted_negative, scores[positive], side="left"),
+            np.searchsorted(sorted_negative, scores[positive], side="right"))
+
+
+def _weighted_auc(plan, weights) -> np.ndarray:
+    """Per resample (column of ``weights``: how often each row was drawn), the Mann-Whitney AUC of the
+    positive rows' scores against the rest (``plan``: _auc_plan), ties counting one half; NaN without
+    positives or negatives. The sorted negatives' weights are cumulated; each positive adds its weight
+    times the negative weight below it plus half the tied one. Whole numbers (exact) until the division."""
+    negative, positive, below_index, up_to_index = plan
     cumulated = np.zeros((len(negative) + 1, weights.shape[1]))
     np.cumsum(weights[negative], axis=0, out=cumulated[1:])
-    sorted_negative = scores[negative]
-    below = cumulated[np.searchsorted(sorted_negative, positive_scores, side="left")]
-    up_to = cumulated[np.searchsorted(sorted_negative, positive_scores, side="right")]
-    drawn = weights[is_positive]
-    wins2 = (drawn * (below + up_to)).sum(axis=0)  # twice (wins + ties / 2)
+    drawn = weights[positive]
+    wins2 = (drawn * (cumulated[below_index] + cumulated[up_to_index])).sum(axis=0)  # twice (wins + ties / 2)
     pairs2 = 2 * drawn.sum(axis=0) * cumulated[-1]
     return np.divide(wins2, pairs2, out=np.full(weights.shape[1], np.nan), where=pairs2 > 0)
 
@@ -255,7 +261,8 @@ def _weighted_auc(scores, is_positive, weights) -> np.ndarray:
 def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "validation", "test")) -> dict:
     """metrics.json: per split (rows of a predictions table with ``split``, ``true_label``,
     ``predicted_label`` and ``prob_<class>`` columns) every metric and the per-class table; for the
-    test split also seeded 95% bootstrap intervals of the headline metrics."""
+    test split also seeded 95% bootstrap intervals of the headline metrics ("ci95"; groups of the
+    ``sample_id`` and ``duplicate_group`` columns resampled whole) and what they rest on ("ci95_basis")."""
     result = {}
     for name in splits:
         part = predictions[predictions["split"] == name]
@@ -263,8 +270,10 @@ def metrics_by_split(predictions, classes, seed: int = 42, splits=("train", "val
             args = (part["true_label"], part[[f"prob_{c}" for c in classes]].to_numpy(), classes,
                     part["predicted_label"])
             result[name] = {**split_metrics(*args), "per_class": per_class_table(*args)}
-            if name == "test":
-                result[name]["ci95"] = bootstrap_ci(*args, seed=seed)
+            if name == "test":  # images sharing a sample id or a duplicate group are resampled together
+                groups = bootstrap.cluster_ids(part)
+                result[name]["ci95"] = bootstrap_ci(*args, seed=seed, groups=groups)
+                result[name]["ci95_basis"] = bootstrap.basis(part, groups)
     return result
 
 

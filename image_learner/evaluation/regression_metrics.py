@@ -15,10 +15,11 @@ Every number a regression run reports is computed here from ``predictions.csv`` 
   its test interval is paired (both scored on the same resamples), so it is narrower than the two
   intervals side by side suggest. Without a train split (a saved model applied to new images) there is
   no baseline unless its median is passed in.
-- Test intervals: percentile bootstrap, rows resampled with replacement 1000 times by a seeded
-  generator (``metrics.resample_rows``: same seed, same resamples as the classification intervals);
-  each resample is scored by the same rules as a split, a resample on which a metric is undefined is
-  skipped for it, and a metric with fewer than 10 defined resamples gets no interval (None).
+- Test intervals: percentile bootstrap of groups (bootstrap.py: images sharing a sample id or a
+  duplicate group drawn together; each row its own group without them), 1000 resamples by a seeded
+  generator (same seed, same resamples as the classification intervals); each resample is scored by
+  the same rules as a split, a resample on which a metric is undefined is skipped for it, and a metric
+  with fewer than 10 defined resamples gets no interval (None).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from image_learner.evaluation.metrics import percentile_intervals, resample_rows
+from image_learner.evaluation import bootstrap
+from image_learner.evaluation.metrics import percentile_intervals
 
 HEADLINE = ("mae", "rmse", "r2", "pearson_r", "spearman_r", "median_absolute_error")
 BASELINE = ("baseline_median_mae", "baseline_median_rmse", "mae_gain_over_baseline")
@@ -40,35 +42,67 @@ def _values(values, name: str) -> np.ndarray:
     return array
 
 
-def _batch_metrics(true: np.ndarray, pred: np.ndarray, baseline: float | None = None) -> dict:
-    """Every metric along the last axis of (resamples, n) arrays, NaN where undefined; a split is
-    the one-resample case, so splits and bootstrap resamples are scored by the same code."""
-    n = true.shape[-1]
+def _weighted_metrics(true: np.ndarray, pred: np.ndarray, weights: np.ndarray, baseline: float | None = None) -> dict:
+    """Every metric of each resample, NaN where undefined. ``weights`` (resamples, n): how often each
+    resample holds each row (bootstrap.py); a split is the one-resample case with weight 1 per row, so
+    splits and bootstrap resamples are scored by the same code. Each equals the plain formula on the
+    resample's rows written out (a row drawn twice counts twice, ties rank as scipy's rankdata)."""
+    total = weights.sum(axis=-1)
+    drawn = weights > 0
     error = pred - true
-    out = {"mae": np.abs(error).mean(axis=-1), "rmse": np.sqrt((error ** 2).mean(axis=-1)),
-           "median_absolute_error": np.median(np.abs(error), axis=-1)}
-    centred = true - true.mean(axis=-1, keepdims=True)
-    total = (centred ** 2).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # constant means exactly equal values (the mean of n equal floats may differ from them by rounding)
-        varies = np.ptp(true, axis=-1) > 0
-        out["r2"] = np.where(varies & (n >= 2), 1.0 - (error ** 2).sum(axis=-1) / total, np.nan)
-        out["pearson_r"] = _correlation(true, pred)
-        out["spearman_r"] = _correlation(stats.rankdata(true, axis=-1), stats.rankdata(pred, axis=-1))
-    if baseline is not None:
-        base_error = baseline - true
-        out["baseline_median_mae"] = np.abs(base_error).mean(axis=-1)
-        out["baseline_median_rmse"] = np.sqrt((base_error ** 2).mean(axis=-1))
-        out["mae_gain_over_baseline"] = out["baseline_median_mae"] - out["mae"]
+        out = {"mae": weights @ np.abs(error) / total, "rmse": np.sqrt(weights @ error ** 2 / total),
+               "median_absolute_error": _weighted_median(np.abs(error), weights, total)}
+        # constant means exactly equal drawn values (a mean of equal floats may differ from them by rounding)
+        varies = _varies(true, drawn)
+        spread = (weights * (true - (weights @ true / total)[:, None]) ** 2).sum(axis=-1)
+        out["r2"] = np.where(varies, 1.0 - (weights @ error ** 2) / spread, np.nan)
+        out["pearson_r"] = _correlation(true, pred, weights, varies & _varies(pred, drawn))
+        out["spearman_r"] = _correlation(_weighted_ranks(true, weights), _weighted_ranks(pred, weights), weights,
+                                         varies & _varies(pred, drawn))
+        if baseline is not None:
+            base_error = baseline - true
+            out["baseline_median_mae"] = weights @ np.abs(base_error) / total
+            out["baseline_median_rmse"] = np.sqrt(weights @ base_error ** 2 / total)
+            # paired: the model and the baseline scored on the same resample
+            out["mae_gain_over_baseline"] = out["baseline_median_mae"] - out["mae"]
     return out
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson's r along the last axis; NaN where either side is constant (or fewer than 2 rows)."""
-    varies = (np.ptp(a, axis=-1) > 0) & (np.ptp(b, axis=-1) > 0)
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    r = (a * b).sum(axis=-1) / np.sqrt((a ** 2).sum(axis=-1) * (b ** 2).sum(axis=-1))
+def _varies(values: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """Per resample: do the drawn rows hold at least two different values?"""
+    return np.where(drawn, values, -np.inf).max(axis=-1) > np.where(drawn, values, np.inf).min(axis=-1)
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """np.median of each resample's rows written out: the mean of the sorted values at positions
+    floor((m - 1) / 2) and floor(m / 2), m rows, found on the cumulated weights of the sorted values."""
+    order = np.argsort(values, kind="stable")
+    cumulated = np.cumsum(weights[:, order], axis=-1)
+    middle = []
+    for position in ((total - 1) // 2, total // 2):
+        index = (cumulated <= position[:, None]).sum(axis=-1)  # first sorted value reaching past it
+        middle.append(values[order][np.minimum(index, len(values) - 1)])
+    return np.where(total > 0, (middle[0] + middle[1]) / 2, np.nan)
+
+
+def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per resample, each row's average rank (1-based, ties share the mean) among the resample's rows
+    written out: the weight of smaller values plus (the weight of equal values + 1) / 2."""
+    order = np.argsort(values, kind="stable")
+    distinct, inverse = np.unique(values, return_inverse=True)
+    last = np.searchsorted(values[order], distinct, side="right") - 1  # each distinct value's last sorted row
+    up_to = np.cumsum(weights[:, order], axis=-1)[:, last]  # weight of values <= each distinct value
+    equal = np.diff(up_to, axis=-1, prepend=0.0)
+    return (up_to - equal + (equal + 1) / 2)[:, inverse.reshape(-1)]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray, weights: np.ndarray, varies: np.ndarray) -> np.ndarray:
+    """Weighted Pearson's r per resample (``a``, ``b``: (n,) or (resamples, n)); NaN where not ``varies``."""
+    total = weights.sum(axis=-1, keepdims=True)
+    a = a - (weights * a).sum(axis=-1, keepdims=True) / total
+    b = b - (weights * b).sum(axis=-1, keepdims=True) / total
+    r = (weights * a * b).sum(axis=-1) / np.sqrt((weights * a ** 2).sum(axis=-1) * (weights * b ** 2).sum(axis=-1))
     return np.where(varies, np.clip(r, -1.0, 1.0), np.nan)
 
 
@@ -80,7 +114,7 @@ def split_metrics(y_true, y_pred, baseline: float | None = None) -> dict:
         raise ValueError(f"{len(true)} true values but {len(pred)} predictions")
     if len(true) == 0:
         return {"n": 0}
-    found = _batch_metrics(true[None], pred[None], baseline)
+    found = _weighted_metrics(true, pred, np.ones((1, len(true))), baseline)
     out = {"n": int(len(true))}
     for name in HEADLINE + tuple(k for k in found if k not in HEADLINE):  # the contract's order first
         value = float(found[name][0])
@@ -91,22 +125,23 @@ def split_metrics(y_true, y_pred, baseline: float | None = None) -> dict:
 
 
 def bootstrap_samples(y_true, y_pred, baseline: float | None = None, n_resamples: int = 1000,
-                      seed: int = 42) -> tuple[np.ndarray, dict]:
-    """(resample row indices, {metric: value per resample, NaN where undefined}), all resamples at
-    once as (resamples, n) arrays; equals split_metrics on each resample."""
+                      seed: int = 42, groups=None, max_cells: int = bootstrap.MAX_CELLS) -> dict:
+    """{metric: value per resample, NaN where undefined} of the cluster bootstrap (bootstrap.py: ``groups``
+    drawn whole, default each row its own), a chunk of resamples at a time; equals split_metrics on each
+    resample's rows (bootstrap.resample_rows)."""
     true, pred = _values(y_true, "true"), _values(y_pred, "predicted")
-    rows = resample_rows(len(true), n_resamples, seed)
-    if len(true) == 0:
-        names = HEADLINE + (BASELINE if baseline is not None else ())
-        return rows, {name: np.full(n_resamples, np.nan) for name in names}
-    return rows, {name: values.astype(float) for name, values in
-                  _batch_metrics(true[rows], pred[rows], baseline).items()}
+    names = HEADLINE + (BASELINE if baseline is not None else ())
+    chunks = [_weighted_metrics(true, pred, weights.T, baseline)
+              for weights in bootstrap.resample_weights(len(true), groups, n_resamples, seed, max_cells)]
+    if not chunks:  # no rows: nothing to resample
+        return {name: np.full(n_resamples, np.nan) for name in names}
+    return {name: np.concatenate([c[name] for c in chunks]).astype(float) for name in names}
 
 
 def bootstrap_ci(y_true, y_pred, baseline: float | None = None, n_resamples: int = 1000, seed: int = 42,
-                 level: float = 0.95) -> dict:
+                 level: float = 0.95, groups=None) -> dict:
     """Percentile bootstrap intervals {metric: [low, high] or None} (rules in the module docstring)."""
-    return percentile_intervals(bootstrap_samples(y_true, y_pred, baseline, n_resamples, seed)[1], level)
+    return percentile_intervals(bootstrap_samples(y_true, y_pred, baseline, n_resamples, seed, groups), level)
 
 
 def train_median(predictions) -> float | None:
@@ -127,6 +162,8 @@ def metrics_by_split(predictions, seed: int = 42, splits=("train", "validation",
         if len(part):
             args = (part["true_value"].to_numpy(), part["predicted_value"].to_numpy(), baseline)
             result[name] = split_metrics(*args)
-            if name == "test":
-                result[name]["ci95"] = bootstrap_ci(*args, seed=seed)
+            if name == "test":  # images sharing a sample id or a duplicate group are resampled together
+                groups = bootstrap.cluster_ids(part)
+                result[name]["ci95"] = bootstrap_ci(*args, seed=seed, groups=groups)
+                result[name]["ci95_basis"] = bootstrap.basis(part, groups)
     return result

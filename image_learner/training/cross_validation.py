@@ -134,7 +134,8 @@ def _numbers(values: dict) -> dict:
 def summarise(predictions: pd.DataFrame, score, kept_epochs, thresholds=()) -> dict:
     """metrics.json's "cross_validation" entry from predictions.csv's out-of-fold rows: per fold the
     metrics (``score`` on that fold alone), its size and kept epoch; the mean and sample sd (ddof 1)
-    across folds of every number; and the pooled out-of-fold metrics with seeded bootstrap intervals.
+    across folds of every number; and the pooled out-of-fold metrics with seeded bootstrap intervals (the
+    rows' sample id and duplicate group columns drawn whole, bootstrap.py; "ci95_basis" counts the groups).
 
     ``score(predictions, splits)`` scores the rows whose ``split`` is in ``splits``, with intervals for
     "test" (metrics.metrics_by_split's shape); the fold rows are scored under those names."""
