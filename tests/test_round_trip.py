@@ -159,9 +159,9 @@ def test_class_weights_saved_in_another_order_are_refused(runs, tmp_path, capsys
 
 
 def test_manifest_class_weights_must_cover_ludwigs_vocabulary(runs):
-    import model_manifest
     from importlib.metadata import version
 
+    import model_manifest
     from input_utils import InputError
     from run_files import TOOL_VERSION
 
