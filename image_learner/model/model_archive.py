@@ -81,11 +81,24 @@ def _read_json(model_dir: str, name: str):
 
 
 def expected_config(manifest: dict) -> dict:
-    """The config our builder makes from the manifest's training options (not yet rendered by Ludwig)."""
+    """The config our builder makes from the manifest's training options (not yet rendered by Ludwig), with
+    the class weights as Ludwig saves them (``saved_class_weights``)."""
     training = manifest["training"]
     options = TrainingOptions(**training["options"])
-    return build_ludwig_config(options, manifest["task"], training["class_weights"], training["positive_weight"],
-                               training["train_rows"])
+    config = build_ludwig_config(options, manifest["task"], training["class_weights"], training["positive_weight"],
+                                 training["train_rows"])
+    loss = config["output_features"][0].get("loss", {})
+    if isinstance(loss.get("class_weights"), dict):
+        loss["class_weights"] = saved_class_weights(loss["class_weights"], manifest["label_vocabulary"])
+    return config
+
+
+def saved_class_weights(weights: dict[str, float], vocabulary: list[str]) -> list[float]:
+    """Ludwig turns the class-weight object we configure into a list in its vocabulary's order (``idx2str``,
+    the manifest's label_vocabulary, which check_metadata holds to training_set_metadata.json) and saves
+    that list: the saved config is compared with this, value by value. The manifest check made sure the
+    object has one weight per vocabulary name."""
+    return [weights[name] for name in vocabulary]
 
 
 def check_config(config, manifest: dict, render=None) -> None:

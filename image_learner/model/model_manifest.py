@@ -160,7 +160,9 @@ def _check_training(manifest: dict, binary: bool) -> None:
                "'none' for a regression model")
     weights, positive = training["class_weights"], training["positive_weight"]
     if balanced and not binary:
-        expect(isinstance(weights, dict) and set(weights) == set(manifest["classes"])
+        # one per class, and so per name of Ludwig's vocabulary: Ludwig refuses other keys at training
+        names = set(manifest["classes"])
+        expect(isinstance(weights, dict) and set(weights) == names == set(manifest["label_vocabulary"])
                and all(_is_number(w, 0, above=True) for w in weights.values()), MANIFEST,
                "training.class_weights", weights, "a weight above 0 per class")
     else:

@@ -102,7 +102,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     for note in notes:
         log(f"WARNING: {note}")
     with timer.stage(f"loading the model and predicting {len(table)} images"):
-        model, predictions = _predict_table(model_dir, manifest, table, request.batch_size)
+        model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
+                                            f"model {os.path.basename(request.model_zip)!r}")
     predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
     found = None
     if label_col:
@@ -162,13 +163,14 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
     return kept[kept["read_path"].notna()].reset_index(drop=True)
 
 
-def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int):
+def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int, source: str):
+    """``source``: how errors name the model file."""
     from image_learner.training import ludwig_trainer
 
     ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]
     with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
-        model = ludwig_trainer.load_model(model_dir)
+        model = ludwig_trainer.load_model(model_dir, source)
         if manifest["task"] == "regression":
             scaling = manifest["target_scaling"]
             values = ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"], scaling["std"])

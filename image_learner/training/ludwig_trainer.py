@@ -33,6 +33,12 @@ CATEGORY_METRIC_NAMES = {"accuracy": "balanced_accuracy", "accuracy_micro": "acc
 HISTORY_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
 PROGRESS_STEPS = 10  # prediction logs its progress about this many times
 
+# Ludwig imports bitsandbytes, whose CPU backend warns at import time, on CPUs with AVX512-BF16, that its
+# optional 4-bit kernel package ("kernels") is missing. This tool never quantises (model_archive refuses
+# quantization configs), so that line only confuses users: its logger shows errors only. Set here, before
+# any Ludwig import (every path to Ludwig goes through this module).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
 
 @dataclass
 class TrainedModel:
@@ -237,16 +243,24 @@ def _rendered_json(config_json: str) -> str:
     return json.dumps(ModelConfig.from_dict(json.loads(config_json)).to_dict())
 
 
-def load_model(model_dir: str):
-    """LudwigModel.load of a validated model directory (model_archive). Ludwig loads the weights strictly:
-    names or shapes that do not fit the model the config builds are an InputError, not a traceback."""
+def load_model(model_dir: str, source: str = "the model"):
+    """LudwigModel.load of a validated model directory (model_archive). A model that passed our checks but
+    that Ludwig still cannot load (weights that do not fit the model the config builds, a tensor type it
+    cannot read, ...) is an InputError of one line naming ``source`` (the model file), not a traceback;
+    running out of memory stays what it is."""
     from ludwig.api import LudwigModel
 
     register_with_ludwig()
     try:
         return LudwigModel.load(model_dir, backend="local")
-    except RuntimeError as err:
-        if not str(err).startswith("Error(s) in loading state_dict"):
+    except MemoryError:
+        raise
+    except Exception as err:  # anything Ludwig raises on a validated file is that file's fault
+        if devices.is_out_of_memory(err):
             raise
-        raise InputError("model_weights.safetensors in the model ZIP does not fit the model its config describes: "
-                         + " ".join(str(err).split())[:300]) from err
+        detail = " ".join(str(err).split())[:300]
+        if isinstance(err, RuntimeError) and detail.startswith("Error(s) in loading state_dict"):
+            raise InputError(f"{source}: model_weights.safetensors does not fit the model its config describes: "
+                             + detail) from err
+        raise InputError(f"{source}: it passes Image Learner's checks but Ludwig cannot load it "
+                         f"({type(err).__name__}: {detail})") from err
