@@ -7,11 +7,12 @@ are ever mistaken for results.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ from image_learner.model import model_manifest
 from image_learner.training import model_fit
 import split_utils
 from image_learner.training import timm_backbone
-from image_learner.data.input_utils import InputError, ZipLimits, extract_images
+from image_learner.data.input_utils import InputError, ZipLimits, extract_images, write_output_csv
 from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
@@ -144,6 +145,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     else:
         outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request))
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
+    weights_record = _keep_no_weights_path(outcome, os.path.join(out, "model"))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
@@ -172,6 +174,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
                   "image_size": opts.image_size},
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
+                     "pretrained_weights": weights_record,
                      "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
                      "best_epoch_chosen_by": "the median kept epoch of the folds (final model: no validation)"
@@ -188,6 +191,25 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         with timer.stage("writing the report"):
             report_builder.build_report(out, images_dir=images_dir, ludwig_model=trained.ludwig_model)
     return summary
+
+
+def _keep_no_weights_path(outcome, model_dir: str) -> str | None:
+    """--pretrained-weights is a path on the training machine: the delivered model's manifest options,
+    its model_hyperparameters.json and config.yaml keep the file's name and SHA-256 instead
+    (ludwig_config.pretrained_weights_record); returns that record (None without the option)."""
+    path = outcome.options.pretrained_weights
+    if not path:
+        return None
+    record = ludwig_config.pretrained_weights_record(path)
+    outcome.options = replace(outcome.options, pretrained_weights=record)
+    outcome.fit.config["input_features"][0]["encoder"]["pretrained_weights"] = record
+    saved = os.path.join(model_dir, "model_hyperparameters.json")  # Ludwig's copy of the config
+    with open(saved) as handle:
+        config = json.load(handle)
+    config["input_features"][0]["encoder"]["pretrained_weights"] = record
+    with open(saved, "w") as handle:
+        json.dump(config, handle, indent=4)
+    return record
 
 
 def _ddp_workers(request: RunRequest) -> int:
@@ -210,7 +232,7 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     predictions = evaluation.predictions_table(data, proba,
                                                evaluation.predicted_labels(data.task, classes, proba, threshold),
                                                classes)
-    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
     return Outcome(fit, opts, threshold, all_metrics)
@@ -241,7 +263,7 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
     predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
                                                np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
                                                pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
-    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     # a regression's baseline: the median of every cross-validated row (the final model's training rows)
     baseline = float(np.median(data.table.loc[fold > 0, "label"].astype(float))) if data.task == "regression" else None
 

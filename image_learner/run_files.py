@@ -6,6 +6,7 @@ and the progress log with stage timings. It imports no other module of the tool.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -117,13 +118,24 @@ def remove_outputs(out: str) -> None:
 
 
 def write_json(path: str, payload: dict) -> None:
+    """metrics.json, run_summary.json: strict JSON (jq, JSON.parse and Galaxy's sniffers refuse a bare
+    NaN or Infinity), so a value that is not a finite number is written as null."""
     with open(path, "w") as handle:
-        json.dump(payload, handle, indent=2, default=_json_default)
+        json.dump(finite_or_null(payload), handle, indent=2, allow_nan=False)
 
 
-def _json_default(value):
+def finite_or_null(value):
+    """``value`` with numpy scalars made Python ones and every NaN / infinity replaced by None."""
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

@@ -1,5 +1,6 @@
 """Predict with a saved model: round trip equals training's predictions; offline; foreign ZIPs refused."""
 
+import hashlib
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ def trained(tmp_path_factory):
     out = base / "train"
     assert image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
                                    "--use-pretrained", "--pretrained-weights", str(weights)]) == 0
+    (base / "weights.sha256").write_text(hashlib.sha256(weights.read_bytes()).hexdigest())
     os.remove(weights)
     return out
 
@@ -132,3 +134,39 @@ def test_a_stopped_prediction_leaves_nothing(trained, tmp_path, start_cli):
                          "--csv-file", DEMO_CSV, "--output-dir", str(out), "--batch-size", "8"])
     wait_for_line(process, "[image-learner] predicted 16 of 140 images")  # batches of 8, chunks of 2 batches
     stop_and_check(process, signal.SIGTERM, out, tmp_path)
+
+
+def test_the_model_zip_keeps_the_weights_file_name_and_hash_not_the_trainers_path(trained):
+    """--pretrained-weights was typed as an absolute path on the training machine: the shared model (and
+    config.yaml, run_summary.json's options) keep "<file name> sha256:<hash>"; predict (above) needs neither."""
+    record = f"test_efficientnet.safetensors sha256:{(trained.parent / 'weights.sha256').read_text()}"
+    training_dir = str(trained.parent)
+    with zipfile.ZipFile(trained / "trained_model.zip") as archive:
+        members = {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
+    assert len(members) == 4
+    for name, data in members.items():
+        assert training_dir.encode() not in data and b"/tmp/" not in data, name
+    manifest = json.loads(members["model/image_learner.json"])
+    config = json.loads(members["model/model_hyperparameters.json"])
+    assert manifest["training"]["options"]["pretrained_weights"] == record
+    assert config["input_features"][0]["encoder"]["pretrained_weights"] == record
+    import yaml
+
+    assert yaml.safe_load((trained / "config.yaml").read_text())["input_features"][0]["encoder"][
+        "pretrained_weights"] == record
+    summary = json.loads((trained / "run_summary.json").read_text())
+    assert summary["training"]["pretrained_weights"] == record
+    assert summary["model"]["weights_source"] == "local file test_efficientnet.safetensors"
+
+
+def test_a_manifest_with_a_weights_path_is_refused(trained, tmp_path, capsys):
+    """A model whose options name a path (as older versions wrote) or a bare name without a hash is refused."""
+    with zipfile.ZipFile(trained / "trained_model.zip") as source:
+        members = {n: source.read(n) for n in source.namelist() if not n.endswith("/")}
+    manifest = json.loads(members["model/image_learner.json"])
+    for k, value in enumerate(["/home/trainer/weights.safetensors", "weights.safetensors"]):
+        manifest["training"]["options"]["pretrained_weights"] = value
+        members["model/image_learner.json"] = json.dumps(manifest).encode()
+        assert _predict(tmp_path / f"p{k}", make_zip(tmp_path / f"m{k}.zip", members)) == 2
+        err = capsys.readouterr().err
+        assert "training.options.pretrained_weights is" in err and "sha256" in err and "Traceback" not in err

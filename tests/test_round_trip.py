@@ -162,7 +162,7 @@ def test_manifest_class_weights_must_cover_ludwigs_vocabulary(runs):
     from importlib.metadata import version
 
     from image_learner.model import model_manifest
-    from image_learner.data.input_utils import InputError
+    from image_learner.errors import InputError
     from image_learner.run_files import TOOL_VERSION
 
     _, out = runs("multiclass balanced, cosine, every augmentation, mixed precision off")
@@ -226,7 +226,7 @@ def test_a_model_ludwig_cannot_load_is_exit_2_naming_the_file(unloadable, tmp_pa
 def test_the_loader_turns_ludwigs_failure_into_one_line(unloadable, tmp_path):
     """The wrapper alone (model_archive's checks skipped): Ludwig's own error, as one line naming the file."""
     from image_learner.training import ludwig_trainer
-    from image_learner.data.input_utils import InputError
+    from image_learner.errors import InputError
 
     with zipfile.ZipFile(unloadable) as archive:
         archive.extractall(tmp_path)

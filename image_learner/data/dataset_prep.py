@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from image_learner.data import task_choice
-from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images
+from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images, unreadable_images_note
 from image_learner.data.leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
-from image_learner.data.input_utils import (IMAGE_EXTENSIONS, MAX_LISTED, InputError, label_text, listed, match_rows_to_images,
+from image_learner.data.input_utils import (IMAGE_EXTENSIONS, InputError, label_text, listed, match_rows_to_images,
                          missing_value_like, read_metadata_csv, resolve_column)
 
 
@@ -293,13 +293,8 @@ def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, ma
     """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
     files = list(dict.fromkeys(matched["image_file"]))
     checked = check_images(image_root, files, converted_dir, workers, resize_to)
-    notes = []
-    if checked.bad:
-        listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:MAX_LISTED])
-        if len(checked.bad) > max_bad_fraction * len(files):
-            raise InputError(f"{len(checked.bad)} of {len(files)} images cannot be used (more than "
-                             f"{max_bad_fraction:.0%}): {listing}")
-        notes.append(f"{len(checked.bad)} unreadable image(s) skipped: {listing}")
+    unreadable = unreadable_images_note(checked.bad, len(files), max_bad_fraction)
+    notes = [unreadable] if unreadable else []
     if checked.converted:
         kinds = sorted(set(checked.converted.values()))
         notes.append(f"{len(checked.converted)} image(s) converted for training ({'; '.join(kinds[:5])}), "

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
+from image_learner.errors import MAX_LISTED, InputError
 from image_learner.data.leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
@@ -33,6 +34,18 @@ PLAIN_MODES = ("RGB", "L")
 PLAIN_FORMATS = ("JPEG", "PNG")
 # Below this many images a process pool costs more than it saves (each worker starts a fresh Python).
 MIN_IMAGES_PER_POOL = 200
+
+
+def unreadable_images_note(bad: dict[str, str], n_images: int,
+                           max_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> str | None:
+    """The one rule for unreadable images, in training and in predict: none -> None; up to ``max_fraction``
+    of the ``n_images`` checked -> a warning naming them; more -> InputError (the ZIP is probably wrong)."""
+    if not bad:
+        return None
+    listing = "; ".join(f"{f}: {why}" for f, why in list(bad.items())[:MAX_LISTED])
+    if len(bad) > max_fraction * n_images:
+        raise InputError(f"{len(bad)} of {n_images} images cannot be used (more than {max_fraction:.0%}): {listing}")
+    return f"{len(bad)} unreadable image(s) skipped: {listing}"
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
+import re
 import stat
 import unicodedata
 import zipfile
@@ -232,13 +232,41 @@ def missing_value_like(names) -> list[str]:
     return [n for n in names if str(n).strip().lower() in MISSING_VALUE_MARKERS]
 
 
+# A cell a spreadsheet would run as a formula (OWASP "CSV injection"): one starting with = + - @, tab or CR,
+# unless it is a plain number (a class "-1" is harmless and stays as written).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula gets a leading ``'`` (shown as text); so does
+    one already starting with ``'``, so that ``read_output_csv`` can drop exactly one and get the value back."""
+    if isinstance(value, str) and (value.startswith("'") or value.startswith(FORMULA_START)
+                                   and not _PLAIN_NUMBER.fullmatch(value)):
+        return "'" + value
+    return value
+
+
+def write_output_csv(table: pd.DataFrame, path: str, text_columns=OUTPUT_TEXT_COLUMNS) -> None:
+    """Write a table of this tool (predictions.csv) with its text columns made spreadsheet-safe; numeric
+    columns are written as numbers (a negative regression value stays a number)."""
+    table = table.copy()
+    for column in table.columns.intersection(list(text_columns)):
+        table[column] = table[column].astype(object).map(spreadsheet_safe)
+    table.to_csv(path, index=False)
+
+
 def read_output_csv(path: str, text_columns=OUTPUT_TEXT_COLUMNS) -> pd.DataFrame:
     """Re-read a table this tool wrote: text columns as text exactly as written (a class ``N/A`` or
-    ``None`` stays that string, ``01`` stays ``01``); only an empty numeric cell is NaN."""
+    ``None`` stays that string, ``01`` stays ``01``; the ``'`` of ``write_output_csv`` removed); only an
+    empty numeric cell is NaN."""
     header = pd.read_csv(path, nrows=0).columns
     text = [c for c in header if c in text_columns]
-    return pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False,
-                       na_values={c: [""] for c in header if c not in text})
+    table = pd.read_csv(path, dtype=dict.fromkeys(text, str), keep_default_na=False,
+                        na_values={c: [""] for c in header if c not in text})
+    for column in text:
+        table[column] = table[column].map(lambda v: v[1:] if v.startswith("'") else v)
+    return table
 
 
 def resolve_column(table: pd.DataFrame, wanted: str | int | None, role: str, option: str) -> str:
@@ -320,8 +348,3 @@ def match_rows_to_images(table: pd.DataFrame, image_column: str, image_files: li
         n_rows=len(table),
         n_images=len(images),
     )
-
-
-def remove_tree(path: str) -> None:
-    """Delete a work directory we created; a missing one is fine."""
-    shutil.rmtree(path, ignore_errors=True)

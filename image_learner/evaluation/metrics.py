@@ -176,11 +176,12 @@ def bootstrap_ci(y_true, proba, classes, y_pred=None, metric_names=HEADLINE, n_r
 
 def percentile_intervals(samples: dict, level: float = 0.95, min_defined: int = 10) -> dict:
     """{metric: [low, high]} percentile intervals of bootstrap ``samples`` ({metric: values per resample},
-    NaN where undefined); None for a metric with fewer than ``min_defined`` defined resamples."""
+    NaN where undefined); None for a metric with fewer than ``min_defined`` defined resamples. Only finite
+    values count as defined: an overflowed resample (infinite RMSE) is no bound."""
     tail = (1.0 - level) / 2 * 100
     intervals = {}
     for name, values in samples.items():
-        defined = values[~np.isnan(values)]
+        defined = values[np.isfinite(values)]
         intervals[name] = ([float(np.percentile(defined, tail)), float(np.percentile(defined, 100 - tail))]
                            if len(defined) >= min_defined else None)
     return intervals

@@ -15,7 +15,8 @@ import re
 from dataclasses import asdict
 
 from image_learner.errors import InputError
-from image_learner.training.ludwig_config import AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, TrainingOptions
+from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
+                            TrainingOptions)
 from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
@@ -56,7 +57,8 @@ OPTION_RULES = {
     "image_size": (lambda v: is_int(v, 16, 1024), "an integer from 16 to 1024"),
     "use_pretrained": (lambda v: isinstance(v, bool), "true or false"),
     "fine_tune": (lambda v: isinstance(v, bool), "true or false"),
-    "pretrained_weights": (lambda v: v is None or isinstance(v, str), "a file name or null"),
+    "pretrained_weights": (lambda v: v is None or isinstance(v, str) and WEIGHTS_RECORD.fullmatch(v) is not None,
+                           "null or '<file name> sha256:<64 hex digits>'"),
     "epochs": (lambda v: is_int(v, 1), "an integer of at least 1"),
     "early_stop": (lambda v: is_int(v, 0), "an integer of at least 0"),
     "batch_size": (lambda v: is_int(v, 1), "an integer of at least 1"),
@@ -94,6 +96,19 @@ def write_manifest(model_dir: str, manifest: dict, options: TrainingOptions, cla
         json.dump(record, handle, indent=2)
 
 
+# A regression's target scaling: prediction is z * std + mean on the model's float32 output z (|z| < 3.4e38),
+# so with these bounds every predicted value, error and squared error stays a finite float64.
+TARGET_LIMIT = 1e100
+
+
+def target_scaling_ok(scaling) -> bool:
+    """{"mean", "std"} as training writes them: finite, |mean| <= TARGET_LIMIT, std in [1/TARGET_LIMIT,
+    TARGET_LIMIT] (training also refuses targets beyond, model_fit.target_scaling)."""
+    return (isinstance(scaling, dict) and set(scaling) == {"mean", "std"}
+            and _is_number(scaling.get("mean"), -TARGET_LIMIT, TARGET_LIMIT)
+            and _is_number(scaling.get("std"), 1 / TARGET_LIMIT, TARGET_LIMIT))
+
+
 def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     expect(isinstance(manifest, dict), MANIFEST, "the file", manifest, "an object")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
@@ -114,9 +129,9 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
                              ("label_vocabulary", None)):
             expect(manifest[field] == value and type(manifest[field]) is type(value), MANIFEST, field,
                    manifest[field], f"{value!r} for a regression model".replace("None", "null"))
-        expect(isinstance(scaling, dict) and set(scaling) == {"mean", "std"} and _is_number(scaling.get("mean"))
-               and _is_number(scaling.get("std"), 0, above=True), MANIFEST, "target_scaling", scaling,
-               "the training target's mean and std (std above 0)")
+        expect(target_scaling_ok(scaling), MANIFEST, "target_scaling", scaling,
+               f"the training target's mean and std (|mean| up to {TARGET_LIMIT:g}, std from "
+               f"{1 / TARGET_LIMIT:g} to {TARGET_LIMIT:g})")
         _check_training(manifest, binary)
         return
     expect(scaling is None, MANIFEST, "target_scaling", scaling, "null for a classification model")

@@ -18,9 +18,9 @@ from image_learner.training import devices
 from image_learner.evaluation import evaluation
 from image_learner.model import model_archive
 from image_learner.data import task_choice
-from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images
+from image_learner.data.image_check import check_images, unreadable_images_note
 from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
-                         read_metadata_csv, resolve_column)
+                         read_metadata_csv, resolve_column, write_output_csv)
 from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
@@ -104,7 +104,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     with timer.stage(f"loading the model and predicting {len(table)} images"):
         model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
                                             f"model {os.path.basename(request.model_zip)!r}")
-    predictions.to_csv(os.path.join(out, "predictions.csv"), index=False)
+    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     found = None
     if label_col:
         with timer.stage("computing metrics (with bootstrap intervals)"):
@@ -149,13 +149,12 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
 def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str],
                     image_size: int) -> pd.DataFrame:
     """The training's image rules: odd images converted and resized the same way, unreadable ones
-    skipped and named (the run stops above the same 5% limit)."""
-    checked = check_images(images_dir, table["image_file"].tolist(), converted_dir, resize_to=image_size)
-    if checked.bad:
-        listing = "; ".join(f"{f}: {why}" for f, why in list(checked.bad.items())[:10])
-        if len(checked.bad) > DEFAULT_MAX_BAD_FRACTION * len(table):
-            raise InputError(f"{len(checked.bad)} of {len(table)} images cannot be used: {listing}")
-        notes.append(f"{len(checked.bad)} unreadable image(s) skipped: {listing}")
+    skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit)."""
+    files = table["image_file"].tolist()
+    checked = check_images(images_dir, files, converted_dir, resize_to=image_size)
+    unreadable = unreadable_images_note(checked.bad, len(set(files)))
+    if unreadable:
+        notes.append(unreadable)
     if checked.converted:
         notes.append(f"{len(checked.converted)} image(s) converted as in training "
                      f"({'; '.join(sorted(set(checked.converted.values()))[:5])})")

@@ -7,6 +7,9 @@ them, so odd column names never reach Ludwig.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +115,21 @@ def parse_augmentation(value: str | list[str] | None) -> list[str]:
     if unknown:
         raise InputError(f"unknown augmentation {', '.join(unknown)}; choose from {', '.join(AUGMENTATIONS)}")
     return list(dict.fromkeys(names))  # keep order, drop repeats
+
+
+# What a trained model keeps of --pretrained-weights: "<file name> sha256:<hex>", never the path the trainer
+# typed (a model ZIP is meant to be shared). A saved model carries the backbone's weights, so predict never
+# reads the file again.
+WEIGHTS_RECORD = re.compile(r"[^/\\\x00-\x1f]+ sha256:[0-9a-f]{64}")
+
+
+def pretrained_weights_record(path: str) -> str:
+    """The file's name and SHA-256 (which file the backbone started from, checkable by anyone who has it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return f"{os.path.basename(path)} sha256:{digest.hexdigest()}"
 
 
 def balanced_class_weights(train_labels) -> dict[str, float]:

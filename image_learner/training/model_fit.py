@@ -15,6 +15,7 @@ import pandas as pd
 
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
+from image_learner.errors import InputError
 from image_learner.training.ludwig_config import TrainingOptions
 
 
@@ -43,10 +44,20 @@ def n_outputs(data) -> int:
 def target_scaling(train_values) -> dict:
     """Mean and standard deviation of the training rows' target: Ludwig trains on the z-scored target
     (from training rows only: Ludwig's own zscore would take them from every row, test included). A
-    constant training target keeps a scale of 1."""
+    constant training target keeps a scale of 1. Beyond model_manifest's bounds (which predict holds a
+    model to) it is an InputError: rescale the target."""
+    from image_learner.model import model_manifest
+
     values = np.asarray(train_values, dtype=float)
-    std = float(values.std())
-    return {"mean": float(values.mean()), "std": std if std > 0 else 1.0}
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(values.std())
+        scaling = {"mean": float(values.mean()), "std": std if std > 0 else 1.0}
+    if not model_manifest.target_scaling_ok(scaling):
+        limit = model_manifest.TARGET_LIMIT
+        raise InputError(f"the regression target's training rows have mean {scaling['mean']:g} and standard deviation "
+                         f"{scaling['std']:g}; Image Learner handles a mean up to {limit:g} in size and a standard "
+                         f"deviation from {1 / limit:g} to {limit:g}: rescale the target column")
+    return scaling
 
 
 def ludwig_inputs(data, rows: pd.DataFrame, opts: TrainingOptions):
