@@ -1,6 +1,7 @@
 """Helper of tests/test_data_parallel.py (not a test): train a tiny model through Ludwig and save the live
 training weights of this process when training ends (a Ludwig callback; before rank 0 reloads its best
-checkpoint), as ``OUT/rank<RANK>.safetensors``.
+checkpoint), as ``OUT/rank<RANK>.safetensors``, and the steps it took and the world it trained in as
+``OUT/steps<RANK>.json``.
 
     probe.py BACKEND TABLE.json OUT BATCH LR EPOCHS     (under torchrun, or plain python for one process)
 
@@ -15,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import json  # noqa: E402
 import logging  # noqa: E402
 
 import pandas as pd  # noqa: E402
@@ -44,6 +46,8 @@ def main(backend_name, table_path, out, batch, lr, epochs):
 
         def on_trainer_train_teardown(self, trainer, progress_tracker, save_path, is_coordinator, **kwargs):
             self._save(trainer, "rank")
+            with open(os.path.join(out, f"steps{rank}.json"), "w") as handle:
+                json.dump({"steps": progress_tracker.steps, "world": trainer.distributed.size()}, handle)
 
         def _save(self, trainer, prefix):
             state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
