@@ -326,3 +326,12 @@ def test_thread_counts_come_from_the_jobs_allocation_not_the_node(monkeypatch):
     for junk in ("", "0", "-3", "many"):
         monkeypatch.setenv("GALAXY_SLOTS", junk)
         assert data_parallel.allocated_cpus() == 9
+
+
+def test_the_node_agent_refuses_an_impossible_cluster():
+    """`data_parallel.py node` exits 2 naming the rule before starting anything."""
+    base = [sys.executable, os.path.join(ROOT, "data_parallel.py"), "node", "--rdzv-endpoint", "127.0.0.1:1",
+            "--num-workers", "1"]
+    for cluster in (["--nnodes", "1", "--node-rank", "0"], ["--nnodes", "2", "--node-rank", "2"]):
+        done = subprocess.run([*base, *cluster, "worker.py"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "--nnodes 2 or more, 0 <= --node-rank < --nnodes" in done.stderr
