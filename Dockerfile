@@ -10,8 +10,11 @@ LABEL org.opencontainers.image.title="Image Learner" \
       org.opencontainers.image.source="https://github.com/image-learner/image-learner" \
       org.opencontainers.image.licenses="MIT"
 
-# Debian's Python (3.13 in trixie); the packages go into a venv because Debian's Python is externally
-# managed. ca-certificates: backbones download their weights over HTTPS at run time.
+# Debian's Python: trixie has only 3.13 (pyproject.toml [tool.image-learner] python-image; the build checks
+# it), while scripts/ensure_env.sh's environment runs 3.12 (python-env) where the full test suite runs; no
+# registry with a python:3.12 base image is reachable from the build machines, only Debian's mirror and
+# PyPI. tests/test_container_image.py trains in this image. The packages go into a venv because Debian's
+# Python is externally managed. ca-certificates: backbones download their weights over HTTPS at run time.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -28,12 +31,25 @@ FROM base AS requirements
 COPY pyproject.toml /tmp/build/pyproject.toml
 RUN python -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
         /tmp/build/pyproject.toml > /tmp/build/requirements.txt
+# The `distributed` extra (Accelerate, for --distributed ddp) from the same file, in a layer of its own; and
+# the Python version pyproject.toml declares for the image ([tool.image-learner] python-image): a Debian
+# that ships another one fails the build here instead of giving an image nobody declared.
+RUN python -c 'import sys, tomllib; pyproject = tomllib.load(open(sys.argv[1], "rb")); \
+declared, running = pyproject["tool"]["image-learner"]["python-image"], "{}.{}".format(*sys.version_info[:2]); \
+running == declared or sys.exit(f"Debian gives Python {running}; pyproject.toml python-image says {declared}"); \
+print("\n".join(pyproject["project"]["optional-dependencies"]["distributed"]))' \
+        /tmp/build/pyproject.toml > /tmp/build/distributed.txt
 
 FROM base
 COPY --from=requirements /tmp/build/requirements.txt /tmp/build/requirements.txt
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && pip install -r /tmp/build/requirements.txt
+# the extra, held to the pins above (-c: nothing already installed may move)
+COPY --from=requirements /tmp/build/distributed.txt /tmp/build/distributed.txt
+RUN --mount=type=secret,id=ca \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && pip install -r /tmp/build/distributed.txt -c /tmp/build/requirements.txt
 
 # The project itself, with its `image-learner` command (Galaxy runs the tool directory's copy instead).
 COPY . /tmp/build/src

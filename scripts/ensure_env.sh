@@ -13,9 +13,11 @@ version_ok() {  # true when "$@" runs a Python >= 3.12
 }
 
 find_python() {
-    local cand v root
-    # 3.12 is the version the stack is tested on; a newer one is accepted after it.
-    for cand in python3.12 python3 python3.13; do
+    local cand v root want
+    # The version the stack is tested on: pyproject.toml's [tool.image-learner] python-env (3.12; the
+    # container's is python-image there). A newer one is accepted after it.
+    want=$(sed -n 's/^python-env *= *"\([0-9.]*\)".*/\1/p' "$here/pyproject.toml" | head -1)
+    for cand in "python${want:-3.12}" python3 python3.13; do
         if command -v "$cand" >/dev/null 2>&1 && version_ok "$cand"; then
             command -v "$cand"; return 0
         fi

@@ -1,13 +1,15 @@
 """Helper of tests/test_data_parallel.py (not a test): train a tiny model through Ludwig and save the live
 training weights of this process when training ends (a Ludwig callback; before rank 0 reloads its best
-checkpoint), as ``OUT/rank<RANK>.safetensors``.
+checkpoint), as ``OUT/rank<RANK>.safetensors``, and the steps it took and the world it trained in as
+``OUT/steps<RANK>.json``.
 
-    probe.py BACKEND TABLE.json OUT BATCH LR EPOCHS     (under torchrun, or plain python for one process)
+    probe.py BACKEND TABLE.json OUT BATCH LR EPOCHS [MODEL]    (under torchrun, or plain python for one process)
 
 BACKEND ``ddp``: data_parallel.make_backend() (Ludwig's AccelerateStrategy); ``local``: Ludwig's plain
 LocalBackend, which under torchrun trains one unsynchronised copy per process.
 test_vit has no BatchNorm (LayerNorm only) and no dropout, so one synchronised step on 2 x B images must equal
 one single-process step on the same 2B images; plain SGD, as Adam's first step hides the gradient's size.
+MODEL (default test_vit): another timm name, e.g. test_efficientnet (BatchNorm) for BENCHMARKS.md's comparison.
 """
 
 import os
@@ -15,12 +17,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import json  # noqa: E402
 import logging  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
 
-def main(backend_name, table_path, out, batch, lr, epochs):
+def main(backend_name, table_path, out, batch, lr, epochs, model_name="test_vit"):
     from ludwig.api import LudwigModel
     from ludwig.callbacks import Callback
     from safetensors.torch import save_file
@@ -32,7 +35,7 @@ def main(backend_name, table_path, out, batch, lr, epochs):
     timm_backbone.register_with_ludwig()
     rank = int(os.environ.get("RANK", 0))
     table = pd.read_json(table_path, orient="split", dtype=False)
-    options = TrainingOptions(model_name="test_vit", image_size=32, use_pretrained=False, epochs=int(epochs),
+    options = TrainingOptions(model_name=model_name, image_size=32, use_pretrained=False, epochs=int(epochs),
                               early_stop=0, batch_size=int(batch), learning_rate=float(lr), augmentation=[])
     config = build_ludwig_config(options, "multiclass", train_rows=int((table["split"] == 0).sum()))
     config["trainer"]["optimizer"] = {"type": "sgd"}
@@ -44,6 +47,8 @@ def main(backend_name, table_path, out, batch, lr, epochs):
 
         def on_trainer_train_teardown(self, trainer, progress_tracker, save_path, is_coordinator, **kwargs):
             self._save(trainer, "rank")
+            with open(os.path.join(out, f"steps{rank}.json"), "w") as handle:
+                json.dump({"steps": progress_tracker.steps, "world": trainer.distributed.size()}, handle)
 
         def _save(self, trainer, prefix):
             state = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}

@@ -27,9 +27,14 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _pyproject_pins() -> dict[str, str]:
+def _pyproject() -> dict:
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as handle:
-        deps = tomllib.load(handle)["project"]["dependencies"]
+        return tomllib.load(handle)
+
+
+def _pyproject_pins(extras: tuple[str, ...] = ()) -> dict[str, str]:
+    project = _pyproject()["project"]
+    deps = project["dependencies"] + [d for extra in extras for d in project["optional-dependencies"][extra]]
     pins = {}
     for dep in deps:
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9_.\-]*)==([A-Za-z0-9_.+!\-]+)", dep.strip())
@@ -60,6 +65,8 @@ def test_the_recipe_installs_pyprojects_list_on_a_debian_image():
     assert re.search(r"^COPY pyproject\.toml ", recipe, re.M)
     assert '["project"]["dependencies"]' in recipe and "pip install -r" in recipe
     assert "pip install --no-deps" in recipe  # the project itself, from the same checkout
+    assert '["optional-dependencies"]["distributed"]' in recipe  # --distributed ddp's Accelerate, same file
+    assert '["tool"]["image-learner"]["python-image"]' in recipe  # the build checks the declared Python
     assert not re.search(r"[A-Za-z0-9]\s*(==|>=|<=|~=)\s*[0-9]", recipe), "the recipe keeps no version list of its own"
 
 
@@ -98,13 +105,24 @@ print(json.dumps({"python": list(sys.version_info[:2]), "versions": found}))
 """
 
 
+def test_one_place_declares_the_python_of_the_environment_and_of_the_image():
+    """pyproject.toml's [tool.image-learner]: ensure_env.sh tries python-env first, the Dockerfile checks
+    python-image, and these tests run on one of the two."""
+    declared = _pyproject()["tool"]["image-learner"]
+    assert re.fullmatch(r"3\.\d+", declared["python-env"]) and re.fullmatch(r"3\.\d+", declared["python-image"])
+    assert "python-env" in open(os.path.join(ROOT, "scripts", "ensure_env.sh")).read()
+    import sys
+
+    assert "%d.%d" % sys.version_info[:2] in (declared["python-env"], declared["python-image"])
+
+
 def test_the_image_imports_every_pinned_package_at_its_pinned_version(podman_image):
-    pins = _pyproject_pins()
+    pins = _pyproject_pins(extras=("distributed",))
     modules = {dist: IMPORT_NAMES.get(dist, dist.replace("-", "_")) for dist in pins}
     done = _run_in_image(podman_image, "python", "-c", _CHECK_VERSIONS, json.dumps(modules))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert tuple(report["python"]) >= (3, 12)
+    assert "%d.%d" % tuple(report["python"]) == _pyproject()["tool"]["image-learner"]["python-image"]
     assert {_normalise(k): v for k, v in report["versions"].items()} == pins
 
 
@@ -115,3 +133,23 @@ def test_the_image_runs_the_image_learner_command(podman_image):
     predict = _run_in_image(podman_image, "image-learner", "predict", "--help")
     assert predict.returncode == 0, predict.stderr[-3000:]
     assert "--model" in predict.stdout
+
+
+def test_the_image_trains_with_two_ddp_workers_on_the_cpu(podman_image, tmp_path):
+    """--distributed ddp inside the image (its Python, its Accelerate): 2 gloo CPU processes train the demo's
+    tiny model end to end, and the run says so."""
+    podman, image = podman_image
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [podman, "run", "--rm", "-v", f"{os.path.join(ROOT, 'test-data')}:/data:ro", "-v", f"{out}:/out",
+               "-e", "OMP_NUM_THREADS=1", image, "image-learner",
+               "--csv-file", "/data/ham10000_demo_metadata.csv", "--image-zip", "/data/ham10000_demo_images.zip",
+               "--output-dir", "/out/run", "--model-name", "test_efficientnet", "--image-size", "32", "--epochs", "1",
+               "--batch-size", "8", "--preprocessing-workers", "1", "--no-use-pretrained", "--augmentation", "none",
+               "--no-report", "--distributed", "ddp", "--num-workers", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "MULTI_CPU, num_processes=2" in done.stdout + done.stderr
+    summary = json.loads((out / "run" / "run_summary.json").read_text())
+    assert summary["distributed"] == {"mode": "ddp", "workers": 2} and "2 DDP processes" in summary["device"]
+    assert (out / "run" / "trained_model.zip").is_file()

@@ -34,6 +34,8 @@ JOB_FILE = "ddp_job.json"
 TABLE_FILE = "ddp_table.json"
 RESULT_FILE = "ddp_result.json"
 STOP_GRACE_S = 30  # after SIGTERM, workers get this long before SIGKILL
+JOIN_TIMEOUT_S = 600  # several nodes: how long an agent waits for the others at the rendezvous
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkersFailed(RuntimeError):
@@ -67,15 +69,43 @@ def check_options(distributed: str, num_workers: int, lr_schedule: str, device: 
         if num_workers > torch.cuda.device_count():
             raise InputError(f"--num-workers {num_workers} with --device cuda needs {num_workers} GPUs, "
                              f"{torch.cuda.device_count()} visible")
-    elif num_workers > (os.cpu_count() or 1):
-        raise InputError(f"--num-workers {num_workers} exceeds the {os.cpu_count()} CPUs of this machine")
+    elif num_workers > allocated_cpus():
+        raise InputError(f"--num-workers {num_workers} exceeds the {allocated_cpus()} CPUs this job may use "
+                         "(its CPU affinity, capped by GALAXY_SLOTS)")
+
+
+def allocated_cpus(environ=None) -> int:
+    """The CPUs this job may use: its affinity mask (what a cgroup cpuset, Slurm or taskset gives it), capped
+    by Galaxy's GALAXY_SLOTS when that is a positive number. Not os.cpu_count(): on a shared node that is
+    the whole node, and N workers sized from it would oversubscribe the job's share."""
+    environ = os.environ if environ is None else environ
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call (not Linux)
+        cpus = os.cpu_count() or 1
+    slots = environ.get("GALAXY_SLOTS", "").strip()
+    if slots.isdigit() and int(slots) > 0:
+        cpus = min(cpus, int(slots))
+    return max(1, cpus)
 
 
 def worker_threads(num_workers: int, cpus: int | None = None) -> int:
-    """Torch threads per worker: the CPUs shared out, one CPU left for Ludwig's image-decoding threads
+    """Torch threads per worker: the job's CPUs shared out, one CPU left for Ludwig's image-decoding threads
     and the parent, so the workers never starve the data loading they wait on."""
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or allocated_cpus()
     return max(1, (cpus - 1) // num_workers)
+
+
+def worker_env(num_workers: int, work_dir: str, environ=None) -> dict:
+    """The workers' environment: this one less inherited ``ACCELERATE_*`` variables (an outer launcher's
+    ACCELERATE_MIXED_PRECISION, ACCELERATE_USE_CPU, ... would change the training behind the tool's own
+    options; the backend sets the one it needs), torch threads from the job's allocation, and TMPDIR in the
+    scratch folder (torchrun's own torchelastic_* folder lands there too)."""
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(OMP_NUM_THREADS=str(worker_threads(num_workers)), TMPDIR=work_dir,
+               PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, environ.get("PYTHONPATH")])))
+    return env
 
 
 def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: str, validation_metric: str,
@@ -94,10 +124,8 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
     job_path = os.path.join(work_dir, JOB_FILE)
     with open(job_path, "w") as handle:
         json.dump(job, handle)
-    # TMPDIR: torchrun's own torchelastic_* folder lands in the scratch folder too
-    env = {**os.environ, "OMP_NUM_THREADS": str(worker_threads(num_workers)), "TMPDIR": work_dir,
-           "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
-    launch(launch_command(num_workers, ["-m", __spec__.name, "worker", job_path]), env)
+    launch(launch_command(num_workers, ["-m", __spec__.name, "worker", job_path]),
+           worker_env(num_workers, work_dir))
     with open(job["result"]) as handle:
         result = json.load(handle)
     history = pd.DataFrame(result["history"])
@@ -111,17 +139,29 @@ def train(table, config: dict, work_dir: str, model_dir: str, seed: int, task: s
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def launch_command(num_workers: int, script_and_args: list[str]) -> list[str]:
-    """torchrun on this machine: a private rendezvous port, no restarts (a dead worker ends the run)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc-per-node", str(num_workers), "--max-restarts", "0", "--monitor-interval", "1",
-            *script_and_args]
+def launch_command(num_workers: int, script_and_args: list[str], nnodes: int = 1, node_rank: int = 0,
+                   rdzv_endpoint: str | None = None) -> list[str]:
+    """torchrun, no restarts (a dead worker ends the run). One node: a private rendezvous port. Several
+    (``nnodes`` > 1): this node's agent joins a c10d rendezvous at ``rdzv_endpoint`` (HOST:PORT of node 0,
+    whose agent hosts the store: ``is_host`` from ``node_rank``, not guessed from host names)."""
+    if nnodes == 1:
+        rendezvous = ["--standalone", "--nnodes", "1"]
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("several nodes need a rendezvous endpoint HOST:PORT")
+        rendezvous = ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                      "--rdzv-endpoint", rdzv_endpoint,
+                      "--rdzv-conf", f"is_host={str(node_rank == 0).lower()},join_timeout={JOIN_TIMEOUT_S}"]
+    return [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc-per-node", str(num_workers),
+            "--max-restarts", "0", "--monitor-interval", "1", *script_and_args]
 
 
 def launch(command: list[str], env: dict, timeout_s: float | None = None) -> None:
     """Run torchrun in its own process group; on failure, timeout or a stop signal (an exception here)
-    stop every worker (SIGTERM, then SIGKILL) before returning or raising."""
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    stop every worker (SIGTERM, then SIGKILL) before returning or raising. If this process is killed
+    outright (SIGKILL, the OOM killer), the kernel sends torchrun SIGTERM, and torchrun stops its workers."""
+    process = subprocess.Popen(command, env=env, start_new_session=True,
+                               preexec_fn=_death_signal_setter(signal.SIGTERM))
     try:
         code = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -151,6 +191,35 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:  # all gone
         pass
+
+
+def _death_signal_setter(sig: int):
+    """A Popen ``preexec_fn`` that ties the child to this process (None off Linux): see tie_to_parent.
+    Its own session keeps the workers out of the terminal's Ctrl-C; this keeps them from outliving us."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl, parent = _prctl(), os.getpid()  # resolved before the fork: the child only calls
+    return lambda: _set_death_signal(prctl, sig, parent)
+
+
+def tie_to_parent(sig: int = signal.SIGKILL) -> None:
+    """This process gets ``sig`` from the kernel when its parent dies (Linux PR_SET_PDEATHSIG); a worker calls
+    it so that a torchrun killed outright takes its workers along. No-op off Linux."""
+    if sys.platform.startswith("linux"):
+        _set_death_signal(_prctl(), sig, os.getppid())
+
+
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _set_death_signal(prctl, sig: int, parent: int) -> None:
+    if prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError("prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # the parent died before the tie was made: nothing will signal us
+        os.kill(os.getpid(), sig)
 
 
 def make_backend():
@@ -222,6 +291,7 @@ def check_readable(paths, host: str | None = None) -> None:
 
 
 def _worker(job_path: str) -> int:
+    tie_to_parent()  # torchrun gone (even by SIGKILL): this worker goes too
     import pandas as pd
 
     from image_learner.training import ludwig_trainer
@@ -245,7 +315,36 @@ def _worker(job_path: str) -> int:
     return 0
 
 
+def _node(argv: list[str]) -> int:
+    """``python -m image_learner.training.data_parallel node``: one node's torchrun agent for a prepared job (several machines)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m image_learner.training.data_parallel node")
+    parser.add_argument("--nnodes", type=int, required=True)
+    parser.add_argument("--node-rank", type=int, required=True, help="0 on the node that hosts the rendezvous")
+    parser.add_argument("--rdzv-endpoint", required=True, help="HOST:PORT of node 0, reachable from every node")
+    parser.add_argument("--num-workers", type=int, required=True, help="processes on this node")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before the workers are stopped")
+    parser.add_argument("script_and_args", nargs="+", help="the worker: -m image_learner.training.data_parallel worker JOB.json")
+    args = parser.parse_args(argv)
+    if args.nnodes < 2 or not 0 <= args.node_rank < args.nnodes or args.num_workers < 1:
+        parser.error("needs --nnodes 2 or more, 0 <= --node-rank < --nnodes and --num-workers 1 or more")
+    work_dir = os.environ.get("TMPDIR") or os.getcwd()
+    try:
+        launch(launch_command(args.num_workers, args.script_and_args, args.nnodes, args.node_rank,
+                              args.rdzv_endpoint), worker_env(args.num_workers, work_dir), timeout_s=args.timeout)
+    except WorkersFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 4
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["node"]:
+        sys.exit(_node(sys.argv[2:]))
     if sys.argv[1:2] != ["worker"] or len(sys.argv) != 3:
-        sys.exit("usage: python -m image_learner.training.data_parallel worker JOB.json (started by torchrun from image-learner)")
+        module = "python -m image_learner.training.data_parallel"
+        sys.exit(f"usage: {module} worker JOB.json (started by torchrun from image-learner)\n"
+                 f"       {module} node --nnodes M --node-rank K --rdzv-endpoint HOST:PORT --num-workers G "
+                 "-- SCRIPT [ARGS...]")
     sys.exit(_worker(sys.argv[2]))
