@@ -8,6 +8,10 @@ delivered model is then trained on every fold row for the median kept epoch, wit
 predicts the held-out test rows, if any. Folds run one after another; each fold's scratch files live in
 the run's scratch folder and its model is dropped once it has predicted.
 
+Each fold's validation part is checked before it trains (provenance.fold_validation_warnings) and each
+fold says why its epoch was kept and how its threshold was set; a regression's out-of-fold baseline is the
+median of that fold's training rows.
+
 The metrics are task-agnostic: ``summarise`` takes a ``score(predictions, splits)`` function shaped like
 metrics.metrics_by_split (classification) or regression_metrics.metrics_by_split (regression).
 """
@@ -76,8 +80,9 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     for fold in range(1, k + 1):
         rows = fold_rows(data, fold, split_probabilities, opts.random_seed)
         target = (table["fold"] == fold).to_numpy() & in_folds
-        fold_warnings = provenance.fold_validation_warnings(fold, rows, data.task)  # dataset_prep's check_split
-        for warning in fold_warnings:  # is skipped for folds: their validation parts are carved here
+        # dataset_prep's check_split does not see the folds' validation parts (carved here): check each one
+        fold_warnings = provenance.fold_validation_warnings(fold, rows, data.task)
+        for warning in fold_warnings:
             log(f"WARNING: {warning}")
         warnings += fold_warnings
         log(f"fold {fold} of {k}: training on {int((rows['split'] == 0).sum())} images (validation "

@@ -62,7 +62,8 @@ def _epochs(epochs: list[int]) -> str:
     return listed(map(str, epochs[:-1])) + f" and {epochs[-1]}"
 
 
-def kept_epoch_choice(history: pd.DataFrame, task: str, validation_metric: str, who: str = "") -> tuple[str, str | None]:
+def kept_epoch_choice(history: pd.DataFrame, task: str, validation_metric: str,
+                      who: str = "") -> tuple[str, str | None]:
     """(why the kept epoch was kept, a warning or None) from the training history, by the rule of
     ludwig_trainer.best_epoch_of (best validation value, earliest on a tie; the last epoch without
     validation). A tie is said as such; every epoch tied, or no validation, is a warning. ``who``: a prefix
