@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,9 @@ from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
 from image_learner.model import model_manifest
 from image_learner.training import model_fit
+from image_learner.training import provenance
 import split_utils
+from image_learner.data import task_choice
 from image_learner.training import timm_backbone
 from image_learner.data.input_utils import InputError, ZipLimits, extract_images, write_output_csv
 from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
@@ -81,17 +83,37 @@ def resolve_training_options(request: RunRequest) -> None:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
 
 
+def check_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
+    """A validation metric the task does not have, a fixed --threshold on a task without one, or class
+    weights for a regression: an InputError (changes nothing)."""
+    ludwig_config.resolve_validation_metric(opts.validation_metric, task)
+    if task == "regression" and opts.class_weights != "none":
+        raise InputError(f"--class-weights {opts.class_weights} is for classification; this is a regression task "
+                         "(a number to predict has no classes to weigh)")
+    if task != "binary" and opts.threshold is not None:
+        raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
+
+
+def check_task_options_early(request: RunRequest) -> None:
+    """check_task_options for the task the CSV's label column makes, before any image is unpacked or hashed,
+    so a mistake costs seconds, not the whole preparation. The matched rows decide the task in the end
+    (resolve_task_options checks again); they make another task only when whole classes have no image."""
+    early = task_choice.task_from_csv(request.csv_file, request.data.target_column, request.data.task)
+    if early is None:  # the CSV's own problem: dataset_prep names it, in its place
+        return
+    try:
+        check_task_options(request.training, early[0])
+    except InputError as err:
+        raise InputError(f"{err} ({early[1]})") from err
+
+
 def resolve_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
     """Once the task is known: "auto" -> the task's validation metric; a fixed --threshold on a task without
     one, or class weights for a regression, is an InputError (a --threshold-metric is only noted: the Galaxy
     form always sends one)."""
+    check_task_options(opts, task)
     opts.validation_metric = ludwig_config.resolve_validation_metric(opts.validation_metric, task)
-    if task == "regression" and opts.class_weights != "none":
-        raise InputError(f"--class-weights {opts.class_weights} is for classification; this is a regression task "
-                         "(a number to predict has no classes to weigh)")
     if task != "binary":
-        if opts.threshold is not None:
-            raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
         if opts.threshold_metric != "youden":
             log(f"note: --threshold-metric {opts.threshold_metric} ignored: a {task} task has no decision threshold")
         opts.threshold_metric = "youden"
@@ -121,6 +143,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     timer = StageTimer()
     opts = request.training
     images_dir = os.path.join(work, "images")
+    check_task_options_early(request)
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
@@ -137,6 +160,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         + ", ".join(f"{k} {n}" for k, n in data.dataset["split_counts"].items())
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
     log(f"split: {data.split['method']}")
+    if not data.split.get("folds"):  # before training: an untuned 0.5 is refused, not reported as a choice
+        provenance.require_threshold_rows(data.task, data.table["split"], opts.threshold,
+                                          request.data.split_probabilities, data.columns["split"])
     _write_split_csv(data, os.path.join(out, "split.csv"))
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
 
@@ -168,8 +194,10 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "task": data.task, "task_reason": data.task_reason, "classes": data.classes,
         "target_scaling": fit.target_scaling,
         "positive_label": data.positive_label, "threshold": threshold,
-        "threshold_policy": _threshold_policy(opts, bool(outcome.cross_validation)) if threshold is not None else None,
-        "dataset": data.dataset, "split": data.split, "leakage": data.leakage, "warnings": data.warnings,
+        "threshold_policy": outcome.threshold_provenance,
+        "threshold_tuned": outcome.threshold_provenance.startswith("tuned") if threshold is not None else None,
+        "dataset": data.dataset, "split": data.split, "leakage": data.leakage,
+        "warnings": data.warnings + outcome.warnings,
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
                   "image_size": opts.image_size},
@@ -177,8 +205,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "pretrained_weights": weights_record,
                      "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
-                     "best_epoch_chosen_by": "the median kept epoch of the folds (final model: no validation)"
-                     if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
+                     "best_epoch_chosen_by": outcome.epoch_provenance},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "device": trained.device, "versions": versions, "metrics": all_metrics,
@@ -224,10 +251,17 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
         proba = model_fit.outputs(data, fit, data.table, opts)
-    threshold = None
+    threshold = choice = None
+    epoch_provenance, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task,
+                                                                   opts.validation_metric)
+    warnings = [epoch_warning] if epoch_warning else []
     if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
         validation = data.table["split"].to_numpy() == 1
-        threshold = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
+        choice = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
+        threshold = choice.value
+        warnings += [choice.warning] if choice.warning else []
+    for warning in warnings:
+        log(f"WARNING: {warning}")
     classes = model_fit.class_order(data)
     predictions = evaluation.predictions_table(data, proba,
                                                evaluation.predicted_labels(data.task, classes, proba, threshold),
@@ -235,7 +269,8 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
-    return Outcome(fit, opts, threshold, all_metrics)
+    return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
+                   epoch_provenance=epoch_provenance, warnings=warnings)
 
 
 @dataclass
@@ -245,6 +280,9 @@ class Outcome:
     threshold: float | None
     metrics: dict  # metrics.json
     cross_validation: dict | None = None  # run_summary's facts of a cross-validation
+    threshold_provenance: str | None = None  # how the binary threshold was set (provenance.threshold_choice)
+    epoch_provenance: str = ""  # why the delivered model's epoch was kept (provenance.kept_epoch_choice)
+    warnings: list = field(default_factory=list)  # found while training: untuned threshold, tied epochs
 
 
 def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
@@ -264,11 +302,16 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
                                                np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
                                                pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
-    # a regression's baseline: the median of every cross-validated row (the final model's training rows)
-    baseline = float(np.median(data.table.loc[fold > 0, "label"].astype(float))) if data.task == "regression" else None
+    baseline = None
+    if data.task == "regression":  # the median of each model's training rows: the final model's for test rows,
+        # each fold model's for its out-of-fold rows (never a median that includes the rows it scores)
+        baseline = pd.Series(np.where(fold > 0, np.asarray([np.nan, *cv.fold_baselines])[fold],
+                                      np.median(data.table.loc[fold > 0, "label"].astype(float))),
+                             index=predictions.index)
 
     def score(part, splits):
-        return evaluation.metrics_by_split(data.task, part, classes, opts.random_seed, splits, baseline)
+        return evaluation.metrics_by_split(data.task, part, classes, opts.random_seed, splits,
+                                           None if baseline is None else baseline.loc[part.index].to_numpy())
 
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = {**score(predictions, ("test",)),
@@ -278,21 +321,10 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
-             "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None}
-    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts)
-
-
-def _threshold_policy(opts, cross_validated: bool = False) -> str:
-    """How the binary threshold was set, in words (run summary, report)."""
-    if opts.threshold is not None:
-        return "fixed by --threshold"
-    rows = "the pooled out-of-fold predictions" if cross_validated else "the validation split"
-    return f"tuned on {rows} for the highest {metrics.THRESHOLD_POLICY_NAMES[opts.threshold_metric]}"
-
-
-def _chosen_by(task: str, validation_metric: str) -> str:
-    _, column, higher_is_better = ludwig_config.VALIDATION_METRICS[task][validation_metric]
-    return f"{'highest' if higher_is_better else 'lowest'} validation {column.replace('_', ' ')}"
+             "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
+             "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
+    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, cv.threshold_provenance,
+                   "the median kept epoch of the folds (final model: no validation)", cv.warnings)
 
 
 def _write_split_csv(data, path: str) -> None:

@@ -2,6 +2,7 @@
 real run (test_efficientnet, 32 px, 1 epoch, 3 folds on the demo set) with its outputs and the delivered model."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -168,7 +169,12 @@ def test_a_regression_cross_validates_by_target_quantiles_and_its_model_predicts
     lesion, one out-of-fold value per image in the target's unit, regression metrics per fold and pooled
     (with the median baseline), the report's cross-validation section, and a model that predicts values."""
     out = tmp_path / "run"
-    assert image_learner_cli.main(["--csv-file", AGE_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
+    # distinct ages (a hundredth per lesion): each fold's training median then differs from the all-rows one
+    table = pd.read_csv(AGE_CSV)
+    table["age"] = table["age"] + table["lesion_id"].rank(method="dense") / 100
+    age_csv = tmp_path / "age.csv"
+    table.to_csv(age_csv, index=False)
+    assert image_learner_cli.main(["--csv-file", str(age_csv), "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
                                    "--target-column", "age", "--sample-id-column", "lesion_id",
                                    "--cross-validation", "2"]) == 0
     predictions = pd.read_csv(out / "predictions.csv")
@@ -176,7 +182,7 @@ def test_a_regression_cross_validates_by_target_quantiles_and_its_model_predicts
         c.startswith("prob_") for c in predictions)
     assert len(predictions) == 140 and set(predictions["fold"]) == {1, 2}
     assert predictions.groupby("sample_id")["fold"].nunique().max() == 1
-    ages = pd.read_csv(AGE_CSV).set_index("image_path")["age"]
+    ages = pd.read_csv(age_csv).set_index("image_path")["age"]
     assert np.allclose(predictions.set_index("image")["true_value"], ages.loc[predictions["image"]].to_numpy())
     # both folds hold young and old patients: stratified by the target's quantiles, not by chance
     spread = predictions.groupby("fold")["true_value"].agg(["min", "max"])
@@ -187,7 +193,19 @@ def test_a_regression_cross_validates_by_target_quantiles_and_its_model_predicts
     assert [f["n"] for f in cv["folds"]] == predictions["fold"].value_counts().sort_index().tolist()
     error = (predictions["predicted_value"] - predictions["true_value"]).abs()
     assert cv["pooled"]["mae"] == pytest.approx(error.mean())
-    assert cv["pooled"]["baseline_median"] == pytest.approx(ages.median())
+    # each fold's baseline is the median of that fold's training rows (recomputed from split.csv), never of
+    # every row, which would include the rows it scores
+    split = pd.read_csv(out / "split.csv")
+    table = split.assign(split=0, fold=split["fold"].astype(int),
+                         stratum=split_utils.quantile_bins(split["label"].astype(float), split["group"]))
+    medians = [float(np.median(cross_validation.fold_rows(SimpleNamespace(table=table), fold, (0.7, 0.1, 0.2), 42)
+                               .query("split == 0")["label"])) for fold in (1, 2)]
+    assert summary["cross_validation"]["fold_baselines"] == pytest.approx(medians)
+    assert [f["baseline_median"] for f in cv["folds"]] == pytest.approx(medians)
+    assert medians != [ages.median()] * 2  # the old all-rows median would fail the two lines above
+    baseline = predictions["fold"].map({1: medians[0], 2: medians[1]})
+    assert cv["pooled"]["baseline_median"] is None  # no one value: each row has its fold's
+    assert cv["pooled"]["baseline_median_mae"] == pytest.approx((baseline - predictions["true_value"]).abs().mean())
     assert cv["pooled"]["ci95"]["mae"][0] <= cv["pooled"]["mae"] <= cv["pooled"]["ci95"]["mae"][1]
     assert cv["mean"]["mae"] == pytest.approx(np.mean([f["mae"] for f in cv["folds"]]))
     report = (out / "report.html").read_text()

@@ -309,7 +309,7 @@ def test_the_workers_get_no_inherited_accelerate_settings(tmp_path, monkeypatch)
 def test_thread_counts_come_from_the_jobs_allocation_not_the_node(monkeypatch):
     """A 64-CPU node of which the job may use 9 (affinity) or 4 (GALAXY_SLOTS): the workers' threads and the
     --num-workers check follow the job's share, never os.cpu_count()."""
-    from image_learner.data.input_utils import InputError
+    from image_learner.errors import InputError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(9)), raising=False)

@@ -103,3 +103,18 @@ def numbers_only(labels, column: str, csv_lines=None, why: str = "a regression")
 def regression_targets(labels) -> np.ndarray:
     """The label texts of a regression task as floats (choose_task has checked them)."""
     return np.asarray([as_number(text) for text in labels], dtype=float)
+
+
+def task_from_csv(csv_path: str, target_column, requested: str) -> tuple[str, str] | None:
+    """(task, reason) that the label column makes over every row of the CSV, read before any image is
+    unpacked, so that options that do not fit the task can be refused at once; None when the CSV cannot
+    tell (its problem is then reported in its place, by dataset_prep, with the images' facts)."""
+    from image_learner.data.input_utils import label_text, read_metadata_csv, resolve_column
+
+    try:
+        raw = read_metadata_csv(csv_path)
+        column = resolve_column(raw, target_column, "label", "--target-column")
+        task, reason = choose_task(label_text(raw[column], column), requested, column)
+    except InputError:
+        return None
+    return task, reason + " in the CSV"

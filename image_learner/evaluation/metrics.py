@@ -318,18 +318,37 @@ def threshold_scores(is_positive, p_positive, policy: str = "youden") -> tuple[n
     return candidates, scores.astype(float)
 
 
+UNTUNED_THRESHOLD = 0.5  # what a threshold is when the rows cannot tune one
+
+
+def threshold_problem(is_positive) -> str | None:
+    """Why no threshold can be tuned on these rows, or None when one can: "no rows", or "one class" (every
+    row positive, or every row negative: there is nothing to trade off)."""
+    is_positive = np.asarray(is_positive, dtype=bool)
+    if not len(is_positive):
+        return "no rows"
+    return "one class" if is_positive.all() or not is_positive.any() else None
+
+
+def threshold_choice(is_positive, p_positive, policy: str = "youden") -> tuple[float, str | None]:
+    """(threshold, problem): choose_threshold's threshold and threshold_problem's reason when it could not
+    be tuned (then the threshold is UNTUNED_THRESHOLD, and the caller must say so, never "tuned")."""
+    return choose_threshold(is_positive, p_positive, policy), threshold_problem(is_positive)
+
+
 def choose_threshold(is_positive, p_positive, policy: str = "youden") -> float:
     """Binary decision threshold that maximises ``policy`` (THRESHOLD_POLICIES, see threshold_scores) on
     the given rows: meant for the validation split, never the test split.
 
     Ties (within 1e-12) go to the threshold closest to 0.5, and between two equally close ones to the
-    higher. With one class only (nothing to trade off) it returns 0.5.
+    higher. With no rows or one class only (nothing to trade off) it returns UNTUNED_THRESHOLD, 0.5:
+    threshold_choice / threshold_problem say when that happened.
     """
     is_positive = np.asarray(is_positive, dtype=bool)
-    if is_positive.all() or not is_positive.any():
+    if threshold_problem(is_positive):
         if policy not in THRESHOLD_POLICIES:
             raise ValueError(f"threshold policy must be one of {THRESHOLD_POLICIES}, not {policy!r}")
-        return 0.5
+        return UNTUNED_THRESHOLD
     candidates, scores = threshold_scores(is_positive, p_positive, policy)
     best = candidates[scores >= scores.max() - 1e-12]  # highest first, so argmin keeps the higher on a tie
     return float(best[np.argmin(np.abs(best - 0.5))])

@@ -119,8 +119,8 @@ def split_metrics(y_true, y_pred, baseline: float | None = None) -> dict:
     for name in HEADLINE + tuple(k for k in found if k not in HEADLINE):  # the contract's order first
         value = float(found[name][0])
         out[name] = value if np.isfinite(value) else None
-    if baseline is not None:
-        out["baseline_median"] = float(baseline)
+    if baseline is not None:  # per-row baselines (each fold's own median) have no one value to show
+        out["baseline_median"] = float(baseline) if np.ndim(baseline) == 0 else None
     return out
 
 
@@ -154,13 +154,21 @@ def metrics_by_split(predictions, seed: int = 42, splits=("train", "validation",
                      baseline: float | None = None) -> dict:
     """metrics.json of a regression run: per split (rows of a predictions table with ``split``,
     ``true_value`` and ``predicted_value``) every metric and the median baseline; for the test split
-    also seeded 95% bootstrap intervals ("ci95"). ``baseline`` defaults to the train split's median."""
-    baseline = train_median(predictions) if baseline is None else float(baseline)
+    also seeded 95% bootstrap intervals ("ci95"). ``baseline`` defaults to the train split's median; a
+    sequence gives each row of ``predictions`` its own (cross-validation: the median of the training rows of
+    the fold model that scored it)."""
+    baseline = train_median(predictions) if baseline is None else baseline
+    if baseline is not None:
+        baseline = np.broadcast_to(np.asarray(baseline, dtype=float), (len(predictions),))
     result = {}
     for name in splits:
-        part = predictions[predictions["split"] == name]
+        mask = (predictions["split"] == name).to_numpy()
+        part = predictions[mask]
         if len(part):
-            args = (part["true_value"].to_numpy(), part["predicted_value"].to_numpy(), baseline)
+            base = None if baseline is None else baseline[mask]
+            if base is not None and len(set(base.tolist())) == 1:
+                base = float(base[0])  # one baseline for the split: reported as baseline_median
+            args = (part["true_value"].to_numpy(), part["predicted_value"].to_numpy(), base)
             result[name] = split_metrics(*args)
             if name == "test":  # images sharing a sample id or a duplicate group are resampled together
                 groups = bootstrap.cluster_ids(part)

@@ -8,6 +8,10 @@ delivered model is then trained on every fold row for the median kept epoch, wit
 predicts the held-out test rows, if any. Folds run one after another; each fold's scratch files live in
 the run's scratch folder and its model is dropped once it has predicted.
 
+Each fold's validation part is checked before it trains (provenance.fold_validation_warnings) and each
+fold says why its epoch was kept and how its threshold was set; a regression's out-of-fold baseline is the
+median of that fold's training rows.
+
 The metrics are task-agnostic: ``summarise`` takes a ``score(predictions, splits)`` function shaped like
 metrics.metrics_by_split (classification) or regression_metrics.metrics_by_split (regression).
 """
@@ -25,6 +29,7 @@ import pandas as pd
 
 from image_learner.evaluation import evaluation
 from image_learner.training import model_fit
+from image_learner.training import provenance
 import split_utils
 from image_learner.run_files import log
 
@@ -42,6 +47,10 @@ class CrossValidation:
     kept_epochs: list[int]
     fold_sizes: list[dict]  # per fold: train, validation and predicted (out-of-fold) rows
     history: pd.DataFrame  # per fold and epoch (``fold`` column), Ludwig's training history
+    threshold_provenance: str | None = None  # binary: how ``threshold`` was set (provenance.threshold_choice)
+    fold_provenance: list | None = None  # per fold: why its kept epoch, and (binary) how its threshold was set
+    warnings: list | None = None  # per fold validation parts that cannot choose well, an untuned threshold
+    fold_baselines: list | None = None  # regression: each fold's training-row median (its out-of-fold baseline)
 
 
 def final_epochs(kept_epochs) -> int:
@@ -67,10 +76,15 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     in_folds = (table["split"] == 0).to_numpy()
     proba = np.full((len(table), model_fit.n_outputs(data)), np.nan)
     predicted = np.empty(len(table), dtype=object)
-    kept, sizes, thresholds, histories = [], [], [], []
+    kept, sizes, thresholds, histories, why, warnings, baselines = [], [], [], [], [], [], []
     for fold in range(1, k + 1):
         rows = fold_rows(data, fold, split_probabilities, opts.random_seed)
         target = (table["fold"] == fold).to_numpy() & in_folds
+        # dataset_prep's check_split does not see the folds' validation parts (carved here): check each one
+        fold_warnings = provenance.fold_validation_warnings(fold, rows, data.task)
+        for warning in fold_warnings:
+            log(f"WARNING: {warning}")
+        warnings += fold_warnings
         log(f"fold {fold} of {k}: training on {int((rows['split'] == 0).sum())} images (validation "
             f"{int((rows['split'] == 1).sum())}), then predicting its {int(target.sum())} held-out images")
         fold_dir = os.path.join(work, f"fold-{fold}")
@@ -80,10 +94,20 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
             scored = model_fit.outputs(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
         oof, validation = scored[:target.sum()], scored[target.sum():]
         threshold = None
+        kept_why, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task, opts.validation_metric,
+                                                               f"fold {fold}: ")
+        if epoch_warning and not fold_warnings:  # else said already, before training
+            log(f"WARNING: {epoch_warning}")
+            warnings.append(epoch_warning)
+        why.append({"fold": fold, "kept_epoch_chosen_by": kept_why})
         if data.task == "binary":
-            threshold = model_fit.binary_threshold(data, rows.loc[rows["split"] == 1, "label"], validation[:, 1],
-                                                   opts)
+            choice = model_fit.binary_threshold(data, rows.loc[rows["split"] == 1, "label"], validation[:, 1], opts,
+                                                "validation rows", f"fold {fold}'s validation part")
+            threshold = choice.value
             thresholds.append(threshold)
+            why[-1]["threshold_policy"] = choice.provenance
+        if data.task == "regression":  # the out-of-fold baseline: what this fold's model could have learnt
+            baselines.append(float(np.median(rows.loc[rows["split"] == 0, "label"].astype(float))))
         proba[target] = oof
         predicted[target] = evaluation.predicted_labels(data.task, model_fit.class_order(data), oof, threshold)
         kept.append(fit.trained.best_epoch)
@@ -99,9 +123,14 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         f"(the median kept epoch of the folds: {', '.join(map(str, kept))})")
     with timer.stage(f"final model: training {opts.model_name} for {final_opts.epochs} epoch(s)"):
         final = model_fit.fit(data, all_rows, final_opts, os.path.join(work, "final"), model_dir, ddp_workers)
-    threshold = None
+    threshold = choice = None
     if data.task == "binary":
-        threshold = model_fit.binary_threshold(data, table.loc[in_folds, "label"], proba[in_folds, 1], opts)
+        choice = model_fit.binary_threshold(data, table.loc[in_folds, "label"], proba[in_folds, 1], opts,
+                                            "out-of-fold rows", "the pooled out-of-fold predictions")
+        threshold = choice.value
+        if choice.warning:
+            log(f"WARNING: {choice.warning}")
+            warnings.append(choice.warning)
     test = ~in_folds
     if test.any():
         with timer.stage("final model: predicting the held-out test images"):
@@ -109,7 +138,8 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         predicted[test] = evaluation.predicted_labels(data.task, model_fit.class_order(data), proba[test], threshold)
     history = pd.concat(histories, ignore_index=True)
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,
-                           history[["fold", *[c for c in history.columns if c != "fold"]]])
+                           history[["fold", *[c for c in history.columns if c != "fold"]]],
+                           choice.provenance if choice else None, why, warnings, baselines or None)
 
 
 def _release(fit, fold_dir: str) -> None:

@@ -143,6 +143,8 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     except (MemoryError, RuntimeError) as err:
         if devices.is_out_of_memory(err):
             raise _out_of_memory("training", trainer["batch_size"], _image_size(config), not amp_dtype) from err
+        if is_divergence(err):
+            raise InputError(divergence_message(trainer.get("learning_rate"))) from err
         raise
     seconds = time.time() - started
     if not model.backend.is_coordinator():
@@ -154,6 +156,19 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     history = history_table(results.train_stats, task, target_std)
     return TrainedModel(model, model_dir, history, best_epoch_of(history, task, validation_metric),
                         devices.describe(amp_dtype), seconds)
+
+
+def is_divergence(err: BaseException) -> bool:
+    """Ludwig's error when the weights turned NaN or infinite before any epoch could be kept (Ludwig 0.17:
+    "Training ran into an error. No checkpoint was saved. ... NaN or Inf values in the model weights ...")."""
+    return isinstance(err, RuntimeError) and "NaN or Inf values in the model weights" in str(err)
+
+
+def divergence_message(learning_rate) -> str:
+    """One line for a diverged training: the cause and the learning rate to lower."""
+    rate = f"--learning-rate {learning_rate:g}" if isinstance(learning_rate, (int, float)) else "the learning rate"
+    return (f"training diverged: the model's weights became NaN or infinite before any epoch could be kept "
+            f"({rate}); lower --learning-rate (e.g. 1e-4)")
 
 
 def _cuda() -> bool:

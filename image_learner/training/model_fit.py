@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.training import ludwig_config
-from image_learner.evaluation import metrics
+from image_learner.training import provenance
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import TrainingOptions
 
@@ -129,10 +129,11 @@ def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.n
                                                 opts.batch_size)
 
 
-def binary_threshold(data, labels, p_positive, opts: TrainingOptions) -> float:
+def binary_threshold(data, labels, p_positive, opts: TrainingOptions, rows: str = "validation rows",
+                     tuned_on: str = "the validation split"):
     """The user's fixed --threshold, or the one --threshold-metric picks on the given rows (validation, or
-    out-of-fold predictions; never test)."""
-    if opts.threshold is not None:
-        return float(opts.threshold)
-    is_positive = np.asarray(labels) == data.positive_label
-    return metrics.choose_threshold(is_positive, np.asarray(p_positive), opts.threshold_metric)
+    out-of-fold predictions; never test), with how it was set (a provenance.ThresholdChoice: "not tuned"
+    when the rows are empty or of one class)."""
+    negative = next(c for c in data.classes if c != data.positive_label)
+    return provenance.threshold_choice(labels, p_positive, data.positive_label, negative, opts.threshold,
+                                       opts.threshold_metric, rows, tuned_on)
