@@ -236,7 +236,7 @@ def test_workers_do_not_outlive_a_sigkilled_parent(tmp_path):
                       f"open(os.path.join({str(tmp_path)!r}, 'pid' + os.environ['RANK']), 'w')"
                       ".write(f'{os.getpid()} {os.getppid()}')\n"
                       "time.sleep(600)\n")
-    parent = subprocess.Popen([sys.executable, "-c", "import os, sys, data_parallel\n"
+    parent = subprocess.Popen([sys.executable, "-c", "import os, sys\nfrom image_learner.training import data_parallel\n"
                                "data_parallel.launch(data_parallel.launch_command(2, [sys.argv[1]]), "
                                "{**os.environ, 'TMPDIR': sys.argv[2]}, timeout_s=300)", str(worker), str(tmp_path)],
                               env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
@@ -263,7 +263,7 @@ def test_workers_do_not_outlive_a_sigkilled_parent(tmp_path):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_worker_tied_to_its_parent_dies_with_it(tmp_path):
     """tie_to_parent, which every worker calls first: its torchrun killed outright takes the worker along."""
-    child = ("import os, time, data_parallel\n"
+    child = ("import os, time\nfrom image_learner.training import data_parallel\n"
              "data_parallel.tie_to_parent()\n"
              "print(os.getpid(), flush=True)\n"
              "time.sleep(600)\n")
