@@ -105,11 +105,19 @@ def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, 
     return manifest, config
 
 
+DECODER_WEIGHT = f"output_features.module_dict.{LABEL_FEATURE}__ludwig.decoder_obj.dense.dense.weight"
+
+
 def model_tensors(config: dict) -> model_weights.ExpectedTensors:
-    """The tensors of the model a validated config describes, from Ludwig's ECD built on the meta device."""
+    """The tensors of the model a validated config describes, from Ludwig's ECD built on the meta device;
+    the config's head width (filled in by Ludwig while training) must be the one that model has."""
     import ludwig_trainer
 
-    return model_weights.expected_tensors(ludwig_trainer.meta_state_dict(config))
+    expected = model_weights.expected_tensors(ludwig_trainer.meta_state_dict(config))
+    width = expected.tensors.get(DECODER_WEIGHT, (None, [None, None]))[1][-1]
+    saved = config["output_features"][0].get("input_size")
+    expect(saved == width, CONFIG, "output_features[0].input_size", saved, f"{width!r} (the backbone's output width)")
+    return expected
 
 
 def _read_json(model_dir: str, name: str):
