@@ -13,7 +13,7 @@ import sys
 import pytest
 
 import image_learner_cli
-from bench.model_zip_memory import MANIFEST, WEIGHTS, large_backbone, members, padded_manifest, write_zip
+from bench.model_zip_memory import WEIGHTS, large_backbone, members, padded_manifest, write_zip
 from conftest import DEMO_ZIP, ROOT, make_zip
 
 # Predict in a child whose address space, once the libraries predict needs are imported, may grow by only
