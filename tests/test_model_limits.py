@@ -146,3 +146,11 @@ def test_the_configs_head_width_must_be_the_backbones(tmp_path, capsys):
     crafted = make_zip(tmp_path / "m.zip", {**files, "model/model_hyperparameters.json": json.dumps(config).encode()})
     _refused(tmp_path, capsys, crafted, "model_hyperparameters.json: output_features[0].input_size is 999, expected "
                                         "256 (the backbone's output width)")
+
+
+def test_an_image_size_above_the_cap_is_refused(tmp_path, capsys):
+    files = members()
+    manifest = json.loads(files["model/image_learner.json"])
+    manifest["image_size"] = manifest["training"]["options"]["image_size"] = 4096
+    crafted = make_zip(tmp_path / "m.zip", {**files, "model/image_learner.json": json.dumps(manifest).encode()})
+    _refused(tmp_path, capsys, crafted, "training.options.image_size is 4096, expected an integer from 16 to 1024")
