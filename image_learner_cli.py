@@ -171,7 +171,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
-    parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
+    parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES,
+                        help="limits of the image ZIP; the model ZIP has its own (model_archive.MODEL_LIMITS)")
     parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
     parser.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO)
     add_device_options(parser, mixed_precision=False)

@@ -43,6 +43,9 @@ class ZipLimits:
     max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     max_members: int = DEFAULT_MAX_MEMBERS
     max_ratio: float = DEFAULT_MAX_RATIO
+    max_member_bytes: int | None = None  # each extracted member, as claimed and as written (None: only the total)
+    kind: str = "image ZIP"  # how messages name the archive
+    hint: str = "; raise --max-unzipped-bytes if this is intended"  # how to raise max_total_bytes
 
 
 def _is_junk(name: str) -> bool:
@@ -93,24 +96,38 @@ def extract_zip_safely(zip_path: str, dest_dir: str, limits: ZipLimits = ZipLimi
     return _unpack(zip_path, dest_dir, limits, keep).files
 
 
-def _unpack(zip_path: str, dest_dir: str, limits: ZipLimits, keep) -> UnpackedZip:
+def zip_member_sizes(zip_path: str, limits: ZipLimits = ZipLimits()) -> dict[str, int]:
+    """The regular members' paths and the sizes the archive claims for them, checked like every member
+    of an extraction (names, links, count); nothing is written or decompressed."""
+    with _open_zip(zip_path, limits) as archive:
+        return {rel: info.file_size for rel, info in _checked_members(archive.infolist())}
+
+
+def _open_zip(zip_path: str, limits: ZipLimits) -> zipfile.ZipFile:
     if not os.path.isfile(zip_path):
-        raise InputError(f"image ZIP {zip_path!r} does not exist")
+        raise InputError(f"{limits.kind} {zip_path!r} does not exist")
     if not zipfile.is_zipfile(zip_path):
-        raise InputError(f"image ZIP {os.path.basename(zip_path)!r} is not a ZIP archive")
-    if keep is not None and not callable(keep):
-        keep = set(keep).__contains__
+        raise InputError(f"{limits.kind} {os.path.basename(zip_path)!r} is not a ZIP archive")
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as err:
-        raise InputError(f"image ZIP {os.path.basename(zip_path)!r} cannot be read: {err}") from err
-    with archive:
-        members = archive.infolist()
-        if len(members) > limits.max_members:
-            raise InputError(
-                f"image ZIP has {len(members)} members, more than the limit of {limits.max_members}"
-            )
-        regular = _checked_members(members)  # every member, extracted or not: nothing written yet
+        raise InputError(f"{limits.kind} {os.path.basename(zip_path)!r} cannot be read: {err}") from err
+    if len(archive.infolist()) > limits.max_members:
+        archive.close()
+        raise InputError(f"{limits.kind} has {len(archive.infolist())} members, more than the limit of "
+                         f"{limits.max_members}")
+    return archive
+
+
+def _unpack(zip_path: str, dest_dir: str, limits: ZipLimits, keep) -> UnpackedZip:
+    if keep is not None and not callable(keep):
+        keep = set(keep).__contains__
+    with _open_zip(zip_path, limits) as archive:
+        regular = _checked_members(archive.infolist())  # every member, extracted or not: nothing written yet
+        if limits.max_member_bytes is not None:  # the sizes claimed, before anything is written
+            for rel, info in regular:
+                if (keep is None or keep(rel)) and info.file_size > limits.max_member_bytes:
+                    raise _member_too_large(info.filename, limits)
         unpacked = UnpackedZip(files=[], skipped=[])
         os.makedirs(dest_dir, exist_ok=True)
         total = 0
@@ -163,6 +180,11 @@ def _file_and_folder(path: str, file_member: str, folder_member: str) -> InputEr
                       "and a folder; refusing the archive")
 
 
+def _member_too_large(name: str, limits: ZipLimits) -> InputError:
+    return InputError(f"ZIP member {name!r} is larger than the limit of {limits.max_member_bytes} bytes for it "
+                      f"({limits.kind}); refusing the archive")
+
+
 def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, limits: ZipLimits,
                  total_before: int) -> int:
     written = 0
@@ -173,9 +195,11 @@ def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: str, l
                 written += len(chunk)
                 if total_before + written > limits.max_total_bytes:
                     raise InputError(
-                        f"image ZIP expands beyond the limit of {limits.max_total_bytes} bytes "
-                        f"(at member {info.filename!r}); raise --max-unzipped-bytes if this is intended"
+                        f"{limits.kind} expands beyond the limit of {limits.max_total_bytes} bytes "
+                        f"(at member {info.filename!r}){limits.hint}"
                     )
+                if limits.max_member_bytes is not None and written > limits.max_member_bytes:
+                    raise _member_too_large(info.filename, limits)
                 if written > allowed_by_ratio:
                     raise InputError(
                         f"ZIP member {info.filename!r} expands more than {limits.max_ratio:g}x its compressed "

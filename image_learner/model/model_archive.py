@@ -6,8 +6,9 @@ trusted: the manifest records the options that built the config, the config is r
 our own builder and Ludwig's schema rendering, and the saved files must equal what training writes,
 field by field, except the few values Ludwig fills in while training, which are checked against each
 other and the weights' header. Only then is anything loaded (``ludwig_trainer.load_model``, hub
-offline). The checks (the pure core, ``validate_model_dir``) need no Ludwig: the rendering
-(``ludwig_trainer.rendered_config``) is passed in.
+offline). The JSON checks (``validate_json_files``) need no Ludwig: the rendering
+(``ludwig_trainer.rendered_config``) is passed in; the weights are checked against the model built on the
+meta device (model_weights.py). The model ZIP has its own size limits (MODEL_LIMITS), not the image ZIP's.
 """
 
 from __future__ import annotations
@@ -15,33 +16,49 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 
-from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely
+from image_learner.model import model_weights
+from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely, zip_member_sizes
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
 from image_learner.model.model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
+from image_learner.model.model_weights import WEIGHTS
 
 CONFIG = "model_hyperparameters.json"
-WEIGHTS = "model_weights.safetensors"
-MODEL_FILES = {CONFIG, WEIGHTS, METADATA, MANIFEST}
+JSON_FILES = (MANIFEST, CONFIG, METADATA)  # read in this order: each check needs the ones before
+MODEL_FILES = {*JSON_FILES, WEIGHTS}
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+# A model ZIP's own limits, whatever the image options allow. Each JSON file is parsed whole, so its
+# size is checked from the archive's claim before anything is written and again while it is written:
+# genuine ones are ~1-30 KB (the metadata grows ~100 bytes per class), 4 MiB parses in well under a second.
+MAX_JSON_BYTES = 4 * 1024**2
+MODEL_LIMITS = ZipLimits(
+    # the four files, with some room for the folder entries ZIP tools add
+    max_members=16,
+    # everything: the JSON files and the largest weights file this tool loads (model_weights.MAX_PARAMETERS
+    # float32 values and a header); the weights file is held to its architecture's size on its own
+    max_total_bytes=3 * MAX_JSON_BYTES + 4 * model_weights.MAX_PARAMETERS + 8 + model_weights.MAX_HEADER_BYTES,
+    kind="model ZIP", hint="")
 
 # Config keys that make Ludwig load code or remote resources (LLM models, adapters, quantised hub
 # weights): refused wherever they appear with a value, before any other check.
 CODE_LOADING_KEYS = {"trust_remote_code", "base_model", "adapter", "adapters", "quantization",
                      "model_parameters", "generation", "prompt"}
-WEIGHT_PREFIXES = (f"input_features.module_dict.{IMAGE_FEATURE}__ludwig.encoder_obj.",
-                   f"output_features.module_dict.{LABEL_FEATURE}__ludwig.")
-DECODER_WEIGHT = f"output_features.module_dict.{LABEL_FEATURE}__ludwig.decoder_obj.dense.dense.weight"
 
 
-def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str, render) -> tuple[str, dict]:
+def unpack_model(model_zip: str, dest: str, tool_version: str, render) -> tuple[str, dict]:
     """Extract and validate a trained_model.zip; returns (model_dir, manifest). ``render``: Ludwig's
-    schema rendering of a config (``ludwig_trainer.rendered_config``)."""
+    schema rendering of a config (``ludwig_trainer.rendered_config``).
+
+    In steps, each bounded by what the one before established: the member list and claimed sizes; the
+    JSON files (MAX_JSON_BYTES each) and their checks; the model built on the meta device from the
+    validated config (no memory); only then the weights, no larger than that model's tensors."""
     from importlib.metadata import version
 
     name = os.path.basename(model_zip)
     try:
-        members = extract_zip_safely(model_zip, dest, limits)
+        members = zip_member_sizes(model_zip, MODEL_LIMITS)
         unexpected = sorted(m for m in members if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES))
         if unexpected:
             raise InputError(f"it holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
@@ -49,9 +66,19 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
         missing = sorted(MODEL_FILES - {m[len("model/"):] for m in members})
         if missing:
             raise InputError(f"it is not an Image Learner model ZIP (missing {', '.join(missing)})")
+        largest = MODEL_LIMITS.max_total_bytes - 3 * MAX_JSON_BYTES
+        if members[f"model/{WEIGHTS}"] > largest:  # the claim, before anything is written
+            raise InputError(f"{WEIGHTS} has {members[f'model/{WEIGHTS}']:,} bytes, more than the {largest:,} "
+                             "of the largest model this tool loads")
+        extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=MAX_JSON_BYTES),
+                           keep=[f"model/{f}" for f in JSON_FILES])
         model_dir = os.path.join(dest, "model")
         with offline_hub():  # the first import of timm / Ludwig (and the hub) may happen here
-            manifest = validate_model_dir(model_dir, tool_version, version("ludwig"), render)
+            manifest, config = validate_json_files(model_dir, tool_version, version("ludwig"), render)
+            expected = model_tensors(config)
+        extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=expected.max_file_bytes()),
+                           keep=[f"model/{WEIGHTS}"])
+        model_weights.check_weights(os.path.join(model_dir, WEIGHTS), expected)
     except RecursionError as err:
         raise InputError(f"model {name!r}: a JSON file is nested too deeply") from err
     except InputError as err:
@@ -60,16 +87,37 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
 
 
 def validate_model_dir(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> dict:
-    """The pure core: raise InputError naming the file and field unless the four files are exactly what
-    this tool's training writes. Without ``render`` the saved config need only contain the config our
-    builder makes (a weaker check, for tests without Ludwig); with it, it must equal the rendering."""
+    """The checks of an unpacked model: raise InputError naming the file and field unless the four files
+    are exactly what this tool's training writes. Without ``render`` the saved config need only contain
+    the config our builder makes (a weaker check, for tests); with it, it must equal the rendering."""
+    manifest, config = validate_json_files(model_dir, tool_version, ludwig_version, render)
+    model_weights.check_weights(os.path.join(model_dir, WEIGHTS), model_tensors(config))
+    return manifest
+
+
+def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> tuple[dict, dict]:
+    """The manifest, config and metadata checks (pure: no Ludwig without ``render``); (manifest, config)."""
     manifest = _read_json(model_dir, MANIFEST)
     check_manifest(manifest, tool_version, ludwig_version)
     config = _read_json(model_dir, CONFIG)
     check_config(config, manifest, render)
     check_metadata(_read_json(model_dir, METADATA), config, manifest, exact=render is not None)
-    check_weights(os.path.join(model_dir, WEIGHTS), config, manifest)
-    return manifest
+    return manifest, config
+
+
+DECODER_WEIGHT = f"output_features.module_dict.{LABEL_FEATURE}__ludwig.decoder_obj.dense.dense.weight"
+
+
+def model_tensors(config: dict) -> model_weights.ExpectedTensors:
+    """The tensors of the model a validated config describes, from Ludwig's ECD built on the meta device;
+    the config's head width (filled in by Ludwig while training) must be the one that model has."""
+    from image_learner.training import ludwig_trainer
+
+    expected = model_weights.expected_tensors(ludwig_trainer.meta_state_dict(config))
+    width = expected.tensors.get(DECODER_WEIGHT, (None, [None, None]))[1][-1]
+    saved = config["output_features"][0].get("input_size")
+    expect(saved == width, CONFIG, "output_features[0].input_size", saved, f"{width!r} (the backbone's output width)")
+    return expected
 
 
 def _read_json(model_dir: str, name: str):
@@ -205,26 +253,6 @@ def check_metadata(metadata, config: dict, manifest: dict, exact: bool = True) -
         expect(set(saved) == set(vocabulary) and all(is_int(n, 1) for n in counts)
                and counts == sorted(counts, reverse=True), METADATA, f"{LABEL_FEATURE}.str2freq", saved,
                "a count of at least 1 per class, decreasing in idx2str order")
-
-
-def check_weights(path: str, config: dict, manifest: dict) -> None:
-    """The safetensors header (read by safetensors itself: nothing is unpickled) holds only this model's
-    tensors, and the classifier's shape matches the config. Ludwig's strict load checks every other name
-    and shape against the model built from the validated config."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="np") as handle:
-            shapes = {name: handle.get_slice(name).get_shape() for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"{WEIGHTS} is not a valid safetensors file ({err})") from err
-    foreign = sorted(name for name in shapes if not name.startswith(WEIGHT_PREFIXES))
-    if foreign:
-        raise InputError(f"{WEIGHTS} holds tensors of no Image Learner model ({', '.join(foreign[:3])})")
-    outputs = len(manifest["label_vocabulary"]) if manifest["task"] == "multiclass" else 1
-    wanted = [outputs, config["output_features"][0].get("input_size")]
-    if shapes.get(DECODER_WEIGHT) != wanted:
-        raise InputError(f"{WEIGHTS}: {DECODER_WEIGHT} has shape {shapes.get(DECODER_WEIGHT)}, expected {wanted}")
 
 
 def _compare(saved, expected, file: str, path: str, exact: bool) -> None:

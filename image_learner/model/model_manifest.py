@@ -50,11 +50,14 @@ def _timm_model(name) -> bool:
         return False
 
 
+# The largest image side a model may declare, as training allows (--image-size): predict resizes every
+# image to it and the backbone's activations grow with its square (a 1024 px ViT batch is ~21x a 224 px one).
+MAX_IMAGE_SIZE = 1024
 _STRINGS = (lambda v: isinstance(v, list) and all(isinstance(s, str) and s for s in v) and len(set(v)) == len(v))
 # Every TrainingOptions field, as training writes it: (is valid, what is expected).
 OPTION_RULES = {
     "model_name": (_timm_model, "a timm model name"),
-    "image_size": (lambda v: is_int(v, 16, 1024), "an integer from 16 to 1024"),
+    "image_size": (lambda v: is_int(v, 16, MAX_IMAGE_SIZE), f"an integer from 16 to {MAX_IMAGE_SIZE}"),
     "use_pretrained": (lambda v: isinstance(v, bool), "true or false"),
     "fine_tune": (lambda v: isinstance(v, bool), "true or false"),
     "pretrained_weights": (lambda v: v is None or isinstance(v, str) and WEIGHTS_RECORD.fullmatch(v) is not None,

@@ -89,9 +89,9 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
 
     timer = StageTimer()
     with timer.stage("unpacking and validating the model"):
+        # the model ZIP has its own limits (model_archive.MODEL_LIMITS); request.zip_limits are the images'
         model_dir, manifest = model_archive.unpack_model(request.model_zip, os.path.join(work, "model_zip"),
-                                                         request.zip_limits, TOOL_VERSION,
-                                                         ludwig_trainer.rendered_config)
+                                                         TOOL_VERSION, ludwig_trainer.rendered_config)
     images_dir = os.path.join(work, "images")
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)

@@ -279,3 +279,21 @@ def load_model(model_dir: str, source: str = "the model"):
                              + detail) from err
         raise InputError(f"{source}: it passes Image Learner's checks but Ludwig cannot load it "
                          f"({type(err).__name__}: {detail})") from err
+
+
+def meta_state_dict(config: dict) -> dict:
+    """The state dict (parameters and buffers themselves, tied ones as one object) of the ECD model a
+    validated config describes, built on the meta device: names, shapes and dtypes, no memory. Ludwig's
+    load builds the same class from the same config, so these are exactly the tensors its strict load wants."""
+    import torch
+    from ludwig.models.ecd import ECD
+    from ludwig.schema.model_types.base import ModelConfig
+
+    register_with_ludwig()
+    try:
+        with torch.device("meta"):
+            model = ECD(ModelConfig.from_dict(config))
+    except Exception as err:  # a validated config that still cannot be built: the model, not the run, is at fault
+        raise InputError(f"the model its config describes cannot be built ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from err
+    return model.state_dict(keep_vars=True)
