@@ -102,7 +102,7 @@ def test_the_workflow_is_linted_and_tested_alone_with_the_tools_loaded(tmp_path)
                         "--extra_tools", "image_learner_predict.xml"]
     assert "184.0 s  image_learner_train_predict.gxwf.yml_0" in output
     assert "for 1 tests (0 tool tests, 1 workflow tests)" in output
-    assert output.rstrip().endswith("galaxy: 1 passed, 0 failed")
+    assert result.stdout.rstrip().endswith("galaxy: 1 passed, 0 failed")  # the closing line
 
 
 def test_by_default_the_tools_and_the_workflow_are_tested_together(tmp_path):
