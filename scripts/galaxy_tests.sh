@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The Galaxy tools in a real Galaxy, run the way a server runs them: planemo lint (warnings fail) and
-# shed_lint, then every tool test of both tools with planemo test against Galaxy 26.1 installed from PyPI
+# The Galaxy tools in a real Galaxy, run the way a server runs them: planemo lint (warnings fail),
+# shed_lint and workflow_lint, then every tool test of both tools and the train -> predict workflow's test
+# (workflows/*.gxwf.yml with its *.gxwf-tests.yml) with planemo test against Galaxy 26.1 installed from PyPI
 # (../shared/galaxy-testing/galaxy_ci.sh), each job inside the tools' container image (built from the
 # Dockerfile by scripts/ensure_image.sh when missing) through Galaxy's Docker support, podman standing in
 # for docker. No <requirement> is resolved outside the image: a job has only what the image holds.
 #
 # planemo test has no time limit of its own. A try that runs over GALAXY_TESTS_TIMEOUT seconds (default
-# 1800; a run takes about 6 minutes on an idle 2-core machine, 20 under a load of 8) is stopped together
+# 1800; the tools' tests take about 6 minutes on an idle 2-core machine, 20 under a load of 8, and the
+# workflow's about 3 more: 5 minutes alone, Galaxy's start included) is stopped together
 # with everything it started (planemo, Galaxy's gunicorn and celery, job scripts, containers). A try that
 # timed out or ran no test (Galaxy did not start, ...) is repeated once, after printing why it failed; a
 # try whose tests ran and failed is not: a failing test is a finding, not a hiccup to retry away.
 # GALAXY_TESTS_OUTPUT_DIR=DIR keeps planemo's reports (each job's command line, output, metrics).
+# GALAXY_TESTS_ONLY=tools or =workflow runs only those tests (every lint still runs); empty: all of them.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ci_script=${GALAXY_CI_SCRIPT:-$here/../shared/galaxy-testing/galaxy_ci.sh}
@@ -18,6 +21,15 @@ ci_script=${GALAXY_CI_SCRIPT:-$here/../shared/galaxy-testing/galaxy_ci.sh}
 prefix=${GXCI_PREFIX:-${XDG_CACHE_HOME:-$HOME/.cache}/galaxy-tool-ci}
 limit=${GALAXY_TESTS_TIMEOUT:-1800}
 tools=(image_learner.xml image_learner_predict.xml)
+workflows=(workflows/image_learner_train_predict.gxwf.yml)
+# What planemo test runs: the tools' own tests and the workflow's (which uses the two tools: with the
+# workflow alone, they are loaded into Galaxy with --extra_tools, without their tests).
+case "${GALAXY_TESTS_ONLY:-}" in
+    "") targets=("${tools[@]}" "${workflows[@]}") ;;
+    tools) targets=("${tools[@]}") ;;
+    workflow) targets=("${workflows[@]}" --extra_tools "${tools[0]}" --extra_tools "${tools[1]}") ;;
+    *) echo "error: GALAXY_TESTS_ONLY must be empty, 'tools' or 'workflow', not '$GALAXY_TESTS_ONLY'" >&2; exit 1 ;;
+esac
 
 image=$(bash "$here/scripts/ensure_image.sh")
 # Galaxy and planemo (installed once, cached in $prefix; galaxy_ci.sh without arguments only installs)
@@ -36,6 +48,8 @@ echo "== planemo shed_lint"
 mkdir -p "$work/tools/image_learner"
 git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work/tools/image_learner"
 (cd "$work/tools/image_learner" && "$planemo" shed_lint --tools --skip version_bumped .)
+echo "== planemo workflow_lint"
+"$planemo" workflow_lint --fail_level warn "${workflows[@]}"
 
 # Ends what a try left running: the processes that carry its marker in their environment (planemo's
 # daemon monitor, Galaxy's gunicorn and celery, job scripts) and the containers labelled with it.
@@ -68,7 +82,7 @@ run_try() {
     marker="$$-$1-$(date +%s)"
     mkdir -p "$dir"
     local status=0
-    IMAGE_LEARNER_GALAXY_TRY=$marker GXCI_PREFIX=$prefix timeout -k 30 "$limit" bash "$ci_script" "${tools[@]}" \
+    IMAGE_LEARNER_GALAXY_TRY=$marker GXCI_PREFIX=$prefix timeout -k 30 "$limit" bash "$ci_script" "${targets[@]}" \
         --docker --docker_cmd /usr/bin/docker \
         --docker_run_extra_arguments "--label org.image-learner.galaxy-try=$marker" \
         --no_dependency_resolution --test_timeout 900 \
@@ -105,19 +119,32 @@ if [ -n "${GALAXY_TESTS_OUTPUT_DIR:-}" ]; then
 fi
 "$py" - "$final/tool_test_output.json" "$(( $(date +%s) - started ))" <<'PY'
 import json, sys
+from datetime import datetime
 report = json.load(open(sys.argv[1]))
 tests = report.get("tests", [])
 passed = sum(1 for t in tests if t.get("data", {}).get("status") == "success")
 failed = len(tests) - passed
+def seconds(data):
+    """A tool test's time_seconds; a workflow test has none, only its start and end."""
+    if data.get("time_seconds") is None and data.get("start_datetime") and data.get("end_datetime"):
+        start, end = (datetime.fromisoformat(data[key]) for key in ("start_datetime", "end_datetime"))
+        return (end - start).total_seconds()
+    return float(data.get("time_seconds") or 0)
 for t in tests:
     data = t.get("data", {})
-    print(f"{data.get('status', '?'):>8} {float(data.get('time_seconds') or 0):6.1f} s  {t.get('id')}")
+    print(f"{data.get('status', '?'):>8} {seconds(data):6.1f} s  {t.get('id')}")
 for t in tests:
-    if t.get("data", {}).get("status") != "success":
-        job = t.get("data", {}).get("job") or {}
-        print(f"FAILED {t.get('id')}: {t.get('data', {}).get('output_problems')}")
-        print((job.get("stderr") or "")[-2000:])
-print(f"planemo test took {sys.argv[2]} s for {len(tests)} tool tests, every job in the container")
+    data = t.get("data", {})
+    if data.get("status") != "success":
+        print(f"FAILED {t.get('id')}: {data.get('output_problems')} {data.get('execution_problem') or ''}")
+        # a tool test has one job; a workflow test one per step, in its invocation's details
+        steps = ((data.get("invocation_details") or {}).get("steps") or {}).values()
+        for job in [data.get("job") or {}] + [j for step in steps for j in step.get("jobs") or []]:
+            if job.get("stderr"):
+                print(f"{job.get('tool_id') or ''} stderr: {job['stderr'][-2000:]}")
+workflow_tests = sum(1 for t in tests if ".gxwf.yml" in str(t.get("id")))
+print(f"planemo test took {sys.argv[2]} s for {len(tests)} tests ({len(tests) - workflow_tests} tool tests, "
+      f"{workflow_tests} workflow tests), every job in the container")
 print(f"galaxy: {passed} passed, {failed} failed")
 sys.exit(1 if failed or not tests else 0)
 PY

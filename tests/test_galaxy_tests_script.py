@@ -57,3 +57,64 @@ def test_a_hanging_planemo_run_is_stopped_retried_once_and_explained(tmp_path):
     assert "galaxy: 0 passed, 0 failed" in output
     assert time.time() - started < 200
     assert _processes_with(token) == []
+
+
+RECORDING_GALAXY = """#!/usr/bin/env bash
+# Stand-in for galaxy_ci.sh: installing succeeds; a test run records its arguments and reports one passed
+# workflow test (planemo gives a workflow test a start and an end, no time_seconds).
+[ "$#" -eq 0 ] && exit 0
+echo "$@" > "$RECORD_DIR/galaxy_args"
+while [ "$#" -gt 0 ]; do [ "$1" = --test_output_json ] && out=$2; shift; done
+echo '{"tests": [{"id": "image_learner_train_predict.gxwf.yml_0", "data": {"status": "success",
+  "start_datetime": "2026-01-01T00:00:00", "end_datetime": "2026-01-01T00:03:04"}}]}' > "$out"
+"""
+
+
+def _run_recording(tmp_path, only):
+    """galaxy_tests.sh with GALAXY_TESTS_ONLY=only, planemo and Galaxy replaced by stand-ins that record
+    their arguments: (result, planemo's calls, galaxy_ci.sh's arguments)."""
+    prefix = tmp_path / "prefix"
+    bin_dir = prefix / "planemo-venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    planemo = bin_dir / "planemo"
+    planemo.write_text('#!/bin/sh\necho "$@" >> "$RECORD_DIR/planemo_calls"\n')
+    planemo.chmod(0o755)
+    (bin_dir / "python").symlink_to(sys.executable)
+    galaxy = tmp_path / "galaxy_ci.sh"
+    galaxy.write_text(RECORDING_GALAXY)
+    env = {**os.environ, "GALAXY_CI_SCRIPT": str(galaxy), "GXCI_PREFIX": str(prefix), "RECORD_DIR": str(tmp_path),
+           "GALAXY_TESTS_ONLY": only}
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", "galaxy_tests.sh")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    calls = (tmp_path / "planemo_calls").read_text().splitlines() if (tmp_path / "planemo_calls").exists() else []
+    args = (tmp_path / "galaxy_args").read_text().split() if (tmp_path / "galaxy_args").exists() else []
+    return result, calls, args
+
+
+def test_the_workflow_is_linted_and_tested_alone_with_the_tools_loaded(tmp_path):
+    result, calls, args = _run_recording(tmp_path, "workflow")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "workflow_lint --fail_level warn workflows/image_learner_train_predict.gxwf.yml" in calls
+    assert any(call.startswith("lint --fail_level warn image_learner.xml") for call in calls)  # lints still run
+    # only the workflow's test; its two tools loaded without their tests
+    assert args[:5] == ["workflows/image_learner_train_predict.gxwf.yml", "--extra_tools", "image_learner.xml",
+                        "--extra_tools", "image_learner_predict.xml"]
+    assert "184.0 s  image_learner_train_predict.gxwf.yml_0" in output
+    assert "for 1 tests (0 tool tests, 1 workflow tests)" in output
+    assert result.stdout.rstrip().endswith("galaxy: 1 passed, 0 failed")  # the closing line
+
+
+def test_by_default_the_tools_and_the_workflow_are_tested_together(tmp_path):
+    result, _, args = _run_recording(tmp_path, "")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert args[:3] == ["image_learner.xml", "image_learner_predict.xml",
+                        "workflows/image_learner_train_predict.gxwf.yml"]
+    assert "--extra_tools" not in args
+
+
+def test_an_unknown_subset_is_refused(tmp_path):
+    result, calls, _ = _run_recording(tmp_path, "everything")
+    assert result.returncode == 1
+    assert "GALAXY_TESTS_ONLY must be empty, 'tools' or 'workflow', not 'everything'" in result.stderr
+    assert calls == []
