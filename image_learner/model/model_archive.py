@@ -18,11 +18,16 @@ from contextlib import contextmanager
 
 from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
+from image_learner.model.model_card import CARD
 from image_learner.model.model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
+from image_learner.model.onnx_export import ONNX_FILE
 
 CONFIG = "model_hyperparameters.json"
 WEIGHTS = "model_weights.safetensors"
 MODEL_FILES = {CONFIG, WEIGHTS, METADATA, MANIFEST}
+# Files training may add, never read by prediction: the card (text) and --export-onnx's model.onnx. Capped
+# in bytes, so that an allowed name cannot carry an archive's worth of data.
+OPTIONAL_FILES = {CARD: 1 << 20, ONNX_FILE: 2 << 30}
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 # Config keys that make Ludwig load code or remote resources (LLM models, adapters, quantised hub
@@ -42,7 +47,8 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
     name = os.path.basename(model_zip)
     try:
         members = extract_zip_safely(model_zip, dest, limits)
-        unexpected = sorted(m for m in members if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES))
+        unexpected = sorted(m for m in members
+                            if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES | set(OPTIONAL_FILES)))
         if unexpected:
             raise InputError(f"it holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
                              "refusing to load it")
@@ -50,6 +56,7 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
         if missing:
             raise InputError(f"it is not an Image Learner model ZIP (missing {', '.join(missing)})")
         model_dir = os.path.join(dest, "model")
+        _check_optional_files(model_dir)
         with offline_hub():  # the first import of timm / Ludwig (and the hub) may happen here
             manifest = validate_model_dir(model_dir, tool_version, version("ludwig"), render)
     except RecursionError as err:
@@ -57,6 +64,21 @@ def unpack_model(model_zip: str, dest: str, limits: ZipLimits, tool_version: str
     except InputError as err:
         raise InputError(f"model {name!r}: {err}") from err
     return model_dir, manifest
+
+
+def _check_optional_files(model_dir: str) -> None:
+    """The card and the ONNX file within their caps, the card UTF-8 text; neither is loaded."""
+    for name, cap in OPTIONAL_FILES.items():
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) > cap:
+            raise InputError(f"{name} is {os.path.getsize(path):,} bytes; an Image Learner model's is at most {cap:,}")
+    card = os.path.join(model_dir, CARD)
+    if os.path.isfile(card):
+        try:
+            with open(card, encoding="utf-8") as handle:
+                handle.read()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{CARD} is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def validate_model_dir(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> dict:
