@@ -49,7 +49,8 @@ def describe(manifest: dict) -> str:
 
 def image_tensor(paths: list[str], image_size: int) -> np.ndarray:
     """The ONNX input for image files, as training and predict prepare them (data.image_check: EXIF
-    orientation, 8-bit RGB, then a bilinear resize to the model's square size): float32 N×3×S×S in [0, 1]."""
+    orientation, 8-bit RGB, then a bilinear resize to the model's square size): float32 N×3×S×S in [0, 1].
+    (A plain JPEG already S×S is read by Ludwig's own decoder, which may differ from Pillow's by a grey level.)"""
     from PIL import Image
 
     from image_learner.data.image_check import check_image
