@@ -22,7 +22,8 @@ def summary():
         "target_column": "dx", "task": "multiclass", "task_reason": "auto: column 'dx' has 3 labels",
         "classes": ["bcc", "mel", "nv"], "target_scaling": None, "positive_label": None, "threshold": None,
         "dataset": {"matched_rows": 60, "split_counts": {"train": 42, "validation": 6, "test": 12},
-                    "class_counts": {"train": {"bcc": 10, "mel": 12, "nv": 20}, "validation": {"bcc": 1, "mel": 2, "nv": 3},
+                    "class_counts": {"train": {"bcc": 10, "mel": 12, "nv": 20},
+                                     "validation": {"bcc": 1, "mel": 2, "nv": 3},
                                      "test": {"bcc": 3, "mel": 4, "nv": 5}}},
         "split": {"seed": 7, "method": "random, stratified by label, seeded",
                   "grouped_by": ["column 'lesion_id'", "leakage guard (flips/rotations/duplicates)"]},
@@ -63,7 +64,8 @@ def test_the_card_states_the_runs_facts(summary):
     assert "seed 7" in split and "column 'lesion\\_id', leakage guard" in split
     assert "Sample id column: lesion\\_id" in split and "4 duplicate groups holding 9 images" in split
     metrics = _section(card, "Metrics")
-    assert "Computed on the held-out test rows, used neither for training nor to choose the kept epoch (12 rows)" in metrics
+    assert ("Computed on the held-out test rows, used neither for training nor to choose the kept epoch (12 rows)"
+            in metrics)
     assert "(1,000 resamples, seed 7)" in metrics
     assert "- balanced accuracy: 0.711 (95% interval 0.450 to 0.950)" in metrics
     assert "- expected calibration error: 0.080" in metrics
@@ -75,15 +77,24 @@ def test_cross_validation_metrics_say_they_are_out_of_fold(summary):
     summary["metrics"] = {"cross_validation": {
         "k": 3, "mean": {"balanced_accuracy": 0.6}, "sd": {"balanced_accuracy": 0.05},
         "pooled": {"n": 48, "balanced_accuracy": 0.62, "ci95": {"balanced_accuracy": [0.5, 0.74]}}}}
-    summary["cross_validation"] = {"k": 3, "fold_sizes": [16, 16, 16], "kept_epochs": [2, 3, 3], "final_epochs": 3,
+    summary["cross_validation"] = {"k": 3, "kept_epochs": [2, 3, 3], "final_epochs": 3,
+                                   "fold_sizes": [{"fold": k, "train": 28, "validation": 4, "predicted": 16}
+                                                  for k in (1, 2, 3)],
                                    "final_epochs_rule": "median kept epoch across folds, halves rounded up",
                                    "final_training_rows": 48}
+    summary["dataset"]["split_counts"] = {"train": 48, "validation": 0, "test": 0}
+    summary["dataset"]["class_counts"] = {f"fold {k}": {"bcc": 4, "mel": 5, "nv": 7} for k in (1, 2, 3)}
     card = model_card.build_card(summary)
     metrics = _section(card, "Metrics")
     assert metrics.strip().startswith("Computed on the pooled out-of-fold predictions of 3-fold cross-validation")
     assert "(48 rows)" in metrics and "- balanced accuracy: 0.620 (95% interval 0.500 to 0.740)" in metrics
     assert "balanced accuracy 0.600 ± 0.050" in metrics and "held-out test rows" not in metrics
-    assert "3 folds of 16, 16, 16 rows" in card and "learned from 48 images" in card
+    assert ("3 folds (fold 1: 28 train, 4 validation, 16 predicted; fold 2: 28 train" in card
+            and "kept epochs 2, 3, 3; final model trained for 3 epochs" in card and "learned from 48 images" in card)
+    data = _section(card, "Data")
+    assert "Rows per split (cross-validation: per fold, the rows it predicted):" in data
+    assert "| class | fold 1 | fold 2 | fold 3 |" in data and "| nv | 7 | 7 | 7 |" in data
+    assert "| all | 16 | 16 | 16 |" in data
     assert "as the user stated it: not stated" in card
 
 
@@ -100,6 +111,7 @@ def test_a_binary_threshold_and_a_regression_target_are_stated(summary):
     card = model_card.build_card(regression)
     assert "a number (regression)" in card and "mean 51.500, sd 16.250" in card
     assert "- mae: 9.500 (95% interval 7.000 to 12.250)" in card and "Classes, in the order" not in card
+    assert "| class | train | validation | test |\n|---|---|---|---|\n| all | 42 | 6 | 12 |" in card
 
 
 def _cells(row):

@@ -85,23 +85,36 @@ def _metrics_section(summary: dict) -> list[str]:
     if test and test.get("n"):
         if cv:
             out.append("")
-        out += _metric_lines(test, "the held-out test rows, used neither for training nor to choose the "
-                             "kept epoch" + (" or the decision threshold" if summary.get("task") == "binary" else ""), seed)
+        threshold = " or the decision threshold" if summary.get("task") == "binary" else ""
+        out += _metric_lines(test, "the held-out test rows, used neither for training nor to choose the kept epoch"
+                             + threshold, seed)
     elif not cv:
         out.append("No test rows: the model has no held-out measurement.")
     return out + [""]
 
 
-def _counts_table(summary: dict) -> list[str]:
+def _part_counts(summary: dict) -> tuple[dict, dict]:
+    """({part: {class: rows}}, {part: rows}): the parts are the splits, or a cross-validation's folds
+    (each fold's predicted rows) and its test rows, if any."""
     dataset = summary.get("dataset") or {}
-    splits = [s for s, n in (dataset.get("split_counts") or {}).items()]
-    counts = dataset.get("class_counts") or {}
-    rows = ["| " + " | ".join(["class", *splits]) + " |", "|" + "---|" * (len(splits) + 1)]
-    if summary.get("task") != "regression" and counts:
-        for cls in summary.get("classes") or []:
-            rows.append("| " + " | ".join([md_text(cls), *(str((counts.get(s) or {}).get(cls, 0)) for s in splits)])
-                        + " |")
-    rows.append("| " + " | ".join(["all", *(str(dataset["split_counts"][s]) for s in splits)]) + " |")
+    per_class = dataset.get("class_counts") or {}
+    if summary.get("task") != "regression" and per_class:
+        return per_class, {part: sum(counts.values()) for part, counts in per_class.items()}
+    cv = summary.get("cross_validation")
+    if cv:
+        totals = {f"fold {f.get('fold')}": f.get("predicted") for f in cv.get("fold_sizes") or []}
+        test = (dataset.get("split_counts") or {}).get("test")
+        return {}, {**totals, **({"test": test} if test else {})}
+    return {}, dict(dataset.get("split_counts") or {})
+
+
+def _counts_table(summary: dict) -> list[str]:
+    per_class, totals = _part_counts(summary)
+    parts = list(totals)
+    rows = ["| " + " | ".join(["class", *map(md_text, parts)]) + " |", "|" + "---|" * (len(parts) + 1)]
+    for cls in (summary.get("classes") or []) if per_class else []:
+        rows.append("| " + " | ".join([md_text(cls), *(str(per_class[p].get(cls, 0)) for p in parts)]) + " |")
+    rows.append("| " + " | ".join(["all", *(str(totals[p]) for p in parts)]) + " |")
     return rows
 
 
@@ -117,7 +130,9 @@ def _data_section(summary: dict, licence: str) -> list[str]:
     scaling = summary.get("target_scaling")
     if scaling:
         out.append(f"- Target scaling (training rows): mean {_number(scaling['mean'])}, sd {_number(scaling['std'])}")
-    out += [f"- Licence of the data, as the user stated it: {md_text(licence)}", "", "Rows per split:", "",
+    out += [f"- Licence of the data, as the user stated it: {md_text(licence)}", "",
+            "Rows per split" + (" (cross-validation: per fold, the rows it predicted)"
+                                if summary.get("cross_validation") else "") + ":", "",
             *_counts_table(summary), ""]
     return out
 
@@ -138,9 +153,12 @@ def _split_section(summary: dict) -> list[str]:
         out.append("- Leakage guard: off (near-duplicate images may sit on both sides of the split)")
     cv = summary.get("cross_validation")
     if cv:
-        out.append(f"- Cross-validation: {cv.get('k')} folds of {', '.join(map(str, cv.get('fold_sizes') or []))} "
-                   f"rows; kept epochs {cv.get('kept_epochs')}; final model trained for {cv.get('final_epochs')} "
-                   f"epochs ({cv.get('final_epochs_rule')}) on {cv.get('final_training_rows')} rows")
+        folds = "; ".join(f"fold {f.get('fold')}: {f.get('train')} train, {f.get('validation')} validation, "
+                          f"{f.get('predicted')} predicted" for f in cv.get("fold_sizes") or [])
+        out.append(f"- Cross-validation: {cv.get('k')} folds ({folds}); kept epochs "
+                   f"{', '.join(map(str, cv.get('kept_epochs') or []))}; final model trained for "
+                   f"{cv.get('final_epochs')} epochs ({cv.get('final_epochs_rule')}) on "
+                   f"{cv.get('final_training_rows')} rows")
     return out + [""]
 
 
