@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--sample-id-column", default=None,
                     help="patient/lesion id column: all images of one id stay in one split")
     io.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    io.add_argument("--data-licence", default="not stated", metavar="TEXT",
+                    help="the images' licence as you know it (e.g. 'CC BY-NC 4.0'), written into the model card")
+    io.add_argument("--export-onnx", action="store_true",
+                    help="add model.onnx to trained_model.zip (needs pip install 'image-learner[onnx]')")
     io.add_argument("--no-report", action="store_true",
                     help="skip report.html (sweeps and benchmarks; every table is still written)")
     io.add_argument("--max-missing-fraction", type=float, default=0.1,
@@ -216,7 +220,8 @@ def request_from_args(args: argparse.Namespace):
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
-                               distributed=args.distributed, num_workers=args.num_workers)
+                               distributed=args.distributed, num_workers=args.num_workers,
+                               data_licence=args.data_licence, export_onnx=args.export_onnx)
 
 
 class Stopped(BaseException):

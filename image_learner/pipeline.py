@@ -25,7 +25,7 @@ from image_learner.training import devices
 from image_learner.evaluation import evaluation
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
-from image_learner.model import model_manifest
+from image_learner.model import model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import provenance
 import split_utils
@@ -48,6 +48,8 @@ class RunRequest:
     make_report: bool = True
     distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
     num_workers: int = 1
+    data_licence: str = model_card.NOT_STATED  # as the user states it, for MODEL_CARD.md
+    export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -81,6 +83,11 @@ def resolve_training_options(request: RunRequest) -> None:
                          + ", ".join(metrics.THRESHOLD_POLICIES))
     if opts.threshold is not None and not 0 < opts.threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
+    request.data_licence = model_card.check_licence(request.data_licence)
+    if request.export_onnx:
+        from image_learner.model import onnx_export
+
+        onnx_export.check_available()
 
 
 def check_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
@@ -183,13 +190,12 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
         "target_scaling": fit.target_scaling},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
-    with timer.stage("zipping the model"):
-        shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
 
     summary = {
         "tool": {"name": "image-learner", "version": TOOL_VERSION},
         "command_line": sys.argv,
-        "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip)},
+        "inputs": {"csv_file": os.path.basename(request.csv_file), "image_zip": os.path.basename(request.image_zip),
+                   "data_licence": request.data_licence},
         "columns": data.columns, "target_column": data.columns["label"],
         "task": data.task, "task_reason": data.task_reason, "classes": data.classes,
         "target_scaling": fit.target_scaling,
@@ -211,6 +217,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "device": trained.device, "versions": versions, "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
+    _package_model(request, summary, os.path.join(out, "model"), timer)
     write_json(os.path.join(out, SUMMARY_FILE), summary)
     if request.make_report:
         import report_builder
@@ -237,6 +244,19 @@ def _keep_no_weights_path(outcome, model_dir: str) -> str | None:
     with open(saved, "w") as handle:
         json.dump(config, handle, indent=4)
     return record
+def _package_model(request: RunRequest, summary: dict, model_dir: str, timer) -> None:
+    """MODEL_CARD.md (and, with --export-onnx, model.onnx) beside the model's files, then trained_model.zip."""
+    onnx = None
+    if request.export_onnx:
+        from image_learner.model import onnx_export
+
+        with timer.stage("exporting the model to ONNX"):
+            onnx = onnx_export.export(model_dir, os.path.join(model_dir, onnx_export.ONNX_FILE))
+    with open(os.path.join(model_dir, model_card.CARD), "w", encoding="utf-8") as handle:
+        handle.write(model_card.build_card(summary, request.data_licence, onnx))
+    with timer.stage("zipping the model"):
+        shutil.make_archive(os.path.join(os.path.dirname(model_dir), "trained_model"), "zip",
+                            root_dir=os.path.dirname(model_dir), base_dir="model")
 
 
 def _ddp_workers(request: RunRequest) -> int:

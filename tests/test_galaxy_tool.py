@@ -35,6 +35,7 @@ def _form(**changes):
                      "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
                      "validation_metric": "auto",
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
+        "data_licence": "not stated",
     }
     for key, value in changes.items():
         if isinstance(value, dict):
@@ -192,3 +193,11 @@ def test_every_curated_model_is_a_timm_model(source):
     assert len(names) >= 10 and names[0] == "caformer_s18_384"
     for name in names:
         timm_backbone.resolve_model_name(name)  # raises for an unknown name
+
+
+def test_the_data_licence_maps_to_its_flag_with_the_forms_default(source):
+    licence = next(p for p in source.root.iter("param") if p.get("argument") == "--data-licence")
+    assert licence.get("type") == "text" and licence.get("value") == "not stated"  # tool tests need no value
+    assert _cli_args(source)[0].data_licence == "not stated"
+    args, _ = _cli_args(source, data_licence="CC BY-NC 4.0, ISIC archive")
+    assert args.data_licence == "CC BY-NC 4.0, ISIC archive"

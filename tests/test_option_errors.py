@@ -23,6 +23,7 @@ TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-siz
     (DEMO_CSV, ["--threshold", "1.5"], "--threshold must be between 0 and 1 (exclusive), got 1.5"),
     (DEMO_CSV, ["--distributed", "ddp", "--num-workers", "1"], "2 or more"),
     (DEMO_CSV, ["--num-workers", "2"], "needs --distributed ddp"),
+    (DEMO_CSV, ["--data-licence", "x" * 501], "--data-licence is 501 characters long; at most 500"),
 ])
 def test_a_bad_value_exits_2_naming_the_option_and_leaves_nothing(tmp_path, capsys, csv, extra, message):
     out = tmp_path / "out"

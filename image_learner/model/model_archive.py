@@ -21,12 +21,18 @@ from dataclasses import replace
 from image_learner.model import model_weights
 from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely, zip_member_sizes
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
+from image_learner.model.model_card import CARD
 from image_learner.model.model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
 from image_learner.model.model_weights import WEIGHTS
+from image_learner.model.onnx_export import ONNX_FILE
 
 CONFIG = "model_hyperparameters.json"
 JSON_FILES = (MANIFEST, CONFIG, METADATA)  # read in this order: each check needs the ones before
 MODEL_FILES = {*JSON_FILES, WEIGHTS}
+# Files training may add, never read by prediction: the card (text) and --export-onnx's model.onnx. Capped
+# in bytes (checked on the archive's claim; the card also while it is written), so that an allowed name
+# cannot carry an archive's worth of data. The ONNX file is never extracted.
+OPTIONAL_FILES = {CARD: 1 << 20, ONNX_FILE: 2 << 30}
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 # A model ZIP's own limits, whatever the image options allow. Each JSON file is parsed whole, so its
@@ -34,11 +40,13 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # genuine ones are ~1-30 KB (the metadata grows ~100 bytes per class), 4 MiB parses in well under a second.
 MAX_JSON_BYTES = 4 * 1024**2
 MODEL_LIMITS = ZipLimits(
-    # the four files, with some room for the folder entries ZIP tools add
+    # the four files, the card, model.onnx, with some room for the folder entries ZIP tools add
     max_members=16,
     # everything: the JSON files and the largest weights file this tool loads (model_weights.MAX_PARAMETERS
     # float32 values and a header); the weights file is held to its architecture's size on its own
-    max_total_bytes=3 * MAX_JSON_BYTES + 4 * model_weights.MAX_PARAMETERS + 8 + model_weights.MAX_HEADER_BYTES,
+    # (+ the card and model.onnx at their caps, OPTIONAL_FILES)
+    max_total_bytes=3 * MAX_JSON_BYTES + 4 * model_weights.MAX_PARAMETERS + 8 + model_weights.MAX_HEADER_BYTES
+    + (1 << 20) + (2 << 30),
     kind="model ZIP", hint="")
 
 # Config keys that make Ludwig load code or remote resources (LLM models, adapters, quantised hub
@@ -59,20 +67,29 @@ def unpack_model(model_zip: str, dest: str, tool_version: str, render) -> tuple[
     name = os.path.basename(model_zip)
     try:
         members = zip_member_sizes(model_zip, MODEL_LIMITS)
-        unexpected = sorted(m for m in members if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES))
+        unexpected = sorted(m for m in members
+                            if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES | set(OPTIONAL_FILES)))
         if unexpected:
             raise InputError(f"it holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
                              "refusing to load it")
         missing = sorted(MODEL_FILES - {m[len("model/"):] for m in members})
         if missing:
             raise InputError(f"it is not an Image Learner model ZIP (missing {', '.join(missing)})")
-        largest = MODEL_LIMITS.max_total_bytes - 3 * MAX_JSON_BYTES
+        largest = MODEL_LIMITS.max_total_bytes - 3 * MAX_JSON_BYTES - sum(OPTIONAL_FILES.values())
         if members[f"model/{WEIGHTS}"] > largest:  # the claim, before anything is written
             raise InputError(f"{WEIGHTS} has {members[f'model/{WEIGHTS}']:,} bytes, more than the {largest:,} "
                              "of the largest model this tool loads")
+        for optional, cap in OPTIONAL_FILES.items():  # the claims, before anything is written
+            if members.get(f"model/{optional}", 0) > cap:
+                raise InputError(f"{optional} is {members[f'model/{optional}']:,} bytes; an Image Learner "
+                                 f"model's is at most {cap:,}")
         extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=MAX_JSON_BYTES),
                            keep=[f"model/{f}" for f in JSON_FILES])
+        if f"model/{CARD}" in members:
+            extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=OPTIONAL_FILES[CARD]),
+                               keep=[f"model/{CARD}"])
         model_dir = os.path.join(dest, "model")
+        _check_optional_files(model_dir)
         with offline_hub():  # the first import of timm / Ludwig (and the hub) may happen here
             manifest, config = validate_json_files(model_dir, tool_version, version("ludwig"), render)
             expected = model_tensors(config)
@@ -84,6 +101,21 @@ def unpack_model(model_zip: str, dest: str, tool_version: str, render) -> tuple[
     except InputError as err:
         raise InputError(f"model {name!r}: {err}") from err
     return model_dir, manifest
+
+
+def _check_optional_files(model_dir: str) -> None:
+    """The card and the ONNX file within their caps, the card UTF-8 text; neither is loaded."""
+    for name, cap in OPTIONAL_FILES.items():
+        path = os.path.join(model_dir, name)
+        if os.path.isfile(path) and os.path.getsize(path) > cap:
+            raise InputError(f"{name} is {os.path.getsize(path):,} bytes; an Image Learner model's is at most {cap:,}")
+    card = os.path.join(model_dir, CARD)
+    if os.path.isfile(card):
+        try:
+            with open(card, encoding="utf-8") as handle:
+                handle.read()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{CARD} is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def validate_model_dir(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> dict:
