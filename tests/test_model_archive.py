@@ -81,8 +81,18 @@ def _refused(tmp_path, capsys, members, message, image_zip=DEMO_ZIP):
     return err
 
 
+def _validate_model_dir(model_dir: str, tool_version: str, ludwig_version: str) -> dict:
+    """The checks of an unpacked model, as unpack_model makes them in steps: the JSON files without a renderer
+    (the config must contain what our builder makes), then the weights against the model they describe."""
+    from image_learner.model import model_archive, model_weights
+
+    manifest, config = model_archive.validate_json_files(model_dir, tool_version, ludwig_version, None)
+    model_weights.check_weights(os.path.join(model_dir, model_archive.WEIGHTS), model_archive.model_tensors(config))
+    return manifest
+
+
 def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
-    """validate_model_dir needs no Ludwig: without a renderer the config must contain what our builder makes."""
+    """The JSON checks need no Ludwig: without a renderer the config must contain what our builder makes."""
     from image_learner.model import model_archive
     from image_learner.model import model_manifest
     from image_learner import run_files
@@ -92,7 +102,7 @@ def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
     with zipfile.ZipFile(TINY_MODEL) as archive:
         archive.extractall(tmp_path)
     with run_files.scratch_tempdir(str(tmp_path)):  # as in predict: timm's import writes temp files
-        manifest = model_archive.validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
+        manifest = _validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
     assert manifest["format_version"] == model_manifest.FORMAT_VERSION == 3
     assert manifest["label_vocabulary"] == json.loads(multiclass[METADATA])["label"]["idx2str"]
 
@@ -114,7 +124,7 @@ def test_a_vocabulary_out_of_alphabetical_order_is_accepted(multiclass, tmp_path
     with zipfile.ZipFile(make_zip(tmp_path / "model.zip", members)) as archive:
         archive.extractall(tmp_path)
     with run_files.scratch_tempdir(str(tmp_path)):
-        manifest = model_archive.validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
+        manifest = _validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
     assert manifest["label_vocabulary"] == ["vasc", "nv", "mel", "df", "bkl", "bcc", "akiec"]
 
 

@@ -118,15 +118,6 @@ def _check_optional_files(model_dir: str) -> None:
             raise InputError(f"{CARD} is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
-def validate_model_dir(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> dict:
-    """The checks of an unpacked model: raise InputError naming the file and field unless the four files
-    are exactly what this tool's training writes. Without ``render`` the saved config need only contain
-    the config our builder makes (a weaker check, for tests); with it, it must equal the rendering."""
-    manifest, config = validate_json_files(model_dir, tool_version, ludwig_version, render)
-    model_weights.check_weights(os.path.join(model_dir, WEIGHTS), model_tensors(config))
-    return manifest
-
-
 def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> tuple[dict, dict]:
     """The manifest, config and metadata checks (pure: no Ludwig without ``render``); (manifest, config)."""
     manifest = _read_json(model_dir, MANIFEST)
