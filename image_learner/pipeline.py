@@ -116,8 +116,10 @@ def run(request: RunRequest) -> dict:
     except BaseException:  # also a stop signal turned into an exception by the CLI
         remove_outputs(out)
         raise
-    for line in final_summary(summary, out, request.make_report):
-        log(line)
+    with open(os.path.join(out, TRAINING_LOG), "a", encoding="utf-8") as handle:  # the log ends the same way
+        for line in final_summary(summary, out, request.make_report):
+            log(line)
+            handle.write(f"{console.PREFIX}{line}\n")
     return summary
 
 
@@ -214,7 +216,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
                      "best_epoch_chosen_by": "the median kept epoch of the folds (final model: no validation)"
-                     if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
+                     if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric),
+                     "selection": _selection(data, opts.validation_metric, bool(outcome.cross_validation))},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "device": trained.device, "versions": versions, "metrics": all_metrics,
@@ -310,6 +313,16 @@ def _threshold_policy(opts, cross_validated: bool = False) -> str:
 def _chosen_by(task: str, validation_metric: str) -> str:
     _, column, higher_is_better = ludwig_config.VALIDATION_METRICS[task][validation_metric]
     return f"{'highest' if higher_is_better else 'lowest'} validation {column.replace('_', ' ')}"
+
+
+def _selection(data, validation_metric: str, cross_validated: bool) -> dict:
+    """What picked the kept epoch, for the report: the training_history.csv column, its direction, and the
+    validation rows and groups it was computed on (none for the final model of a cross-validation)."""
+    _, column, higher_is_better = ludwig_config.VALIDATION_METRICS[data.task][validation_metric]
+    validation = data.table["split"].to_numpy() == 1
+    return {"metric": validation_metric, "column": f"validation_{column}", "higher_is_better": higher_is_better,
+            "validation_images": None if cross_validated else int(validation.sum()),
+            "validation_groups": None if cross_validated else int(data.table.loc[validation, "group"].nunique())}
 
 
 def _write_split_csv(data, path: str) -> None:

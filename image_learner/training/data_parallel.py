@@ -166,9 +166,12 @@ def _relay(pipe, tail) -> None:
 
 
 def last_error(lines) -> str | None:
-    """The last ``SomethingError: message`` line of a worker's output (its traceback's last line), shortened."""
+    """The last ``SomethingError: message`` line of a worker's output (its traceback's last line), shortened;
+    torchrun's own report of the failure (ChildFailedError) comes after it and says less."""
     for line in reversed(list(lines)):
         text = line.split("]:", 1)[-1].strip() if line.startswith("[rank") else line.strip()
+        if "ChildFailedError" in text or "SignalException" in text:
+            continue
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", text):
             return text[:300]
     return None
