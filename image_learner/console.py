@@ -80,12 +80,14 @@ def library_output_to(path: str, verbose: bool = False):
         stream.flush()
     old_out, old_err = sys.stdout, sys.stderr
     originals = {id(s) for s in (old_out, old_err, sys.__stdout__, sys.__stderr__) if s is not None}
-    swapped = [(h, h.stream) for h in _stream_handlers() if id(h.stream) in originals]
+    # the console's handlers; also one left on a closed stream (a previous run in this process, e.g. tests)
+    swapped = [(h, h.stream) for h in _stream_handlers()
+               if id(h.stream) in originals or getattr(h.stream, "closed", False)]
     console, owned = _private_copy(sys.stdout)
     saved = []
     try:
         for handler, _ in swapped:
-            handler.setStream(log_file)
+            _set_stream(handler, log_file)
         saved = _redirect_fds(log_file.fileno())
         sys.stdout = sys.stderr = log_file
         _console, _copy = console, log_file
@@ -96,10 +98,10 @@ def library_output_to(path: str, verbose: bool = False):
         _console = _copy = None
         _restore_fds(saved)
         for handler, stream in swapped:
-            handler.setStream(stream)
+            _set_stream(handler, old_out if getattr(stream, "closed", False) else stream)
         for handler in _stream_handlers():  # made inside the block (Ludwig's basicConfig at its import)
             if handler.stream is log_file:
-                handler.setStream(old_out)
+                _set_stream(handler, old_out)
         if owned:
             console.close()
         log_file.close()
@@ -112,6 +114,14 @@ def _stream_handlers() -> list[logging.StreamHandler]:
     return [h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
             and not isinstance(getattr(type(h), "stream", None), property)]
+
+
+def _set_stream(handler: logging.StreamHandler, stream) -> None:
+    """``handler.setStream``, also when the stream it had is closed (setStream flushes it first)."""
+    try:
+        handler.setStream(stream)
+    except ValueError:
+        handler.stream = stream
 
 
 def _redirect_fds(target: int) -> list[tuple[int, int]]:
