@@ -227,3 +227,15 @@ def test_no_small_validation_note_when_validation_is_large_enough(tmp_path):
                                                                   "validation_groups": 29})
     assert "9 groups" in report_selection.small_validation_note({"metric": "loss", "validation_images": 300,
                                                                  "validation_groups": 9})
+
+
+def test_a_cross_validated_final_model_plots_the_train_curve_of_the_selection_metric_without_a_kept_star():
+    from image_learner.report import report_plots
+
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.7], "train_accuracy": [0.5, 0.6],
+                            "train_balanced_accuracy": [0.41, 0.52]})
+    selection = {"metric": "balanced_accuracy", "column": "validation_balanced_accuracy", "higher_is_better": True,
+                 "validation_images": None, "validation_groups": None}
+    html = report_plots.learning_curves(history, 2, "the median kept epoch of the folds", ("loss",), selection)
+    assert '"name":"train balanced accuracy"' in html and "picks the kept epoch" not in html
+    assert "kept epoch 2" not in html and "validation images" not in html

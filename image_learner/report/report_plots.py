@@ -36,8 +36,9 @@ def learning_curves(history: pd.DataFrame, best_epoch: int | None, chosen_by: st
     if history.empty or not panels:
         return None
     fig = make_subplots(rows=1, cols=len(panels),
-                        subplot_titles=[p.replace("_", " ").capitalize() + (" (picks the kept epoch)" if p == chosen
-                                                                            else "") for p in panels])
+                        subplot_titles=[p.replace("_", " ").capitalize()
+                                        + (" (picks the kept epoch)" if p == chosen and f"validation_{p}" in history
+                                           else "") for p in panels])
     size = validation_size_text(selection)
     for col, metric in enumerate(panels, start=1):
         for split in ("train", "validation"):
@@ -52,7 +53,8 @@ def learning_curves(history: pd.DataFrame, best_epoch: int | None, chosen_by: st
         if best_epoch:
             label = {"annotation_text": f"kept: epoch {best_epoch}"} if col == 1 else {}
             fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", row=1, col=col, **label)
-        if metric == chosen and best_epoch and (history["epoch"] == best_epoch).any():
+        if metric == chosen and best_epoch and f"validation_{metric}" in history \
+                and (history["epoch"] == best_epoch).any():
             kept = float(history.loc[history["epoch"] == best_epoch, f"validation_{metric}"].iloc[0])
             fig.add_trace(go.Scatter(x=[best_epoch], y=[kept], mode="markers", name=f"kept epoch {best_epoch}",
                                      marker=dict(symbol="star", size=16, color="black"),
@@ -67,11 +69,13 @@ def learning_curves(history: pd.DataFrame, best_epoch: int | None, chosen_by: st
 
 
 def _selection_metric(history: pd.DataFrame, selection: dict | None) -> str | None:
-    """The history metric (without its split prefix) that picked the kept epoch, when the history has it."""
+    """The history metric (without its split prefix) that picked the kept epoch, when the history has it (a
+    cross-validation's final model, trained without validation, has only its train curve)."""
     column = (selection or {}).get("column") or ""
-    if not column.startswith("validation_") or column not in history:
+    metric = column.removeprefix("validation_")
+    if not column.startswith("validation_") or not {column, f"train_{metric}"} & set(history.columns):
         return None
-    return column[len("validation_"):]
+    return metric
 
 
 def validation_size_text(selection: dict | None) -> str | None:
