@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the images' licence as you know it (e.g. 'CC BY-NC 4.0'), written into the model card")
     io.add_argument("--export-onnx", action="store_true",
                     help="add model.onnx to trained_model.zip (needs pip install 'image-learner[onnx]')")
+    io.add_argument("--verbose", action="store_true",
+                    help="also show Ludwig's tables, progress bars and the libraries' warnings on the console "
+                         "(always in training_log.txt in --output-dir)")
     io.add_argument("--no-report", action="store_true",
                     help="skip report.html (sweeps and benchmarks; every table is still written)")
     io.add_argument("--max-missing-fraction", type=float, default=0.1,
@@ -175,6 +178,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ludwig's and the libraries' output on the console (always in "
+                             "prediction_log.txt in --output-dir)")
     parser.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES,
                         help="limits of the image ZIP; the model ZIP has its own (model_archive.MODEL_LIMITS)")
     parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
@@ -190,7 +196,7 @@ def predict_request_from_args(args: argparse.Namespace):
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
                                     args.image_column, args.target_column or None, args.batch_size, limits,
-                                    args.overwrite, evaluate=not args.no_evaluate)
+                                    args.overwrite, evaluate=not args.no_evaluate, verbose=args.verbose)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -221,7 +227,7 @@ def request_from_args(args: argparse.Namespace):
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
-                               data_licence=args.data_licence, export_onnx=args.export_onnx)
+                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose)
 
 
 class Stopped(BaseException):
@@ -307,7 +313,8 @@ def _run(mode: str, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_OOM
         raise
-    run_files.log(f"done: outputs in {os.path.abspath(args.output_dir)}")
+    if mode == "predict":  # training ends with its own summary (pipeline.final_summary)
+        run_files.log(f"done: outputs in {os.path.abspath(args.output_dir)}")
     return 0
 
 

@@ -24,6 +24,7 @@ from image_learner.evaluation import regression_metrics
 from image_learner.report import report_images
 from image_learner.report import report_plots
 from image_learner.report import report_plots_regression
+from image_learner.report import report_selection
 
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
@@ -127,8 +128,11 @@ def _citations(summary: dict) -> list[str]:
 def _figures(summary, predictions, history, classes) -> list[tuple[str, str]]:
     y_true, proba, y_pred = _split_arrays(predictions, classes, "test")
     training = summary.get("training", {})
+    selection = training.get("selection")
     figures = [("learning", report_plots.learning_curves(history, training.get("best_epoch"),
-                                                         training.get("best_epoch_chosen_by")))]
+                                                         training.get("best_epoch_chosen_by"),
+                                                         ("loss",) if selection else ("loss", "accuracy"),
+                                                         selection))]
     if len(y_true):
         figures += [("roc", report_plots.roc_curves(y_true, proba, classes)),
                     ("pr", report_plots.pr_curves(y_true, proba, classes)),
@@ -166,7 +170,8 @@ def _regression_figures(summary, predictions, history) -> list[tuple[str, str]]:
     training = summary.get("training", {})
     figures = [("learning", report_plots.learning_curves(history, training.get("best_epoch"),
                                                          training.get("best_epoch_chosen_by"),
-                                                         metric_names=report_plots_regression.LEARNING_METRICS)),
+                                                         metric_names=report_plots_regression.LEARNING_METRICS,
+                                                         selection=training.get("selection"))),
                ("scatter", report_plots_regression.predicted_vs_true(predictions, target)),
                ("residuals", report_plots_regression.residual_histogram(predictions)),
                ("residual-vs-true", report_plots_regression.residual_vs_true(predictions, target=target))]
@@ -237,6 +242,15 @@ def _interval_basis(split_metrics: dict, what: str) -> str:
     if split_metrics.get("ci95"):
         return f"95% intervals over 1,000 resamples of the {what}, resampled one by one (not by group)"
     return f"1,000 resamples of the {what}"  # no such split: no intervals shown
+def _epoch_selection(summary, history) -> dict:
+    """The per-epoch table of the metric that picked the kept epoch, its validation size, and the note
+    when that validation split is too small to choose by (report_selection)."""
+    training = summary.get("training", {})
+    selection = training.get("selection")
+    return {"rows": report_selection.epoch_rows(history, selection, training.get("best_epoch")),
+            "note": report_selection.small_validation_note(selection),
+            "size": report_plots.validation_size_text(selection),
+            "metric": ((selection or {}).get("column") or "").removeprefix("validation_").replace("_", " ")}
 
 
 def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=None) -> str:
@@ -254,7 +268,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
                   config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
                   plotly_js=plotly.offline.get_plotlyjs(),
                   n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
-                  interval_basis=_interval_basis(per_split.get("test", {}), "test images"))
+                  interval_basis=_interval_basis(per_split.get("test", {}), "test images"),
+                  selection=_epoch_selection(summary, history))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

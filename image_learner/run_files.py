@@ -1,6 +1,6 @@
 """One run's files in its output directory, shared by training (pipeline.py) and prediction (predictor.py):
 the output directory check, the scratch folder, removal of outputs after a failure, run_summary.json,
-and the progress log with stage timings. It imports no other module of the tool.
+and the progress log with stage timings. It imports only errors.py and console.py of the tool.
 """
 
 from __future__ import annotations
@@ -16,19 +16,18 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from image_learner.console import log
 from image_learner.errors import InputError
 
 TOOL_VERSION = "0.1.0"
 SUMMARY_FILE = "run_summary.json"
+# Ludwig's and the libraries' output (console.library_output_to), of training and of predict
+TRAINING_LOG, PREDICTION_LOG = "training_log.txt", "prediction_log.txt"
 OUTPUT_FILES = ("predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
-                SUMMARY_FILE, "trained_model.zip", "report.html")
+                SUMMARY_FILE, "trained_model.zip", "report.html", TRAINING_LOG, PREDICTION_LOG)
 OUTPUT_DIRS = ("model",)
 # The scratch folder is <output dir>/.work-<random>: a name nobody can guess and plant a link at beforehand.
 SCRATCH_PREFIX = ".work-"
-
-
-def log(message: str) -> None:
-    print(f"[image-learner] {message}", flush=True)
 
 
 def log_skipped_members(unpacked) -> None:

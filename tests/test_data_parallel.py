@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import time
@@ -120,10 +121,13 @@ def test_one_command_trains_in_two_processes_and_the_model_predicts_locally(tmp_
                            str(out), *TINY, "--distributed", "ddp", "--num-workers", "2"], env=env,
                           timeout=2 * LIMIT_S, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "MULTI_CPU, num_processes=2" in done.stdout + done.stderr
+    assert "MULTI_CPU, num_processes=2" in (out / "training_log.txt").read_text()  # the workers' chatter: in the log
+    assert "MULTI_CPU" not in done.stdout + done.stderr
+    # rank 0's epoch lines reach the console, once each
+    assert re.findall(r"\[image-learner\] epoch (\d)/2:", done.stdout) == ["1", "2"], done.stdout
     assert sorted(os.listdir(out)) == sorted(["config.yaml", "metrics.json", "model", "predictions.csv",
                                               "report.html", "run_summary.json", "split.csv",
-                                              "trained_model.zip", "training_history.csv"])
+                                              "trained_model.zip", "training_history.csv", "training_log.txt"])
     summary = pd.read_json(out / "run_summary.json", typ="series")
     assert summary["distributed"] == {"mode": "ddp", "workers": 2} and "2 DDP processes" in summary["device"]
     import image_learner_cli

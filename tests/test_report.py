@@ -174,3 +174,84 @@ def test_report_says_how_many_groups_the_intervals_rest_on(tmp_path):
     os.remove(os.path.join(folder, "metrics.json"))  # recomputed from predictions.csv: the same groups
     html = " ".join(open(report_builder.build_report(folder), encoding="utf-8").read().split())
     assert "1,000 resamples of 10 groups of the 20 test images" in html
+def _with_selection(run, validation_images, validation_groups):
+    """write_run's run, with a history where accuracy peaks at epoch 3 while balanced accuracy, the metric
+    that picked the kept epoch, peaks at epoch 1."""
+    history = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.2, 0.8, 0.5], "validation_loss": [1.3, 1.0, 1.1],
+                            "train_accuracy": [0.4, 0.6, 0.8], "validation_accuracy": [0.3, 0.5, 0.65],
+                            "train_balanced_accuracy": [0.35, 0.55, 0.75],
+                            "validation_balanced_accuracy": [0.615, 0.4, 0.385]})
+    history.to_csv(os.path.join(run, "training_history.csv"), index=False)
+    path = os.path.join(run, "run_summary.json")
+    summary = json.load(open(path))
+    summary["training"].update(best_epoch=1, best_epoch_chosen_by="highest validation balanced accuracy",
+                               selection={"metric": "balanced_accuracy", "column": "validation_balanced_accuracy",
+                                          "higher_is_better": True, "validation_images": validation_images,
+                                          "validation_groups": validation_groups})
+    json.dump(summary, open(path, "w"))
+    return run
+
+
+def _learning_figure(html):
+    import html as html_lib
+
+    start = html.index('id="plot-learning"')
+    fragment = html[start:html.index('<div class="figure"', start + 1)]
+    data = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", fragment, re.S).group(1)
+    return json.loads(html_lib.unescape(data)), fragment
+
+
+def _values(array):
+    """A trace's numbers: a list, or plotly's base64 typed array."""
+    import base64
+
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
+def test_learning_curves_plot_the_metric_that_picked_the_kept_epoch_with_its_validation_size(tmp_path):
+    run = _with_selection(write_run(str(tmp_path / "run"), ["akiec", "mel", "nv"]), 10, 6)
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    traces, fragment = _learning_figure(html)
+    by_name = {t["name"]: t for t in traces}
+    assert _values(by_name["validation balanced accuracy"]["y"]) == [0.615, 0.4, 0.385]
+    assert "validation accuracy" not in by_name  # the metric that did not choose is not drawn
+    kept = by_name["kept epoch 1"]
+    assert _values(kept["x"]) == [1] and _values(kept["y"]) == [0.615]  # the marker sits on the selection curve's best point
+    assert "on 10 validation images (6 groups)" in by_name["validation balanced accuracy"]["hovertemplate"]
+    assert "Balanced accuracy (picks the kept epoch)" in fragment
+    table = html[html.index('id="epoch-selection"'):]
+    table = table[:table.index("</table>")]
+    cells = re.findall(r"<tr><td class=\"num\">(\d)</td>.*?<td class=\"num\">([\d.]+)</td>\s*<td>(.*?)</td></tr>",
+                       table, re.S)
+    assert [(e, v) for e, v, _ in cells] == [("1", "0.615"), ("2", "0.400"), ("3", "0.385")]
+    assert [bool(k) for _, _, k in cells] == [True, False, False]
+    assert "10 validation images (6 groups)" in table
+    note = html[html.index('id="small-validation"'):]
+    assert "10 images (fewer than 30)" in note and "6 groups of related images (fewer than 10)" in note
+    assert "standard error of up to 0.16" in note  # 0.5 / sqrt(10)
+
+
+def test_no_small_validation_note_when_validation_is_large_enough(tmp_path):
+    run = _with_selection(write_run(str(tmp_path / "run"), ["akiec", "mel", "nv"]), 30, 10)
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    assert 'id="epoch-selection"' in html and 'id="small-validation"' not in html
+    from image_learner.report import report_selection
+
+    assert "29 images" in report_selection.small_validation_note({"metric": "loss", "validation_images": 29,
+                                                                  "validation_groups": 29})
+    assert "9 groups" in report_selection.small_validation_note({"metric": "loss", "validation_images": 300,
+                                                                 "validation_groups": 9})
+
+
+def test_a_cross_validated_final_model_plots_the_train_curve_of_the_selection_metric_without_a_kept_star():
+    from image_learner.report import report_plots
+
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.7], "train_accuracy": [0.5, 0.6],
+                            "train_balanced_accuracy": [0.41, 0.52]})
+    selection = {"metric": "balanced_accuracy", "column": "validation_balanced_accuracy", "higher_is_better": True,
+                 "validation_images": None, "validation_groups": None}
+    html = report_plots.learning_curves(history, 2, "the median kept epoch of the folds", ("loss",), selection)
+    assert '"name":"train balanced accuracy"' in html and "picks the kept epoch" not in html
+    assert "kept epoch 2" not in html and "validation images" not in html

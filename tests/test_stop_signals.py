@@ -24,7 +24,7 @@ def test_a_stopped_training_leaves_nothing(tmp_path, start_cli, signum):
                          "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32",
                          "--epochs", "50", "--batch-size", "16", "--no-report"])
     wait_for_line(process, "[image-learner] training test_efficientnet")
-    wait_for_line(process, "Starting with step 0")  # Ludwig's training loop has started
+    wait_for_line(process, "[image-learner] epoch 1/50:")  # Ludwig's training loop is under way
     assert any(name.startswith(".work-") for name in os.listdir(out))
     stop_and_check(process, signum, out, tmp_path)
 

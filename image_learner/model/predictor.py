@@ -21,7 +21,8 @@ from image_learner.data import task_choice
 from image_learner.data.image_check import check_images, unreadable_images_note
 from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column, write_output_csv)
-from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
+from image_learner import console
+from image_learner.run_files import (PREDICTION_LOG, SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
 
@@ -37,6 +38,7 @@ class PredictRequest:
     zip_limits: ZipLimits = ZipLimits()
     overwrite: bool = False
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
+    verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in prediction_log.txt
 
 
 def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
@@ -76,7 +78,8 @@ def predict(request: PredictRequest) -> pd.DataFrame:
     out = os.path.abspath(request.output_dir)
     prepare_output_dir(out, request.overwrite)
     try:
-        with scratch_tempdir(out) as work:
+        with console.library_output_to(os.path.join(out, PREDICTION_LOG), request.verbose), \
+                scratch_tempdir(out) as work:
             predictions = _predict_in(request, out, work, started)
     except BaseException:
         remove_outputs(out)

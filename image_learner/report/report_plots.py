@@ -23,29 +23,68 @@ def to_html(fig: go.Figure) -> str:
 
 
 def learning_curves(history: pd.DataFrame, best_epoch: int | None, chosen_by: str | None = None,
-                    metric_names=("loss", "accuracy")) -> str | None:
+                    metric_names=("loss", "accuracy"), selection: dict | None = None) -> str | None:
     """``metric_names`` (history columns ``<split>_<metric>``) per epoch, train vs validation, with the
     kept (best) epoch marked and, in the title, the validation metric that chose it; a regression run
-    passes its error metrics instead of accuracy."""
-    panels = [m for m in metric_names if f"train_{m}" in history or f"validation_{m}" in history]
+    passes its error metrics instead of accuracy. ``selection`` (run_summary's training.selection): the
+    metric that picked the kept epoch gets the panel after the loss, the kept epoch a marker on its
+    validation curve, and its hover the validation size it was computed on."""
+    chosen = _selection_metric(history, selection)
+    names = ["loss", chosen] if chosen else []
+    panels = [m for m in dict.fromkeys([*names, *metric_names])
+              if f"train_{m}" in history or f"validation_{m}" in history]
     if history.empty or not panels:
         return None
     fig = make_subplots(rows=1, cols=len(panels),
-                        subplot_titles=[p.replace("_", " ").capitalize() for p in panels])
+                        subplot_titles=[p.replace("_", " ").capitalize()
+                                        + (" (picks the kept epoch)" if p == chosen and f"validation_{p}" in history
+                                           else "") for p in panels])
+    size = validation_size_text(selection)
     for col, metric in enumerate(panels, start=1):
         for split in ("train", "validation"):
             column = f"{split}_{metric}"
             if column in history:
-                fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers",
-                                         name=f"{split} {metric.replace('_', ' ')}",
-                                         line=dict(color=SPLIT_COLOURS[split])),
+                name = f"{split} {metric.replace('_', ' ')}"
+                hover = f"epoch %{{x}}<br>{name} %{{y:.3f}}" + (f"<br>on {size}" if split == "validation" and size
+                                                                else "") + "<extra></extra>"
+                fig.add_trace(go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers", name=name,
+                                         line=dict(color=SPLIT_COLOURS[split]), hovertemplate=hover),
                               row=1, col=col)
         if best_epoch:
             label = {"annotation_text": f"kept: epoch {best_epoch}"} if col == 1 else {}
             fig.add_vline(x=best_epoch, line_dash="dash", line_color="grey", row=1, col=col, **label)
+        if metric == chosen and best_epoch and f"validation_{metric}" in history \
+                and (history["epoch"] == best_epoch).any():
+            kept = float(history.loc[history["epoch"] == best_epoch, f"validation_{metric}"].iloc[0])
+            fig.add_trace(go.Scatter(x=[best_epoch], y=[kept], mode="markers", name=f"kept epoch {best_epoch}",
+                                     marker=dict(symbol="star", size=16, color="black"),
+                                     hovertemplate=f"kept epoch {best_epoch}: validation "
+                                                   f"{metric.replace('_', ' ')} {kept:.3f}"
+                                                   + (f"<br>on {size}" if size else "") + "<extra></extra>"),
+                          row=1, col=col)
         fig.update_xaxes(title_text="epoch", row=1, col=col)
-    fig.update_layout(title="Learning curves" + (f" (kept epoch: {chosen_by})" if chosen_by else ""))
+    fig.update_layout(title="Learning curves" + (f" (kept epoch: {chosen_by}" + (f", on {size}" if size else "")
+                                                 + ")" if chosen_by else ""))
     return to_html(fig)
+
+
+def _selection_metric(history: pd.DataFrame, selection: dict | None) -> str | None:
+    """The history metric (without its split prefix) that picked the kept epoch, when the history has it (a
+    cross-validation's final model, trained without validation, has only its train curve)."""
+    column = (selection or {}).get("column") or ""
+    metric = column.removeprefix("validation_")
+    if not column.startswith("validation_") or not {column, f"train_{metric}"} & set(history.columns):
+        return None
+    return metric
+
+
+def validation_size_text(selection: dict | None) -> str | None:
+    """``14 validation images (7 groups)``: what the selection metric was computed on each epoch."""
+    images = (selection or {}).get("validation_images")
+    if images is None:
+        return None
+    groups = selection.get("validation_groups")
+    return f"{images} validation images" + (f" ({groups} groups)" if groups is not None else "")
 
 
 def _curve_classes(y_true, classes) -> list[str] | None:

@@ -21,12 +21,15 @@ report and the model ZIP are the single-process code.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 DISTRIBUTED = ("none", "ddp")
@@ -159,9 +162,15 @@ def launch_command(num_workers: int, script_and_args: list[str], nnodes: int = 1
 def launch(command: list[str], env: dict, timeout_s: float | None = None) -> None:
     """Run torchrun in its own process group; on failure, timeout or a stop signal (an exception here)
     stop every worker (SIGTERM, then SIGKILL) before returning or raising. If this process is killed
-    outright (SIGKILL, the OOM killer), the kernel sends torchrun SIGTERM, and torchrun stops its workers."""
-    process = subprocess.Popen(command, env=env, start_new_session=True,
-                               preexec_fn=_death_signal_setter(signal.SIGTERM))
+    outright (SIGKILL, the OOM killer), the kernel sends torchrun SIGTERM, and torchrun stops its workers.
+    The workers' output is read line by line: their own ``[image-learner]`` lines (rank 0's epochs) go to
+    the console, the rest where library output goes (the log file, or the console with --verbose); a
+    failure names the last error line the workers printed."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, preexec_fn=_death_signal_setter(signal.SIGTERM))
+    tail: collections.deque[str] = collections.deque(maxlen=200)
+    reader = threading.Thread(target=_relay, args=(process.stdout, tail), daemon=True)
+    reader.start()
     try:
         code = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -172,7 +181,39 @@ def launch(command: list[str], env: dict, timeout_s: float | None = None) -> Non
         raise
     if code != 0:
         _stop(process)  # torchrun already stops the others when one dies; make sure of it
-        raise WorkersFailed(f"a training worker failed (torchrun exit code {code}); the log above names it")
+    reader.join(timeout=10)  # the pipe closes when the last worker has gone
+    if code != 0:
+        cause = last_error(tail)
+        raise WorkersFailed(f"a training worker failed (torchrun exit code {code})"
+                            + (f": {cause}" if cause else "") + "; the workers' full output is in the log file")
+
+
+def _relay(pipe, tail) -> None:
+    """Copy the workers' output: our lines to the console, the rest to library output (sys.stdout now)."""
+    from image_learner import console
+
+    for raw in iter(pipe.readline, b""):
+        line = raw.decode("utf-8", "replace")
+        ours = re.sub(r"^\[(rank|default)\d+\]:", "", line)  # torchrun may prefix a worker's lines
+        if ours.startswith(console.PREFIX):
+            console.echo(ours.rstrip("\n"))
+        else:
+            tail.append(line.rstrip("\n"))
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    pipe.close()
+
+
+def last_error(lines) -> str | None:
+    """The last ``SomethingError: message`` line of a worker's output (its traceback's last line), shortened;
+    torchrun's own report of the failure (ChildFailedError) comes after it and says less."""
+    for line in reversed(list(lines)):
+        text = line.split("]:", 1)[-1].strip() if line.startswith("[rank") else line.strip()
+        if "ChildFailedError" in text or "SignalException" in text:
+            continue
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", text):
+            return text[:300]
+    return None
 
 
 def _stop(process: subprocess.Popen) -> None:

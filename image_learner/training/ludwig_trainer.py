@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from image_learner import console
 from image_learner.training import devices
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS
@@ -128,8 +129,10 @@ def train(table: pd.DataFrame, config: dict, work_dir: str, model_dir: str, seed
     trainer = config["trainer"]
     # Ludwig drops mixed precision on a CPU by itself; on a GPU, the dtype its autocast will use.
     amp_dtype = devices.autocast_dtype_name() if trainer.get("use_mixed_precision") and _cuda() else None
-    model = LudwigModel(config, logging_level=logging.INFO, callbacks=[_keep_sigint_handler(), *(callbacks or [])],
-                        backend=backend)
+    epoch_log = _epoch_log(trainer["epochs"], task, validation_metric, target_std)
+    model = LudwigModel(config, logging_level=logging.INFO,
+                        callbacks=[_keep_sigint_handler(), epoch_log, *(callbacks or [])], backend=backend)
+    _progress_bars_only_on_a_terminal()
     try:
         with devices.autocast_default(amp_dtype):
             results = model.train(
@@ -192,6 +195,52 @@ def _keep_sigint_handler():
                 signal.signal(signal.SIGINT, self.handler)
 
     return KeepSigintHandler()
+
+
+def _progress_bars_only_on_a_terminal() -> None:
+    """Ludwig's tqdm bars redraw a line with carriage returns: with --verbose on a console that is not a
+    terminal (Galaxy's stdout, a file) every redraw would stay, so they are off there and the epoch lines
+    carry the progress; otherwise they go to the log file (or the terminal). Ludwig's own switch, which
+    LudwigModel() has just set."""
+    from ludwig.globals import set_disable_progressbar
+
+    set_disable_progressbar(not console.is_redirected() and not console.console_is_terminal())
+
+
+def _epoch_log(epochs: int, task: str, validation_metric: str, target_std: float | None):
+    """A Ludwig callback that logs one line per epoch (console.epoch_line) on the coordinator: train loss,
+    the validation metric that picks the kept epoch, the best so far, time and what is left at most."""
+    from ludwig.callbacks import Callback
+
+    ludwig_name, column, _ = VALIDATION_METRICS[task][validation_metric]
+
+    def scaled(name: str, value):  # a regression's errors in the target's unit, as in history_table
+        if value is None or not target_std:
+            return value
+        return value * target_std ** _SCALED_METRICS.get(name, 0)
+
+    def last(metrics: dict, name: str):
+        values = metrics.get(LABEL_FEATURE, {}).get(name) or []
+        return float(values[-1][-1]) if values else None
+
+    class EpochLog(Callback):
+        def __init__(self):
+            self.started = time.time()
+
+        def on_trainer_train_setup(self, trainer, save_path, is_coordinator, **kwargs):
+            self.started = time.time()  # after Ludwig's preprocessing: the epochs' time only
+
+        def on_epoch_end(self, trainer, progress_tracker, save_path, **kwargs):
+            if not trainer.is_coordinator():
+                return
+            value = last(progress_tracker.validation_metrics, ludwig_name)
+            best_epoch = progress_tracker.best_eval_metric_epoch if value is not None else None
+            log(console.epoch_line(
+                progress_tracker.epoch, epochs, scaled("loss", last(progress_tracker.train_metrics, "loss")),
+                column, scaled(ludwig_name, value), scaled(ludwig_name, progress_tracker.best_eval_metric_value),
+                best_epoch, time.time() - self.started))
+
+    return EpochLog()
 
 
 def _predict_chunks(model, table: pd.DataFrame, batch_size: int) -> pd.DataFrame:
