@@ -45,7 +45,7 @@ def write_zip(path: str, members: dict[str, bytes]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=None, help="lesions per class (default 10; --lesions: 100)")
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--model", action="store_true",
                         help="only (re)build test-data/tiny_model.zip and tiny_regression_model.zip")
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=21, help="--lesions: seed of the lesion draw")
     args = parser.parse_args()
     if args.lesions:
-        make_lesion_set(100 if args.per_class == parser.get_default("per_class") else args.per_class, args.seed)
+        make_lesion_set(args.per_class or 100, args.seed)
         return
     if args.model:
         make_test_model()
@@ -66,7 +66,7 @@ def main() -> None:
         make_age_csv()
         return
     labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
-    chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class)
+    chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class or 10)
     rows, members = [], {}
     for _, row in chosen.iterrows():
         img = Image.open(os.path.join(SHARED, row.image_path)).convert("RGB")
