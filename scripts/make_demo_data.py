@@ -8,6 +8,8 @@ the result: CC BY-NC-SA 4.0 (see test-data/README.md).
     python scripts/make_demo_data.py [--per-class 10] [--side 64]
     python scripts/make_demo_data.py --age-csv   # only ham10000_demo_age.csv (each patient's age, from the metadata)
     python scripts/make_demo_data.py --model     # only tiny_model.zip and tiny_regression_model.zip
+    python scripts/make_demo_data.py --lesions [--per-class 100] [--seed 21]
+        # only the demo's lesion-grouped set (ham10000_lesions_*), from ham10000_200x150/
 """
 
 import argparse
@@ -15,12 +17,15 @@ import io
 import os
 import zipfile
 
+import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "originals_600x450")
 HAM_METADATA = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "HAM10000_metadata.csv")
+HAM_200X150 = os.path.join(HERE, "..", "..", "shared", "data", "ham10000", "ham10000_200x150")
+LESION_COLUMNS = ["image_path", "dx", "lesion_id", "image_id", "age", "sex", "localization"]
 OUT = os.path.join(HERE, "..", "test-data")
 
 
@@ -40,12 +45,19 @@ def write_zip(path: str, members: dict[str, bytes]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=None, help="lesions per class (default 10; --lesions: 100)")
     parser.add_argument("--side", type=int, default=64)
     parser.add_argument("--model", action="store_true",
                         help="only (re)build test-data/tiny_model.zip and tiny_regression_model.zip")
     parser.add_argument("--age-csv", action="store_true", help="only (re)build test-data/ham10000_demo_age.csv")
+    parser.add_argument("--lesions", action="store_true",
+                        help="only (re)build the demo's ham10000_lesions_images.zip and ham10000_lesions_metadata.csv "
+                             "(--per-class lesions per class, default 100 here)")
+    parser.add_argument("--seed", type=int, default=21, help="--lesions: seed of the lesion draw")
     args = parser.parse_args()
+    if args.lesions:
+        make_lesion_set(args.per_class or 100, args.seed)
+        return
     if args.model:
         make_test_model()
         make_test_regression_model()
@@ -54,7 +66,7 @@ def main() -> None:
         make_age_csv()
         return
     labels = pd.read_csv(os.path.join(SHARED, "labels.csv"))
-    chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class)
+    chosen = labels.drop_duplicates("lesion_id").groupby("dx", sort=True).head(args.per_class or 10)
     rows, members = [], {}
     for _, row in chosen.iterrows():
         img = Image.open(os.path.join(SHARED, row.image_path)).convert("RGB")
@@ -77,6 +89,34 @@ def main() -> None:
         os.path.join(OUT, "ham10000_demo_split_column.csv"), index=False)
     print(f"{len(members)} images from {len(chosen)} lesions, {table.label.nunique()} classes")
     make_age_csv()
+
+
+def choose_lesions(metadata: pd.DataFrame, per_class: int, seed: int) -> pd.DataFrame:
+    """Every image of up to per_class lesions per class, the lesions drawn at random (seeded) from each
+    class's sorted lesion ids: a lesion is never cut, so a split by lesion_id stays honest."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for dx in sorted(metadata.dx.unique()):
+        lesions = np.array(sorted(metadata.loc[metadata.dx == dx, "lesion_id"].unique()))
+        chosen.extend(rng.choice(lesions, size=min(per_class, len(lesions)), replace=False))
+    return metadata[metadata.lesion_id.isin(set(chosen))].sort_values("image_id").reset_index(drop=True)
+
+
+def make_lesion_set(per_class: int, seed: int) -> None:
+    """test-data/ham10000_lesions_images.zip + ham10000_lesions_metadata.csv: the demo's data, a
+    lesion-grouped subset of ham10000_200x150/ (the 200x150 JPEGs stored as they are, not re-encoded)."""
+    metadata = pd.read_csv(os.path.join(HAM_200X150, "metadata.csv"))
+    table = choose_lesions(metadata, per_class, seed)
+    members = {}
+    for path in table.image_path:
+        with open(os.path.join(HAM_200X150, path), "rb") as handle:
+            members[path] = handle.read()
+    write_zip(os.path.join(OUT, "ham10000_lesions_images.zip"), members)
+    table["age"] = table.age.astype("Int64")  # whole years (steps of 5); a few are unknown (empty)
+    table[LESION_COLUMNS].to_csv(os.path.join(OUT, "ham10000_lesions_metadata.csv"), index=False)
+    per = table.groupby("dx").agg(lesions=("lesion_id", "nunique"), images=("image_id", "size"))
+    print(f"{len(table)} images of {table.lesion_id.nunique()} lesions (seed {seed}):")
+    print(per.to_string())
 
 
 def make_age_csv() -> None:
