@@ -25,4 +25,3 @@ fi
     --model-name tf_efficientnet_lite0 --pretrained-weights "$weights" \
     --image-size 96 --epochs 10 --early-stop 4 --batch-size 32 --learning-rate 0.001 \
     --class-weights balanced --augmentation random_horizontal_flip --random-seed 42
-echo "report: $out/report.html"
