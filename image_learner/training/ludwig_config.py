@@ -191,6 +191,14 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
     }
     if options.augmentation:
         image_feature["augmentation"] = [{"type": name} for name in options.augmentation]
+        # Same seed, same numbers: in "lazy" mode Ludwig's batcher decodes and augments the next batches in a
+        # background thread (prefetch_size None -> 4), and the augmentations draw from torch's global RNG. The
+        # thread starts when the batcher is made and is stopped by set_epoch(0) after however many batches the
+        # machine's load let it prepare, so the RNG state training starts from depended on timing (and any
+        # draw in the training step would interleave with it). 0 decodes and augments each batch in the
+        # training thread, in order. Costs the overlap of decoding with the step; on a GPU a batch took 111 ms
+        # lazy vs 113 ms pre-decoded (BENCHMARKS.md), so decoding is not what limits throughput.
+        image_feature["preprocessing"]["prefetch_size"] = 0
 
     if task == "binary":
         output = {"name": LABEL_FEATURE, "type": "binary"}
