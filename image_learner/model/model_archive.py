@@ -24,9 +24,9 @@ from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, T
 from image_learner.model.model_card import CARD
 from image_learner.model.model_manifest import MANIFEST, METADATA, check_manifest, expect, is_int, short
 from image_learner.model.model_weights import WEIGHTS
-from image_learner.model.onnx_export import ONNX_FILE
 
 CONFIG = "model_hyperparameters.json"
+ONNX_FILE = "model.onnx"  # --export-onnx (onnx_export writes it)
 JSON_FILES = (MANIFEST, CONFIG, METADATA)  # read in this order: each check needs the ones before
 MODEL_FILES = {*JSON_FILES, WEIGHTS}
 # Files training may add, never read by prediction: the card (text) and --export-onnx's model.onnx. Capped

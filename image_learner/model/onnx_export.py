@@ -20,7 +20,7 @@ import numpy as np
 
 from image_learner.errors import InputError
 
-ONNX_FILE = "model.onnx"
+from image_learner.model.model_archive import ONNX_FILE  # one name for the file
 INPUT_NAME = "image"
 OPSET = 17
 
@@ -109,7 +109,7 @@ def export(model_dir: str, dest: str) -> dict:
     import onnx
     import torch
 
-    from image_learner.model.model_archive import offline_hub
+    from image_learner.model.model_archive import offline_hub  # noqa: F811
     from image_learner.model.model_manifest import MANIFEST
     from image_learner.training import ludwig_trainer
 
