@@ -21,7 +21,7 @@ from image_learner.errors import InputError
 TOOL_VERSION = "0.1.0"
 SUMMARY_FILE = "run_summary.json"
 OUTPUT_FILES = ("predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
-                SUMMARY_FILE, "trained_model.zip", "report.html")
+                "data_health.csv", SUMMARY_FILE, "trained_model.zip", "report.html")
 OUTPUT_DIRS = ("model",)
 # The scratch folder is <output dir>/.work-<random>: a name nobody can guess and plant a link at beforehand.
 SCRATCH_PREFIX = ".work-"

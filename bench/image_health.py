@@ -1,0 +1,179 @@
+"""Image health on planted defects, and what it costs in the image check (issue 24).
+
+    python bench/image_health.py quality [--n 1000]   # precision/recall of each check on planted defects
+    python bench/image_health.py cost [--limit 7347]  # image check with and without health scoring
+
+quality: ``--n`` HAM10000 images (200x150, one per lesion so the set has no natural duplicates), of which
+5% are darkened (x0.25), 5% blurred (Gaussian, radius 4 px), 2% blanked (their mean colour) and 3% get
+a near-duplicate copy (mirrored, re-encoded as JPEG q85) placed in another split of a user split
+column. Defects replace the original (a blurred copy beside its original would be a near duplicate
+too). Each check is scored against the images planted for it: precision = planted among flagged,
+recall = flagged among planted; two blanked images whose colours differ by at most 8 levels (mean
+over R, G, B) are near duplicates of each other by definition, and count as planted ones. Also the blur radius 2 and 3 recall, for the note.
+
+cost: the image check (decode, hashes, thumbnail, resized PNG copy at 224 px: what a run does) of the
+7,347 images, serially in one process, with and without the health properties, alternating, plus the
+data-set scoring (health_table) in the "with" time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageFilter, ImageOps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+HAM = os.path.join(ROOT, "..", "shared", "data", "ham10000", "ham10000_200x150")
+PLANTED = {"dark": "dark", "blur": "blurry", "blank": "low_information", "pair": "near_duplicates"}
+
+
+def _jpeg(img: Image.Image, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def plant_defects(pictures: list[tuple[str, Image.Image]], labels: list[str], out_dir: str, shares: dict,
+                  seed: int = 0, blur_radius: float = 4.0) -> tuple[str, str, dict]:
+    """Write images.zip and metadata.csv (image_path, label, split) under ``out_dir`` from ``pictures``
+    (name, RGB image), planting ``shares`` = {"dark": k, "blur": k, "blank": k, "pair": k} defects on
+    distinct images. Returns (csv, zip, truth: issue name -> set of image paths)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pictures))
+    kinds = ["clean"] * len(pictures)
+    start = 0
+    for kind in ("dark", "blur", "blank", "pair"):
+        for i in order[start:start + shares.get(kind, 0)]:
+            kinds[i] = kind
+        start += shares.get(kind, 0)
+    splits = rng.choice(["train", "validation", "test"], size=len(pictures), p=[0.7, 0.1, 0.2])
+    truth = {issue: set() for issue in PLANTED.values()}
+    rows, blanks = [], {}
+    os.makedirs(out_dir, exist_ok=True)
+    zip_path, csv_path = os.path.join(out_dir, "images.zip"), os.path.join(out_dir, "metadata.csv")
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
+        for (name, img), kind, split, label in zip(pictures, kinds, splits, labels):
+            path = f"images/{name}.jpg"
+            if kind == "dark":
+                img = Image.eval(img, lambda v: int(v * 0.25))
+            elif kind == "blur":
+                img = img.filter(ImageFilter.GaussianBlur(blur_radius))
+            elif kind == "blank":
+                colour = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
+                img = Image.new("RGB", img.size, colour)
+                blanks[path] = np.array(colour, dtype=float)
+            archive.writestr(path, _jpeg(img))
+            rows.append((path, label, "train" if kind == "pair" else split))
+            if kind == "pair":  # the copy goes to another split: a leak the user's split column carries
+                copy = f"images/{name}_copy.jpg"
+                archive.writestr(copy, _jpeg(ImageOps.mirror(img), 85))
+                rows.append((copy, label, "test"))
+                truth["near_duplicates"] |= {path, copy}
+            elif kind != "clean":
+                truth[PLANTED[kind]].add(path)
+    pd.DataFrame(rows, columns=["image_path", "label", "split"]).to_csv(csv_path, index=False)
+    # Two blanked images of (nearly) one colour are the same picture: near duplicates by definition
+    # (the guard's colour tolerance: mean difference of at most 8 levels).
+    for a, colour_a in blanks.items():
+        if any(a != b and np.abs(colour_a - colour_b).mean() <= 8.0 for b, colour_b in blanks.items()):
+            truth["near_duplicates"].add(a)
+    return csv_path, zip_path, truth
+
+
+def ham_pictures(n: int, seed: int = 0) -> tuple[list, list]:
+    meta = pd.read_csv(os.path.join(HAM, "metadata.csv")).drop_duplicates("lesion_id")
+    meta = meta.sample(n, random_state=seed)
+    pictures = [(row.image_id, Image.open(os.path.join(HAM, row.image_path)).convert("RGB"))
+                for row in meta.itertuples()]
+    return pictures, meta["dx"].tolist()
+
+
+def precision_recall(health: pd.DataFrame, truth: dict) -> dict:
+    """Per planted issue: flagged, planted, true positives, precision, recall."""
+    out = {}
+    images = health["image"].astype(str).to_numpy()
+    for issue, planted in truth.items():
+        flagged = set(images[health[f"is_{issue}"].to_numpy()])
+        hit = len(flagged & planted)
+        out[issue] = {"flagged": len(flagged), "planted": len(planted), "true_positives": hit,
+                      "precision": hit / len(flagged) if flagged else float("nan"),
+                      "recall": hit / len(planted) if planted else float("nan")}
+    return out
+
+
+def assess(csv_path: str, zip_path: str, work: str):
+    """The tool's own path: extract the ZIP, prepare (image check, health, guard, user split)."""
+    from image_learner.data import dataset_prep
+    from image_learner.data.input_utils import ZipLimits, extract_images
+
+    unpacked = extract_images(zip_path, os.path.join(work, "images"), ZipLimits())
+    return dataset_prep.prepare(csv_path, os.path.join(work, "images"), unpacked.files,
+                                dataset_prep.DataOptions(), converted_dir=os.path.join(work, "conv"), resize_to=224)
+
+
+def quality(n: int) -> dict:
+    pictures, labels = ham_pictures(n)
+    shares = {"dark": n // 20, "blur": n // 20, "blank": n // 50, "pair": 3 * n // 100}
+    results = {"images": n, "planted": shares}
+    for radius in (4.0, 3.0, 2.0):
+        with tempfile.TemporaryDirectory() as work:
+            csv_path, zip_path, truth = plant_defects(pictures, labels, work, shares, blur_radius=radius)
+            data = assess(csv_path, zip_path, work)
+            scores = precision_recall(data.health, truth)
+            if radius == 4.0:
+                results["checks"] = scores
+                results["flag_counts"] = data.health_summary["counts"]
+                straddling = data.leakage["straddling_duplicates"]
+                results["straddling_duplicate_groups"] = len(straddling)
+            else:
+                results[f"blurry_recall_radius_{radius:g}"] = scores["blurry"]["recall"]
+    return results
+
+
+def cost(limit: int, workers: int = 1) -> dict:
+    from image_learner.data import image_check, image_health
+    from image_learner.data.leakage_guard import duplicate_groups
+
+    meta = pd.read_csv(os.path.join(HAM, "metadata.csv")).head(limit)
+    files = meta["image_path"].tolist()
+    times = {"without": [], "with": []}
+    for attempt in range(2):
+        for mode in (("without", "with") if attempt == 0 else ("with", "without")):
+            with tempfile.TemporaryDirectory() as work:
+                started = time.perf_counter()
+                checked = image_check.check_images(HAM, files, work, workers, resize_to=224,
+                                                   health=mode == "with")
+                seconds = time.perf_counter() - started
+                if mode == "with":  # the data-set scoring; the guard's groups are computed either way
+                    groups = duplicate_groups(np.stack(checked.hashes), np.stack(checked.thumbs))
+                    started = time.perf_counter()
+                    image_health.health_table(files, pd.DataFrame(checked.health), groups)
+                    seconds += time.perf_counter() - started
+                times[mode].append(seconds)
+    best = {mode: min(values) for mode, values in times.items()}
+    return {"images": len(files), "workers": workers, "seconds": times, "best_s": best,
+            "added_fraction": best["with"] / best["without"] - 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=("quality", "cost"))
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=7347)
+    args = parser.parse_args()
+    result = quality(args.n) if args.what == "quality" else cost(args.limit)
+    print(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
