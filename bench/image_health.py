@@ -4,7 +4,7 @@
     python bench/image_health.py cost [--limit 7347]  # image check with and without health scoring
 
 quality: ``--n`` HAM10000 images (200x150, one per lesion so the set has no natural duplicates), of which
-5% are darkened (x0.25), 5% blurred (Gaussian, radius 4 px), 2% blanked (their mean colour) and 3% get
+5% are darkened (x0.25), 5% blurred (Gaussian, radius 2% of the width: 4 px), 2% blanked (their mean colour) and 3% get
 a near-duplicate copy (mirrored, re-encoded as JPEG q85) placed in another split of a user split
 column. Defects replace the original (a blurred copy beside its original would be a near duplicate
 too). Each check is scored against the images planted for it: precision = planted among flagged,
@@ -44,7 +44,7 @@ def _jpeg(img: Image.Image, quality: int = 95) -> bytes:
 
 
 def plant_defects(pictures: list[tuple[str, Image.Image]], labels: list[str], out_dir: str, shares: dict,
-                  seed: int = 0, blur_radius: float = 4.0) -> tuple[str, str, dict]:
+                  seed: int = 0, blur_fraction: float = 0.02) -> tuple[str, str, dict]:
     """Write images.zip and metadata.csv (image_path, label, split) under ``out_dir`` from ``pictures``
     (name, RGB image), planting ``shares`` = {"dark": k, "blur": k, "blank": k, "pair": k} defects on
     distinct images. Returns (csv, zip, truth: issue name -> set of image paths)."""
@@ -67,7 +67,7 @@ def plant_defects(pictures: list[tuple[str, Image.Image]], labels: list[str], ou
             if kind == "dark":
                 img = Image.eval(img, lambda v: int(v * 0.25))
             elif kind == "blur":
-                img = img.filter(ImageFilter.GaussianBlur(blur_radius))
+                img = img.filter(ImageFilter.GaussianBlur(blur_fraction * img.width))
             elif kind == "blank":
                 colour = tuple(int(c) for c in np.asarray(img).reshape(-1, 3).mean(axis=0))
                 img = Image.new("RGB", img.size, colour)
@@ -125,9 +125,9 @@ def quality(n: int) -> dict:
     pictures, labels = ham_pictures(n)
     shares = {"dark": n // 20, "blur": n // 20, "blank": n // 50, "pair": 3 * n // 100}
     results = {"images": n, "planted": shares}
-    for radius in (4.0, 3.0, 2.0):
+    for radius in (4.0, 3.0, 2.0):  # px at 200 px wide
         with tempfile.TemporaryDirectory() as work:
-            csv_path, zip_path, truth = plant_defects(pictures, labels, work, shares, blur_radius=radius)
+            csv_path, zip_path, truth = plant_defects(pictures, labels, work, shares, blur_fraction=radius / 200)
             data = assess(csv_path, zip_path, work)
             scores = precision_recall(data.health, truth)
             if radius == 4.0:

@@ -237,6 +237,7 @@ def _assess_health(matched, image_col, dup_groups, options: DataOptions, warning
     before the split, say so in a warning, and regroup the duplicates of what is left."""
     health = image_health.health_table(matched[image_col].astype(str), pd.DataFrame(matched["health"].to_list()),
                                        dup_groups)
+    health.insert(1, "image_file", matched["image_file"].to_numpy())
     drop = image_health.rows_to_drop(health, options.drop_unhealthy)
     health["dropped"] = drop
     summary = image_health.summarise(health, options.drop_unhealthy, drop)

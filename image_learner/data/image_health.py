@@ -30,7 +30,8 @@ side (``STATS_SIDE``), not the full image, to keep the cost within a quarter of 
 
 Thresholds: cleanvision flags every image whose score is below a fixed constant. Here an image is
 flagged only when its score is an outlier *of this data set* (modified z-score below -3.5: Iglewicz &
-Hoaglin 1993, median and MAD, so the defects themselves barely move the yardstick) *and* it is past
+Hoaglin 1993, median and MAD, so the defects themselves barely move the yardstick; the MAD of the lower
+half, as only low scores are defects; sharpness on the log scale) *and* it is past
 cleanvision's fixed bound (the absolute sanity bound). A clean set then flags nothing however its
 scores spread, and a set that is uniformly dark (say, all fluorescence images) is not all "dark".
 """
@@ -51,6 +52,7 @@ PROPERTY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_rat
 DUPLICATE_ISSUES = ("exact_duplicates", "near_duplicates")
 ISSUES = PROPERTY_ISSUES + DUPLICATE_ISSUES
 STATS_SIDE = 128  # brightness/entropy/colour statistics on a box-reduced copy of at most this side
+Z_CAP = 1000.0  # a MAD of 0 makes every other value infinitely far: written as ±1000
 Z_LIMIT = 3.5  # modified z-score beyond which a score is an outlier of the data set (Iglewicz & Hoaglin)
 # cleanvision 0.3.7's default thresholds (ImagePropertyIssueManager): a score below is an issue there;
 # here the absolute sanity bound a data-set outlier must also pass.
@@ -119,22 +121,28 @@ def raw_scores(props: pd.DataFrame) -> pd.DataFrame:
     }, index=props.index).astype(float)
 
 
-def modified_z(values) -> np.ndarray:
-    """(x - median) / (1.4826 MAD): a z-score the outliers themselves hardly move. A MAD of 0 (most
-    values equal) gives ±inf for any other value and 0 for the typical one."""
+def modified_z(values, low_side: bool = False, reference=None) -> np.ndarray:
+    """(x - median) / (1.4826 MAD): a z-score the outliers themselves hardly move. ``low_side``: the MAD
+    of the values below the median only (the left half of a "double MAD"), for checks where only low
+    values are bad: sharpness, brightness and entropy are skewed (a long upper tail of textured or
+    bright images says nothing about how low a normal image goes). A MAD of 0 (most values equal)
+    gives ±Z_CAP for any other value and 0 for the typical one. ``reference``: a mask of the values the
+    median and MAD are taken from (default: all)."""
     values = np.asarray(values, dtype=float)
-    centre = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - centre))
+    base = values if reference is None or not np.any(reference) else values[np.asarray(reference)]
+    centre = np.median(base)
+    below = base[base <= centre] if low_side else base
+    mad = 1.4826 * np.median(np.abs(below - centre))
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (values - centre) / mad if mad > 0 else np.where(values == centre, 0.0, np.sign(values - centre) * np.inf)
-    return np.nan_to_num(z, nan=0.0)
+    return np.clip(np.nan_to_num(z, nan=0.0), -Z_CAP, Z_CAP)
 
 
 def property_flags(scores: pd.DataFrame, props: pd.DataFrame) -> pd.DataFrame:
     """One boolean column per property issue: a low outlier of the data set *and* past the absolute bound."""
     flags = pd.DataFrame(index=scores.index)
     for issue in PROPERTY_ISSUES:
-        outlier = modified_z(scores[issue]) < -Z_LIMIT
+        outlier = modified_z(scores[issue], low_side=True) < -Z_LIMIT
         if issue == "grayscale":
             bound = props["colour_spread"].to_numpy() < GREY_SPREAD
         elif issue == "odd_size":
@@ -149,13 +157,24 @@ def property_flags(scores: pd.DataFrame, props: pd.DataFrame) -> pd.DataFrame:
             outlier = np.abs(modified_z(log_ratio)) > Z_LIMIT
             bound = scores[issue].to_numpy() < ABSOLUTE_BOUNDS[issue]
         elif issue == "blurry":  # sharpness varies by a factor: outliers on the log scale
-            outlier = modified_z(np.log(np.maximum(scores[issue], 1e-6))) < -Z_LIMIT
+            outlier = _z_used(issue, scores, props) < -Z_LIMIT
             bound = scores[issue].to_numpy() < ABSOLUTE_BOUNDS[issue]
         else:
             bound = scores[issue].to_numpy() < ABSOLUTE_BOUNDS[issue]
         flags[issue] = outlier & bound
     flags["blurry"] &= ~flags["low_information"]  # nothing to be sharp about in a uniform image
     return flags
+
+
+def _z_used(issue: str, scores: pd.DataFrame, props: pd.DataFrame) -> np.ndarray:
+    """The modified z-score the issue's threshold was applied to (data_health.csv's ``z_<issue>``)."""
+    if issue == "blurry":  # a near-uniform image has no sharpness to compare: not part of the yardstick
+        uniform = modified_z(scores["low_information"], low_side=True) < -Z_LIMIT
+        uniform &= scores["low_information"].to_numpy() < ABSOLUTE_BOUNDS["low_information"]
+        return modified_z(np.log(np.maximum(scores[issue], 1e-6)), low_side=True, reference=~uniform)
+    if issue == "odd_aspect_ratio":
+        return modified_z(np.log(props["width"].astype(float) / props["height"].astype(float)))
+    return modified_z(scores[issue], low_side=True)
 
 
 def duplicate_flags(digests, duplicate_groups) -> pd.DataFrame:
@@ -182,7 +201,7 @@ def health_table(images, props: pd.DataFrame, duplicate_groups) -> pd.DataFrame:
     table["duplicate_group_size"] = table.groupby("duplicate_group")["image"].transform("size")
     for issue in PROPERTY_ISSUES:
         table[f"score_{issue}"] = scores[issue].round(4)
-        table[f"z_{issue}"] = np.round(modified_z(scores[issue]), 2)
+        table[f"z_{issue}"] = np.round(_z_used(issue, scores, props), 2)
     for issue in ISSUES:
         table[f"is_{issue}"] = flags[issue].to_numpy()
     table["issues"] = [",".join(i for i in ISSUES if row[i]) for _, row in flags.iterrows()]

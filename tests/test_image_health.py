@@ -1,0 +1,119 @@
+"""Image health (issue 24): scores from the image check's one decode, data-set-relative flags, planted
+defects found, --drop-unhealthy, duplicates straddling a user's split column."""
+
+import io
+import os
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+
+from bench.image_health import assess, plant_defects, precision_recall
+from image_learner.data import image_health
+from image_learner.errors import InputError
+
+from conftest import DEMO_ZIP
+
+
+def _demo_originals():
+    """The 70 distinct real pictures of the demo set (64x64; their flipped copies left out), with labels."""
+    meta = pd.read_csv(os.path.join(os.path.dirname(DEMO_ZIP), "ham10000_demo_metadata.csv"))
+    meta = meta[meta["image_path"].str.endswith("_orig.jpg")]
+    with zipfile.ZipFile(DEMO_ZIP) as archive:
+        pictures = [(os.path.basename(p)[:-4], Image.open(io.BytesIO(archive.read(p))).convert("RGB"))
+                    for p in meta["image_path"]]
+    return pictures, meta["label"].tolist()
+
+
+def test_planted_defects_are_found_with_precision_and_recall_of_at_least_0_9(tmp_path):
+    """The closing note's measurement (bench/image_health.py quality, 1,000 HAM10000 images) on the demo's
+    70 real pictures: 5 darkened, 5 blurred, 3 blanked, 5 near-duplicate pairs across the user's split."""
+    pictures, labels = _demo_originals()
+    shares = {"dark": 5, "blur": 5, "blank": 3, "pair": 5}
+    # blur: radius 3.2 px at 64 px (5% of the width). The bench's 1,000 images need only 2% (4 px at 200
+    # px): 70 images give a wider yardstick than 1,000 (at 3% two of these five stay within it).
+    csv_path, zip_path, truth = plant_defects(pictures, labels, str(tmp_path / "set"), shares, seed=3,
+                                              blur_fraction=0.05)
+    data = assess(csv_path, zip_path, str(tmp_path / "work"))
+    scores = precision_recall(data.health, truth)
+    for issue, score in scores.items():
+        assert score["precision"] >= 0.9 and score["recall"] >= 0.9, (issue, score)
+    # nothing planted, nothing flagged: the clean pictures raise no other issue
+    for issue in ("light", "odd_aspect_ratio", "odd_size", "grayscale", "exact_duplicates"):
+        assert data.health_summary["counts"][issue] == 0, issue
+    # every planted pair straddles the user's split (train / test): listed, and a LEAKAGE warning says so
+    pairs = [g for g in data.leakage["straddling_duplicates"] if any(i.endswith("_copy.jpg") for i in g["images"])]
+    assert len(pairs) == 5 and all(sorted(g["splits"]) == ["test", "train"] for g in pairs)
+    assert any(w.startswith("LEAKAGE") and "straddle your split column 'split'" in w for w in data.warnings)
+    assert len(data.table) == len(data.health)  # flags only: nothing removed without --drop-unhealthy
+
+
+def _props(n, **changes):
+    """n typical property rows (a varied but clean set), with some rows changed."""
+    rng = np.random.default_rng(0)
+    props = pd.DataFrame({"width": 600, "height": 450, "brightness_p99": rng.uniform(0.7, 0.95, n),
+                          "brightness_p5": rng.uniform(0.2, 0.4, n), "entropy": rng.uniform(6, 7.5, n),
+                          "sharpness": rng.uniform(0.04, 0.09, n), "colour_spread": rng.uniform(30, 60, n),
+                          "pixel_digest": [f"d{i}" for i in range(n)]})
+    for column, values in changes.items():
+        for row, value in values.items():
+            props.loc[row, column] = value
+    return props
+
+
+def test_a_clean_set_flags_nothing_however_its_scores_spread():
+    """Not "the bottom 5%": a clean set's lowest scores are no outliers, so nothing is flagged."""
+    table = image_health.health_table([f"i{k}" for k in range(200)], _props(200), np.arange(200))
+    assert table["issues"].eq("").all()
+
+
+def test_an_outlier_must_also_pass_the_absolute_bound():
+    """A uniformly dark set (fluorescence, say) is not all dark; one far darker image in a bright set is,
+    but a merely darker-than-usual one (an outlier still above cleanvision's bound 0.32) is not."""
+    dark_set = _props(100, brightness_p99={k: 0.2 + 0.001 * k for k in range(100)})
+    assert not image_health.health_table(range(100), dark_set, np.arange(100))["is_dark"].any()
+    bright = _props(100, brightness_p99={0: 0.1, 1: 0.4})
+    flags = image_health.health_table(range(100), bright, np.arange(100))["is_dark"]
+    assert flags.tolist()[:2] == [True, False] and flags.sum() == 1
+
+
+def test_size_shape_grey_and_duplicates():
+    props = _props(60, width={0: 100, 1: 1200}, height={0: 75, 2: 150}, colour_spread={3: 0.5},
+                   pixel_digest={4: "same", 5: "same"})
+    groups = np.arange(60)
+    groups[[5, 6]] = 5  # 4 and 5 identical pixels, 5 and 6 the same picture re-encoded
+    groups[4] = 5
+    table = image_health.health_table(range(60), props, groups)
+    flagged = {issue: sorted(np.flatnonzero(table[f"is_{issue}"])) for issue in image_health.ISSUES}
+    assert flagged["odd_size"] == [0]  # 4x smaller; 1200x450 is only 1.6x larger
+    assert flagged["odd_aspect_ratio"] == [2]  # 600x150 = 4:1 in a 4:3 set (1200x450, 2.7:1, is not past 0.35)
+    assert flagged["grayscale"] == [3]
+    assert flagged["exact_duplicates"] == [4, 5] and flagged["near_duplicates"] == [4, 5, 6]
+    # dropping duplicates keeps the first image of each group (the picture stays once)
+    drop = image_health.rows_to_drop(table, ("near_duplicates",))
+    assert sorted(np.flatnonzero(drop)) == [5, 6]
+
+
+def test_properties_from_the_decoded_image():
+    """The raw properties of known images: a flat grey image, a sharp checkerboard and its blurred copy."""
+    flat = image_health.image_properties(Image.new("RGB", (300, 200), (128, 128, 128)))
+    # cleanvision entropy: Pillow's, over the 3 x 256-bin histogram: a flat colour is log2(3) bits, not 0
+    assert flat["entropy"] == pytest.approx(np.log2(3)) and flat["colour_spread"] == 0.0 and flat["sharpness"] == 0.0
+    assert flat["brightness_p5"] == pytest.approx(flat["brightness_p99"]) and flat["width"] == 300
+    board = Image.fromarray((np.indices((128, 128)).sum(axis=0) // 8 % 2 * 255).astype(np.uint8)).convert("RGB")
+    sharp = image_health.image_properties(board)["sharpness"]
+    blurred = image_health.image_properties(board.filter(ImageFilter.GaussianBlur(3)))["sharpness"]
+    assert sharp > 4 * blurred > 0
+
+
+@pytest.mark.parametrize("text, expected", [("none", ()), ("", ()), ("dark, blurry", ("dark", "blurry")),
+                                            ("all", image_health.ISSUES)])
+def test_drop_option_parsing(text, expected):
+    assert image_health.parse_drop_option(text) == expected
+
+
+def test_drop_option_bad_name_names_the_option():
+    with pytest.raises(InputError, match="--drop-unhealthy.*'blury'"):
+        image_health.parse_drop_option("dark,blury")
