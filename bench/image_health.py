@@ -2,6 +2,7 @@
 
     python bench/image_health.py quality [--n 1000]   # precision/recall of each check on planted defects
     python bench/image_health.py cost [--limit 7347]  # image check with and without health scoring
+    python bench/image_health.py fixture              # test-data/ham10000_health_* (Galaxy tool test)
 
 quality: ``--n`` HAM10000 images (200x150, one per lesion so the set has no natural duplicates), of which
 5% are darkened (x0.25), 5% blurred (Gaussian, radius 2% of the width: 4 px), 2% blanked (their mean colour) and 3% get
@@ -165,13 +166,43 @@ def cost(limit: int, workers: int = 1) -> dict:
             "added_fraction": best["with"] / best["without"] - 1}
 
 
+def demo_originals() -> tuple[list, list]:
+    """The 70 distinct real pictures of test-data's demo set (64x64; flipped copies left out), with labels."""
+    test_data = os.path.join(ROOT, "test-data")
+    meta = pd.read_csv(os.path.join(test_data, "ham10000_demo_metadata.csv"))
+    meta = meta[meta["image_path"].str.endswith("_orig.jpg")]
+    with zipfile.ZipFile(os.path.join(test_data, "ham10000_demo_images.zip")) as archive:
+        pictures = [(os.path.basename(p)[:-4], Image.open(io.BytesIO(archive.read(p))).convert("RGB"))
+                    for p in meta["image_path"]]
+    return pictures, meta["label"].tolist()
+
+
+FIXTURE_SHARES = {"dark": 3, "blur": 3, "blank": 2, "pair": 3}
+
+
+def fixture(out_dir: str) -> dict:
+    """test-data/ham10000_health_images.zip + ham10000_health_metadata.csv (the Galaxy tool test's planted
+    defects): the demo's 70 pictures, 3 darkened, 3 blurred (8% of the width), 2 blanked, 3 copies in
+    another split of the split column. Returns what was planted."""
+    pictures, labels = demo_originals()
+    with tempfile.TemporaryDirectory() as work:
+        # blur 8% of the width (5 px at 64 px): clearly blurred, well past the threshold (at 5% one of
+        # these three sits at z -3.49, on the edge of -3.5)
+        csv_path, zip_path, truth = plant_defects(pictures, labels, work, FIXTURE_SHARES, seed=3, blur_fraction=0.08)
+        os.replace(zip_path, os.path.join(out_dir, "ham10000_health_images.zip"))
+        os.replace(csv_path, os.path.join(out_dir, "ham10000_health_metadata.csv"))
+    return {issue: sorted(images) for issue, images in truth.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("quality", "cost"))
+    parser.add_argument("what", choices=("quality", "cost", "fixture"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "test-data"), help="fixture: where to write it")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=7347)
     args = parser.parse_args()
-    result = quality(args.n) if args.what == "quality" else cost(args.limit)
+    result = (quality(args.n) if args.what == "quality" else cost(args.limit) if args.what == "cost"
+              else fixture(args.out))
     print(json.dumps(result, indent=2, default=float))
 
 

@@ -1,36 +1,25 @@
 """Image health (issue 24): scores from the image check's one decode, data-set-relative flags, planted
 defects found, --drop-unhealthy, duplicates straddling a user's split column."""
 
-import io
+import json
 import os
-import zipfile
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from bench.image_health import assess, plant_defects, precision_recall
+from bench.image_health import assess, demo_originals, plant_defects, precision_recall
 from image_learner.data import image_health
+import image_learner_cli
+from conftest import TEST_DATA
 from image_learner.errors import InputError
-
-from conftest import DEMO_ZIP
-
-
-def _demo_originals():
-    """The 70 distinct real pictures of the demo set (64x64; their flipped copies left out), with labels."""
-    meta = pd.read_csv(os.path.join(os.path.dirname(DEMO_ZIP), "ham10000_demo_metadata.csv"))
-    meta = meta[meta["image_path"].str.endswith("_orig.jpg")]
-    with zipfile.ZipFile(DEMO_ZIP) as archive:
-        pictures = [(os.path.basename(p)[:-4], Image.open(io.BytesIO(archive.read(p))).convert("RGB"))
-                    for p in meta["image_path"]]
-    return pictures, meta["label"].tolist()
 
 
 def test_planted_defects_are_found_with_precision_and_recall_of_at_least_0_9(tmp_path):
     """The closing note's measurement (bench/image_health.py quality, 1,000 HAM10000 images) on the demo's
     70 real pictures: 5 darkened, 5 blurred, 3 blanked, 5 near-duplicate pairs across the user's split."""
-    pictures, labels = _demo_originals()
+    pictures, labels = demo_originals()
     shares = {"dark": 5, "blur": 5, "blank": 3, "pair": 5}
     # blur: radius 3.2 px at 64 px (5% of the width). The bench's 1,000 images need only 2% (4 px at 200
     # px): 70 images give a wider yardstick than 1,000 (at 3% two of these five stay within it).
@@ -117,3 +106,48 @@ def test_drop_option_parsing(text, expected):
 def test_drop_option_bad_name_names_the_option():
     with pytest.raises(InputError, match="--drop-unhealthy.*'blury'"):
         image_health.parse_drop_option("dark,blury")
+
+
+HEALTH_CSV = os.path.join(TEST_DATA, "ham10000_health_metadata.csv")
+HEALTH_ZIP = os.path.join(TEST_DATA, "ham10000_health_images.zip")
+TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "16", "--preprocessing-workers", "1"]
+
+
+def test_cli_bad_drop_unhealthy_exits_2_naming_the_option(tmp_path, capsys):
+    out = tmp_path / "out"
+    code = image_learner_cli.main(["--csv-file", HEALTH_CSV, "--image-zip", HEALTH_ZIP, "--output-dir", str(out),
+                                   *TINY, "--drop-unhealthy", "dark,too_dark"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--drop-unhealthy: unknown issue name(s) 'too_dark'" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_run_on_the_planted_fixture_flags_drops_and_reports(tmp_path, capsys):
+    """The Galaxy test's fixture (bench/image_health.py fixture): 70 real pictures, 3 darkened, 3 blurred,
+    2 blanked, 3 copies across the split column. Flags counted, named issues dropped before the split,
+    every straddling pair in the log (LEAKAGE) and in the report with thumbnails."""
+    out = tmp_path / "out"
+    code = image_learner_cli.main(["--csv-file", HEALTH_CSV, "--image-zip", HEALTH_ZIP, "--output-dir", str(out),
+                                   *TINY, "--drop-unhealthy", "dark,low_information"])
+    log = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "run_summary.json").read_text())
+    health = summary["data_health"]
+    assert health["images_checked"] == 73
+    assert {k: health["counts"][k] for k in ("dark", "blurry", "low_information", "light", "grayscale")} == \
+        {"dark": 3, "blurry": 3, "low_information": 2, "light": 0, "grayscale": 0}
+    assert health["dropped"] == 5 and health["dropped_per_issue"] == {"dark": 3, "low_information": 2}
+    assert summary["dataset"]["matched_rows"] == 68  # the 5 removed before the split, nothing else
+    table = pd.read_csv(out / "data_health.csv")
+    assert len(table) == 73 and (table["split"] == "dropped").sum() == 5
+    assert set(table.loc[table["is_blurry"], "image"]) == {"images/ISIC_0024370_orig.jpg",
+                                                            "images/ISIC_0029647_orig.jpg",
+                                                            "images/ISIC_0031827_orig.jpg"}
+    assert "--drop-unhealthy removed 5 of 73 images before the split (dark 3, low_information 2)" in log
+    assert "LEAKAGE: 3 group(s) of duplicate pictures straddle your split column 'split'" in log
+    assert len(summary["leakage"]["straddling_duplicates"]) == 3
+    report = (out / "report.html").read_text()
+    assert 'id="data-health"' in report and "Duplicate pictures across the splits: 3 group(s)" in report
+    section = report[report.index('id="data-health"'):report.index("straddling-duplicates")]
+    assert section.count("data:image/jpeg;base64") == 3 + 3 + 2 + health["counts"]["near_duplicates"]
