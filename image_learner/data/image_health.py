@@ -263,7 +263,7 @@ def write_csv(health: pd.DataFrame, table: pd.DataFrame, path: str) -> None:
 
     split_of = dict(zip(table["image"].astype(str), np.asarray(SPLIT_NAMES)[table["split"].to_numpy()]))
     out = health.drop(columns=["pixel_digest"]).copy()
-    out.insert(1, "split", [split_of.get(image, "dropped" if dropped else "")
+    out.insert(2, "split", [split_of.get(image, "dropped" if dropped else "")
                             for image, dropped in zip(out["image"].astype(str), out["dropped"])])
     out.to_csv(path, index=False)
 
