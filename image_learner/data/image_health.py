@@ -77,6 +77,13 @@ def _brightness(rgb: np.ndarray) -> np.ndarray:
     return np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b) / 255.0
 
 
+def _percentiles(values: np.ndarray, quantiles) -> list[float]:
+    """Percentiles of values in [0, 1] to 1/1024 (a histogram instead of a sort: a quarter of the cost)."""
+    counts = np.bincount(np.minimum((values.ravel() * 1024).astype(np.int32), 1023), minlength=1024)
+    cumulative = np.cumsum(counts) / values.size
+    return [float((np.searchsorted(cumulative, q) + 0.5) / 1024) for q in quantiles]
+
+
 def _reduced(img: Image.Image, side: int) -> Image.Image:
     """A box-filtered copy no larger than ``side`` (integer reduction: cheap, every pixel counted)."""
     factor = math.ceil(max(img.size) / side)
@@ -88,10 +95,11 @@ def image_properties(img: Image.Image) -> dict:
     width, height = img.size
     small = _reduced(img, STATS_SIDE)
     arr = np.asarray(small)
-    p5, p99 = np.percentile(_brightness(arr), [5, 99])
+    p5, p99 = _percentiles(_brightness(arr), (0.05, 0.99))
     grey = np.asarray(small.convert("L"), dtype=np.float32)
     laplacian = laplace(grey)[1:-1, 1:-1] if min(grey.shape) > 2 else np.zeros(1)
-    spread = arr.max(axis=2).astype(np.int16) - arr.min(axis=2)
+    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]  # channel-wise max/min: far faster than along axis 2
+    spread = np.maximum(np.maximum(r, g), b).astype(np.int16) - np.minimum(np.minimum(r, g), b)
     return {
         "width": width, "height": height,
         "brightness_p99": float(p99), "brightness_p5": float(p5),
