@@ -3,6 +3,7 @@
     python bench/image_health.py quality [--n 1000]   # precision/recall of each check on planted defects
     python bench/image_health.py cost [--limit 7347]  # image check with and without health scoring
     python bench/image_health.py fixture              # test-data/ham10000_health_* (Galaxy tool test)
+    python bench/image_health.py clean [--limit 7347] # what is flagged on the real, unplanted set
 
 quality: ``--n`` HAM10000 images (200x150, one per lesion so the set has no natural duplicates), of which
 5% are darkened (x0.25), 5% blurred (Gaussian, radius 2% of the width: 4 px), 2% blanked (their mean colour) and 3% get
@@ -194,15 +195,31 @@ def fixture(out_dir: str) -> dict:
     return {issue: sorted(images) for issue, images in truth.items()}
 
 
+def clean(limit: int) -> dict:
+    """What the checks flag on the real, unplanted HAM10000 set (7,347 images at 200x150)."""
+    from image_learner.data import image_check, image_health
+    from image_learner.data.leakage_guard import duplicate_groups
+
+    files = pd.read_csv(os.path.join(HAM, "metadata.csv")).head(limit)["image_path"].tolist()
+    with tempfile.TemporaryDirectory() as work:
+        checked = image_check.check_images(HAM, files, work, 2)
+    groups = duplicate_groups(np.stack(checked.hashes), np.stack(checked.thumbs))
+    table = image_health.health_table(files, pd.DataFrame(checked.health), groups)
+    summary = image_health.summarise(table)
+    worst = {issue: table.loc[table[f"is_{issue}"], "image"].head(5).tolist() for issue in image_health.ISSUES}
+    return {"images": len(files), "counts": summary["counts"], "examples": worst}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=("quality", "cost", "fixture"))
+    parser.add_argument("what", choices=("quality", "cost", "fixture", "clean"))
     parser.add_argument("--out", default=os.path.join(ROOT, "test-data"), help="fixture: where to write it")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=7347)
     args = parser.parse_args()
-    result = (quality(args.n) if args.what == "quality" else cost(args.limit) if args.what == "cost"
-              else fixture(args.out))
+    actions = {"quality": lambda: quality(args.n), "cost": lambda: cost(args.limit),
+               "fixture": lambda: fixture(args.out), "clean": lambda: clean(args.limit)}
+    result = actions[args.what]()
     print(json.dumps(result, indent=2, default=float))
 
 
