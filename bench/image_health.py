@@ -210,7 +210,7 @@ def clean(limit: int) -> dict:
 
     files = pd.read_csv(os.path.join(HAM, "metadata.csv")).head(limit)["image_path"].tolist()
     with tempfile.TemporaryDirectory() as work:
-        checked = image_check.check_images(HAM, files, work, 2)
+        checked = image_check.check_images(HAM, files, work, 1)
     groups = duplicate_groups(np.stack(checked.hashes), np.stack(checked.thumbs))
     table = image_health.health_table(files, pd.DataFrame(checked.health), groups)
     summary = image_health.summarise(table)

@@ -153,3 +153,25 @@ def test_cli_run_on_the_planted_fixture_flags_drops_and_reports(tmp_path, capsys
     assert section.count("data:image/jpeg;base64") == 3 + 3 + 2 + health["counts"]["near_duplicates"]
     straddling = report[report.index('id="straddling-duplicates"'):report.index('id="metrics"')]
     assert straddling.count("data:image/jpeg;base64") == 6 and straddling.count(" (test)") == 3
+
+
+def test_report_section_without_the_images_counts_and_says_why(tmp_path):
+    """A report rebuilt from a finished run's files: counts and worst-first order from data_health.csv,
+    no thumbnails, and the reason said."""
+    from image_learner.report import report_health
+
+    props = _props(40, brightness_p99={0: 0.05, 1: 0.1})
+    table = image_health.health_table([f"img{k}.png" for k in range(40)], props, np.arange(40))
+    table.insert(1, "image_file", table["image"])
+    table["dropped"] = False
+    split = pd.DataFrame({"image": table["image"], "split": 0})
+    image_health.write_csv(table, split, str(tmp_path / image_health.CSV_NAME))
+    summary = {"data_health": image_health.summarise(table),
+               "leakage": {"straddling_duplicates": [{"group": 3, "images": ["a.png", "b.png"],
+                                                      "splits": ["train", "test"]}]}}
+    section = report_health.health_section(str(tmp_path), summary, None)
+    dark = next(i for i in section["issues"] if i["name"] == "dark")
+    assert dark["count"] == 2 and [c["image"] for c in dark["cards"]] == ["img0.png", "img1.png"]
+    assert all(c["src"] is None for c in dark["cards"]) and "not available" in section["pictures_reason"]
+    assert section["straddling"][0]["members"] == [{"image": "a.png", "split": "train", "src": None},
+                                                   {"image": "b.png", "split": "test", "src": None}]
