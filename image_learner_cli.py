@@ -39,6 +39,7 @@ def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = 
 
 def build_parser() -> argparse.ArgumentParser:
     from image_learner.data import image_check
+    from image_learner.data import image_health
     from image_learner.data import input_utils
     from image_learner.data import leakage_guard
     from image_learner.data import task_choice
@@ -76,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop when more than this share of CSV rows have no image in the ZIP")
     io.add_argument("--max-bad-image-fraction", type=float, default=image_check.DEFAULT_MAX_BAD_FRACTION,
                     help="skip unreadable images, but stop when more than this share are unreadable")
+    io.add_argument("--drop-unhealthy", default="none", metavar="ISSUES",
+                    help="remove images flagged with these data-health issues before the split (comma-separated, "
+                         "'all' or 'none'; logged, counted in run_summary.json, listed in data_health.csv): "
+                         + ", ".join(image_health.ISSUES) + ". Duplicates: every copy but the first of its group. "
+                         "Without this option nothing is removed; data_health.csv and the report only flag")
 
     split = parser.add_argument_group("split")
     how = split.add_mutually_exclusive_group()
@@ -201,6 +207,7 @@ def predict_request_from_args(args: argparse.Namespace):
 
 def request_from_args(args: argparse.Namespace):
     from image_learner.data import dataset_prep
+    from image_learner.data import image_health
     from image_learner.data import input_utils
     from image_learner.training import ludwig_config
     from image_learner import pipeline
@@ -213,7 +220,8 @@ def request_from_args(args: argparse.Namespace):
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
-        cross_validation=args.cross_validation, task=args.task)
+        cross_validation=args.cross_validation, task=args.task,
+        drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy))
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,

@@ -20,7 +20,7 @@ import yaml
 
 from image_learner.training import cross_validation
 from image_learner.training import data_parallel
-from image_learner.data import dataset_prep
+from image_learner.data import dataset_prep, image_health
 from image_learner.training import devices
 from image_learner.evaluation import evaluation
 from image_learner.training import ludwig_config
@@ -212,6 +212,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         provenance.require_threshold_rows(data.task, data.table["split"], opts.threshold,
                                           request.data.split_probabilities, data.columns["split"])
     _write_split_csv(data, os.path.join(out, "split.csv"))
+    if data.health is not None:
+        image_health.write_csv(data.health, data.table, os.path.join(out, image_health.CSV_NAME))
+        log(image_health.log_line(data.health_summary))
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
 
     if data.split.get("folds"):
@@ -245,6 +248,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "threshold_tuned": outcome.threshold_provenance.startswith("tuned") if threshold is not None else None,
         "dataset": data.dataset, "split": data.split, "leakage": data.leakage,
         "warnings": data.warnings + outcome.warnings,
+        **({"data_health": data.health_summary} if data.health_summary else {}),
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
                   "image_size": opts.image_size},

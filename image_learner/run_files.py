@@ -24,7 +24,7 @@ SUMMARY_FILE = "run_summary.json"
 # Ludwig's and the libraries' output (console.library_output_to), of training and of predict
 TRAINING_LOG, PREDICTION_LOG = "training_log.txt", "prediction_log.txt"
 OUTPUT_FILES = ("predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
-                SUMMARY_FILE, "trained_model.zip", "report.html", TRAINING_LOG, PREDICTION_LOG)
+                "data_health.csv", SUMMARY_FILE, "trained_model.zip", "report.html", TRAINING_LOG, PREDICTION_LOG)
 OUTPUT_DIRS = ("model",)
 # The scratch folder is <output dir>/.work-<random>: a name nobody can guess and plant a link at beforehand.
 SCRATCH_PREFIX = ".work-"

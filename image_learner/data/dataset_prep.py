@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from image_learner.data import task_choice
+from image_learner.data import image_health, task_choice
 from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images, unreadable_images_note
 from image_learner.data.leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
@@ -36,6 +36,8 @@ class DataOptions:
     workers: int = 1  # processes that decode and hash the images
     cross_validation: int = 0  # K folds (K >= 2) instead of a train/validation/test split; 0: off
     task: str = "auto"  # task_choice.TASKS
+    health: bool = True  # image-health scores (image_health.py) from the image check's decode
+    drop_unhealthy: tuple[str, ...] = ()  # image_health.ISSUES removed before the split (--drop-unhealthy)
 
 
 @dataclass
@@ -55,6 +57,8 @@ class PreparedData:
     leakage: dict
     warnings: list[str] = field(default_factory=list)
     task_reason: str = ""  # why this task (task_choice), for the log
+    health: pd.DataFrame | None = None  # data_health.csv: one row per readable image (dropped ones too)
+    health_summary: dict | None = None  # run_summary.json's data_health
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
@@ -110,8 +114,16 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     matched = _drop_repeated_rows(match.table, label_col, warnings)
 
     matched, image_notes = _check_images(matched, image_root, converted_dir or image_root + "_converted",
-                                         options.max_bad_image_fraction, options.workers, resize_to)
+                                         options.max_bad_image_fraction, options.workers, resize_to,
+                                         options.health)
     warnings += image_notes
+    # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
+    # decides whether they are also kept together by the split.
+    dup_groups = _duplicate_groups(matched, options)
+    health = health_summary = None
+    if options.health:
+        matched, dup_groups, health, health_summary = _assess_health(matched, image_col, dup_groups, options,
+                                                                     warnings)
 
     task, task_reason = task_choice.choose_task(matched[label_col], options.task, label_col, matched["csv_line"])
     positive = None
@@ -136,11 +148,6 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "label": labels,
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
-    # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
-    # decides whether they are also kept together by the split.
-    hashes = np.stack(matched["hashes"].to_list())
-    thumbs = np.stack(matched["thumbs"].to_list())
-    dup_groups = duplicate_groups(hashes, thumbs, options.leakage_max_distance)
     table["duplicate_group"] = dup_groups
     sample_groups = None
     if sample_col:
@@ -183,6 +190,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
 
     where = table["split"] * (options.cross_validation + 1) + table.get("fold", 0)  # split and fold
     leakage = _leakage_facts(table, true_groups, options, where)
+    if split_col and leakage["straddling_duplicates"]:
+        warnings.append(_straddling_duplicates_warning(leakage["straddling_duplicates"], split_col))
     if leakage["straddling_groups"]:
         warnings.append(
             f"LEAKAGE: {leakage['straddling_groups']} group(s) of the same picture or sample "
@@ -213,7 +222,46 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         dataset["target_summary"] = {name: _summary_of(table.loc[table["split"] == k, "label"])
                                      for k, name in enumerate(split_utils.SPLIT_NAMES)}
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
-    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings, task_reason)
+    return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings, task_reason,
+                        health, health_summary)
+
+
+def _duplicate_groups(matched: pd.DataFrame, options: DataOptions) -> np.ndarray:
+    hashes = np.stack(matched["hashes"].to_list())
+    thumbs = np.stack(matched["thumbs"].to_list())
+    return duplicate_groups(hashes, thumbs, options.leakage_max_distance)
+
+
+def _assess_health(matched, image_col, dup_groups, options: DataOptions, warnings: list[str]):
+    """Score every readable image's health; with --drop-unhealthy remove the named issues' images here,
+    before the split, say so in a warning, and regroup the duplicates of what is left."""
+    health = image_health.health_table(matched[image_col].astype(str), pd.DataFrame(matched["health"].to_list()),
+                                       dup_groups)
+    health.insert(1, "image_file", matched["image_file"].to_numpy())
+    drop = image_health.rows_to_drop(health, options.drop_unhealthy)
+    health["dropped"] = drop
+    summary = image_health.summarise(health, options.drop_unhealthy, drop)
+    if drop.all():
+        raise InputError(f"--drop-unhealthy {','.join(options.drop_unhealthy)} would remove every image "
+                         f"({len(drop)}); nothing would be left to train on")
+    if drop.any():
+        per_issue = {i: int((health[f"is_{i}"].to_numpy() & drop).sum()) for i in options.drop_unhealthy}
+        warnings.append(f"--drop-unhealthy removed {int(drop.sum())} of {len(drop)} images before the split ("
+                        + ", ".join(f"{i} {n}" for i, n in per_issue.items() if n) + "), e.g. "
+                        + listed(health.loc[drop, "image"].head(5)) + "; all are listed in data_health.csv")
+        summary["dropped_per_issue"] = per_issue
+        matched = matched[~drop].reset_index(drop=True)
+        dup_groups = _duplicate_groups(matched, options)
+    return matched, dup_groups, health, summary
+
+
+def _straddling_duplicates_warning(groups: list[dict], split_col: str) -> str:
+    """The LEAKAGE line for duplicate groups across a user's split column (the guard cannot regroup it)."""
+    shown = "; ".join(" = ".join(f"{image} ({split})" for image, split in zip(g["images"], g["splits"]))
+                      for g in groups[:5])
+    return (f"LEAKAGE: {len(groups)} group(s) of duplicate pictures straddle your split column {split_col!r} "
+            f"(a given split is kept as is; the leakage guard cannot regroup it): {shown}"
+            + (f"; {len(groups) - 5} more in the report" if len(groups) > 5 else ""))
 
 
 def _check_classes(matched: pd.DataFrame, label_col: str, classes: list[str], warnings: list[str]) -> None:
@@ -289,22 +337,23 @@ def _drop_repeated_rows(matched: pd.DataFrame, label_col: str, warnings: list[st
 
 
 def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, max_bad_fraction: float,
-                  workers: int = 1, resize_to: int | None = None):
+                  workers: int = 1, resize_to: int | None = None, health: bool = True):
     """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
     files = list(dict.fromkeys(matched["image_file"]))
-    checked = check_images(image_root, files, converted_dir, workers, resize_to)
+    checked = check_images(image_root, files, converted_dir, workers, resize_to, health)
     unreadable = unreadable_images_note(checked.bad, len(files), max_bad_fraction)
     notes = [unreadable] if unreadable else []
     if checked.converted:
         kinds = sorted(set(checked.converted.values()))
         notes.append(f"{len(checked.converted)} image(s) converted for training ({'; '.join(kinds[:5])}), "
                      f"e.g. {listed(list(checked.converted)[:3])}")
-    fingerprints = iter(zip(checked.hashes, checked.thumbs))  # one per readable image, in file order
+    fingerprints = iter(zip(checked.hashes, checked.thumbs, checked.health))  # one per readable image, in order
     good = {f: (p, *next(fingerprints)) for f, p in zip(files, checked.paths) if p is not None}
     kept = matched[matched["image_file"].isin(good)].reset_index(drop=True)
     kept["read_path"] = [good[f][0] for f in kept["image_file"]]
     kept["hashes"] = [good[f][1] for f in kept["image_file"]]
     kept["thumbs"] = [good[f][2] for f in kept["image_file"]]
+    kept["health"] = [good[f][3] for f in kept["image_file"]]
     return kept, notes
 
 
@@ -336,4 +385,18 @@ def _leakage_facts(table: pd.DataFrame, true_groups: np.ndarray, options: DataOp
         "straddling_groups": straddle.n_groups,
         "straddling_rows": straddle.n_rows,
         "straddling_examples": [[images[i] for i in rows] for rows in straddle.examples],
+        "straddling_duplicates": _straddling_duplicates(table, where),
     }
+
+
+def _straddling_duplicates(table: pd.DataFrame, where) -> list[dict]:
+    """Every duplicate group (same picture, not merely same sample) whose images sit in more than one
+    split (or fold): its images and their splits, for the report's gallery and the LEAKAGE line."""
+    split_names = np.asarray(split_utils.SPLIT_NAMES)[table["split"].to_numpy()]
+    if "fold" in table:
+        split_names = np.where(table["fold"].to_numpy() > 0, [f"fold {f}" for f in table["fold"]], split_names)
+    frame = pd.DataFrame({"group": table["duplicate_group"].to_numpy(), "where": np.asarray(where),
+                          "image": table["image"].astype(str).to_numpy(), "split": split_names})
+    spread = frame.groupby("group")["where"].nunique()
+    return [{"group": int(g), "images": part["image"].tolist(), "splits": part["split"].tolist()}
+            for g, part in frame[frame["group"].isin(spread[spread > 1].index)].groupby("group", sort=True)]

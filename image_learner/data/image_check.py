@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from image_learner.errors import MAX_LISTED, InputError
+from image_learner.data.image_health import image_properties
 from image_learner.data.leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
@@ -56,6 +57,7 @@ class CheckedImages:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the readable ones
     hashes: list[np.ndarray] = field(default_factory=list)  # leakage-guard hashes of the readable ones
     thumbs: list[np.ndarray] = field(default_factory=list)  # leakage-guard colour thumbnails, likewise
+    health: list[dict] = field(default_factory=list)  # image_health.image_properties, likewise (or {} when off)
 
 
 def _to_rgb8(img: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -104,16 +106,17 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str, int | None]) -> tuple:
-    """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail));
-    converted or resized copies are written here."""
-    root, rel, converted_dir, resize_to = job
+def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
+    """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail,
+    health properties)); converted or resized copies are written here."""
+    root, rel, converted_dir, resize_to, health = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
     except ValueError as err:
         return None, str(err), None, None
-    fingerprint = image_hashes(img), image_thumbnail(img)  # here: each image is decoded once
+    # here: each image is decoded once (hashes, thumbnail and health properties from the same pixels)
+    fingerprint = image_hashes(img), image_thumbnail(img), image_properties(img) if health else {}
     size = img.size
     resize = bool(resize_to) and size != (resize_to, resize_to)
     if not changes and not resize:
@@ -127,13 +130,14 @@ def _check_one(job: tuple[str, str, str, int | None]) -> tuple:
 
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
-                 resize_to: int | None = None) -> CheckedImages:
+                 resize_to: int | None = None, health: bool = True) -> CheckedImages:
     """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
     written below ``converted_dir``.
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
-    threads); results keep the order of ``rel_paths``."""
-    jobs = [(root, rel, converted_dir, resize_to) for rel in rel_paths]
+    threads); results keep the order of ``rel_paths``. ``health``: also compute the image-health
+    properties (image_health.py) from the same decoded image."""
+    jobs = [(root, rel, converted_dir, resize_to, health) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)
     else:
@@ -147,6 +151,7 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
         result.sizes.append(size)
         result.hashes.append(fingerprint[0])
         result.thumbs.append(fingerprint[1])
+        result.health.append(fingerprint[2])
         if note:
             result.converted[rel] = note
     return result

@@ -154,7 +154,7 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
     """The training's image rules: odd images converted and resized the same way, unreadable ones
     skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit)."""
     files = table["image_file"].tolist()
-    checked = check_images(images_dir, files, converted_dir, resize_to=image_size)
+    checked = check_images(images_dir, files, converted_dir, resize_to=image_size, health=False)
     unreadable = unreadable_images_note(checked.bad, len(set(files)))
     if unreadable:
         notes.append(unreadable)
