@@ -127,7 +127,8 @@ def test_one_command_trains_in_two_processes_and_the_model_predicts_locally(tmp_
     assert re.findall(r"\[image-learner\] epoch (\d)/2:", done.stdout) == ["1", "2"], done.stdout
     assert sorted(os.listdir(out)) == sorted(["config.yaml", "metrics.json", "model", "predictions.csv",
                                               "report.html", "run_summary.json", "split.csv",
-                                              "trained_model.zip", "training_history.csv", "training_log.txt"])
+                                              "trained_model.zip", "training_history.csv", "training_log.txt",
+                                              "data_health.csv"])
     summary = pd.read_json(out / "run_summary.json", typ="series")
     assert summary["distributed"] == {"mode": "ddp", "workers": 2} and "2 DDP processes" in summary["device"]
     import image_learner_cli
