@@ -138,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes decoding and resizing images")
 
+    trust = parser.add_argument_group("subgroups and out-of-distribution flag")
+    trust.add_argument("--subgroup-columns", default="",
+                       help="comma-separated CSV columns (names or 1-based indices), e.g. sex,localization,age: "
+                            "test metrics per slice of each, with bootstrap intervals (metrics.json 'subgroups', "
+                            "the report); numbers with more than 10 distinct values are cut at their quartiles. "
+                            "Used for evaluation only, never as model input")
+    trust.add_argument("--ood-keep-rate", type=float, default=0.95,
+                       help="classification: the share of validation images (out-of-fold with cross-validation) "
+                            "whose top-class probability stays above the out-of-distribution threshold stored in "
+                            "the model; predict flags images below it ('ood'). 0: off")
+
     limits = parser.add_argument_group("archive safety limits")
     limits.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
     limits.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
@@ -193,6 +204,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner.data import input_utils
     from image_learner.training import ludwig_config
     from image_learner import pipeline
+    from image_learner.evaluation import subgroups
 
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
@@ -202,7 +214,8 @@ def request_from_args(args: argparse.Namespace):
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
-        cross_validation=args.cross_validation, task=args.task)
+        cross_validation=args.cross_validation, task=args.task,
+        subgroup_columns=subgroups.parse_spec(args.subgroup_columns))
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,
@@ -215,7 +228,8 @@ def request_from_args(args: argparse.Namespace):
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
-                               distributed=args.distributed, num_workers=args.num_workers)
+                               distributed=args.distributed, num_workers=args.num_workers,
+                               ood_keep_rate=args.ood_keep_rate)
 
 
 class Stopped(BaseException):

@@ -25,11 +25,14 @@ from image_learner.training import devices
 from image_learner.evaluation import evaluation
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
+from image_learner.evaluation import ood
+from image_learner.evaluation import subgroups
 from image_learner.model import model_manifest
 from image_learner.training import model_fit
 import split_utils
 from image_learner.training import timm_backbone
-from image_learner.data.input_utils import InputError, ZipLimits, extract_images, write_output_csv
+from image_learner.data.input_utils import (OUTPUT_TEXT_COLUMNS, InputError, ZipLimits, extract_images,
+                                            read_metadata_csv, resolve_column, write_output_csv)
 from image_learner.run_files import (SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
 
@@ -46,6 +49,7 @@ class RunRequest:
     make_report: bool = True
     distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
     num_workers: int = 1
+    ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -102,6 +106,7 @@ def run(request: RunRequest) -> dict:
     total_started = time.time()
     out = os.path.abspath(request.output_dir)
     split_utils.validate_probabilities(request.data.split_probabilities)
+    ood.check_keep_rate(request.ood_keep_rate)
     if request.data.cross_validation and request.data.cross_validation < 2:
         raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {request.data.cross_validation}")
     prepare_output_dir(out, request.overwrite)
@@ -121,6 +126,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     timer = StageTimer()
     opts = request.training
     images_dir = os.path.join(work, "images")
+    if request.data.subgroup_columns:  # decided before the images are unpacked
+        request.data = replace(request.data, subgroup_columns=_subgroup_columns(request))
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
@@ -143,7 +150,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     if data.split.get("folds"):
         outcome = _cross_validate(request, data, out, work, timer)
     else:
-        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request))
+        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request), request.ood_keep_rate)
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     weights_record = _keep_no_weights_path(outcome, os.path.join(out, "model"))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
@@ -155,7 +162,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
-        "target_scaling": fit.target_scaling},
+        "target_scaling": fit.target_scaling, "ood": outcome.ood},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
@@ -181,6 +188,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      if outcome.cross_validation else _chosen_by(data.task, opts.validation_metric)},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
+        "ood": ood.describe(outcome.ood, outcome.ood_test_flags),
         "device": trained.device, "versions": versions, "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -216,7 +224,34 @@ def _ddp_workers(request: RunRequest) -> int:
     return request.num_workers if request.distributed == "ddp" else 0
 
 
-def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
+def _subgroup_columns(request: RunRequest) -> tuple[str, ...]:
+    """--subgroup-columns as the CSV's column names, checked against the CSV's header (subgroups.py)."""
+    raw = read_metadata_csv(request.csv_file)
+    label = resolve_column(raw, request.data.target_column, "label", "--target-column")
+    image = resolve_column(raw, request.data.image_column, "image", "--image-column")
+    return subgroups.resolve_columns(raw, request.data.subgroup_columns, label, image)
+
+
+def _write_predictions(data, predictions: pd.DataFrame, out: str) -> tuple[pd.DataFrame, list, dict]:
+    """predictions.csv, with each row's subgroup slices (``subgroup_<column>``) when asked for; returns the
+    table, the subgroup columns and their slicing rules."""
+    columns = list(data.table.columns[data.table.columns.str.startswith(subgroups.PREFIX)].str[len(subgroups.PREFIX):])
+    rules = {}
+    if columns:
+        predictions, rules = subgroups.attach(predictions, data.table, columns)
+    write_output_csv(predictions, os.path.join(out, "predictions.csv"),
+                     OUTPUT_TEXT_COLUMNS + tuple(subgroups.PREFIX + c for c in columns))
+    return predictions, columns, rules
+
+
+def _add_subgroups(all_metrics: dict, data, predictions, columns, rules, seed: int) -> None:
+    if columns:
+        all_metrics["subgroups"] = subgroups.subgroup_report(predictions, columns, rules, data.task,
+                                                             model_fit.class_order(data), seed)
+
+
+def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
+                  ood_keep_rate: float = ood.DEFAULT_KEEP_RATE):
     """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
         fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
@@ -232,10 +267,16 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
     predictions = evaluation.predictions_table(data, proba,
                                                evaluation.predicted_labels(data.task, classes, proba, threshold),
                                                classes)
-    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
+    predictions, columns, rules = _write_predictions(data, predictions, out)
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
-    return Outcome(fit, opts, threshold, all_metrics)
+        _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
+    record, test_flags = None, None
+    if data.task != "regression":  # the OOD threshold: on validation rows, like the binary threshold
+        split = data.table["split"].to_numpy()
+        record = ood.fit(proba[split == 1], ood_keep_rate, "validation")
+        test_flags = ood.flags(proba[split == 2], record) if record else None
+    return Outcome(fit, opts, threshold, all_metrics, ood=record, ood_test_flags=test_flags)
 
 
 @dataclass
@@ -245,6 +286,8 @@ class Outcome:
     threshold: float | None
     metrics: dict  # metrics.json
     cross_validation: dict | None = None  # run_summary's facts of a cross-validation
+    ood: dict | None = None  # the manifest's out-of-distribution record (ood.fit)
+    ood_test_flags: np.ndarray | None = None  # which test rows it flags (in-distribution: false flags)
 
 
 def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
@@ -263,7 +306,7 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
     predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
                                                np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
                                                pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
-    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
+    predictions, columns, rules = _write_predictions(data, predictions, out)
     # a regression's baseline: the median of every cross-validated row (the final model's training rows)
     baseline = float(np.median(data.table.loc[fold > 0, "label"].astype(float))) if data.task == "regression" else None
 
@@ -274,12 +317,17 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
         all_metrics = {**score(predictions, ("test",)),
                        "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
                                                                       cv.fold_thresholds)}
+        _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None}
-    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts)
+    record, test_flags = None, None
+    if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
+        record = ood.fit(cv.proba[fold > 0], request.ood_keep_rate, "out-of-fold")
+        test_flags = ood.flags(cv.proba[fold == 0], record) if record else None
+    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, record, test_flags)
 
 
 def _threshold_policy(opts, cross_validated: bool = False) -> str:

@@ -36,6 +36,9 @@ class DataOptions:
     workers: int = 1  # processes that decode and hash the images
     cross_validation: int = 0  # K folds (K >= 2) instead of a train/validation/test split; 0: off
     task: str = "auto"  # task_choice.TASKS
+    # --subgroup-columns, resolved to CSV names (subgroups.resolve_columns): copied into the table as
+    # subgroup_<name> for evaluation only; model_fit never passes them to Ludwig
+    subgroup_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -136,6 +139,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "label": labels,
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
+    for column in options.subgroup_columns:
+        table["subgroup_" + column] = matched[column].astype(str).str.strip().to_numpy()
     # Duplicates are always looked for, so a leak is reported even with the guard off; the guard
     # decides whether they are also kept together by the split.
     hashes = np.stack(matched["hashes"].to_list())
