@@ -250,6 +250,18 @@ def _add_subgroups(all_metrics: dict, data, predictions, columns, rules, seed: i
                                                              model_fit.class_order(data), seed)
 
 
+def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
+    """The out-of-distribution threshold (ood.fit), saying why there is none when it was asked for."""
+    record = ood.fit(proba, keep_rate, fitted_on)
+    if record is None and keep_rate:
+        log(f"WARNING: no out-of-distribution threshold: {len(proba)} {fitted_on} images, and --ood-keep-rate "
+            f"{keep_rate:g} needs at least {ood.min_rows(keep_rate)} to keep its promise; predict flags nothing")
+    elif record:
+        log(f"out-of-distribution threshold: top-class probability {record['threshold']:.4f} (keeps "
+            f"{keep_rate:.0%} of {record['rows']} {fitted_on} images)")
+    return record
+
+
 def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE):
     """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
@@ -274,7 +286,7 @@ def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     record, test_flags = None, None
     if data.task != "regression":  # the OOD threshold: on validation rows, like the binary threshold
         split = data.table["split"].to_numpy()
-        record = ood.fit(proba[split == 1], ood_keep_rate, "validation")
+        record = _ood_record(proba[split == 1], ood_keep_rate, "validation")
         test_flags = ood.flags(proba[split == 2], record) if record else None
     return Outcome(fit, opts, threshold, all_metrics, ood=record, ood_test_flags=test_flags)
 
@@ -325,7 +337,7 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None}
     record, test_flags = None, None
     if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
-        record = ood.fit(cv.proba[fold > 0], request.ood_keep_rate, "out-of-fold")
+        record = _ood_record(cv.proba[fold > 0], request.ood_keep_rate, "out-of-fold")
         test_flags = ood.flags(cv.proba[fold == 0], record) if record else None
     return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, record, test_flags)
 

@@ -8,10 +8,11 @@ outputs them.
 
 Threshold: set on rows the model did not train on, never test rows: the validation split, or with
 cross-validation the pooled out-of-fold predictions (the fold models stand in for the final model). With
-``keep_rate`` q and n such rows sorted by score, the threshold is the score at 0-based position
-floor((1 - q) n); a row is flagged ``ood`` when its score is strictly below it. So at most a share 1 - q of
-those rows is flagged, and for a new image exchangeable with them (from the same distribution) the
-chance of a false flag is at most floor((1 - q) n) / (n + 1) <= 1 - q (the split-conformal argument).
+``keep_rate`` q and n such rows, the threshold is their j-th smallest score, j = floor((1 - q)(n + 1)); a
+row is flagged ``ood`` when its score is strictly below it. For a new image exchangeable with those rows
+(from the same distribution), its rank among the n + 1 scores is uniform, so the chance of a false flag is
+at most j / (n + 1) <= 1 - q (the split-conformal argument), and close to it for large n. Below
+1 / (1 - q) - 1 rows (19 for q = 0.95) j is 0: no threshold can keep that promise, and none is set.
 Nothing is promised for images of another kind: the flag catches those the model is unsure of; a model
 can be confidently wrong far from its data, and the measured separation is in BENCHMARKS.md.
 
@@ -48,14 +49,19 @@ def scores(proba) -> np.ndarray:
 
 def fit(proba, keep_rate: float, fitted_on: str) -> dict | None:
     """The manifest's record from the rows' probabilities (``fitted_on``: FITTED_ON), or None when off or
-    without rows."""
+    with too few rows (min_rows)."""
     check_keep_rate(keep_rate)
     found = np.sort(scores(proba))
-    if keep_rate == 0 or len(found) == 0:
+    if keep_rate == 0 or len(found) < min_rows(keep_rate):
         return None
-    position = int(math.floor((1 - keep_rate) * len(found) + 1e-9))  # 1e-9: 0.05 * 20 is 1, not 0.999...
-    return {"score": SCORE, "threshold": float(found[position]), "keep_rate": float(keep_rate),
+    rank = int(math.floor((1 - keep_rate) * (len(found) + 1) + 1e-9))  # 1e-9: 0.05 * 20 is 1, not 0.999...
+    return {"score": SCORE, "threshold": float(found[rank - 1]), "keep_rate": float(keep_rate),
             "fitted_on": fitted_on, "rows": int(len(found))}
+
+
+def min_rows(keep_rate: float) -> int:
+    """The fewest rows a threshold at ``keep_rate`` can be set on (module docstring): (1 - q)(n + 1) >= 1."""
+    return max(1, math.ceil(1 / (1 - keep_rate) - 1 - 1e-9)) if keep_rate > 0 else 0
 
 
 def flags(proba, record: dict) -> np.ndarray:
