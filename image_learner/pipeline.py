@@ -257,7 +257,7 @@ def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
         log(f"WARNING: no out-of-distribution threshold: {len(proba)} {fitted_on} images, and --ood-keep-rate "
             f"{keep_rate:g} needs at least {ood.min_rows(keep_rate)} to keep its promise; predict flags nothing")
     elif record:
-        log(f"out-of-distribution threshold: top-class probability {record['threshold']:.4f} (keeps "
+        log(f"out-of-distribution threshold: top-class probability {record['threshold']:.6g} (keeps "
             f"{keep_rate:.0%} of {record['rows']} {fitted_on} images)")
     return record
 

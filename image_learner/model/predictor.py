@@ -108,7 +108,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     if "ood" in predictions:
         record = manifest["ood"]
         log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
-            f"probability below {record['threshold']:.4f}, which keeps {record['keep_rate']:.0%} of the "
+            f"probability below {record['threshold']:.6g}, which keeps {record['keep_rate']:.0%} of the "
             f"{record['rows']} {record['fitted_on']} images)")
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     found = None
