@@ -12,7 +12,7 @@ Printed and written as markdown: the OOD score's AUROC separating the test image
 the share flagged of each (on the test images: the false-flag rate at the keep rate), and the sex and
 site slices with their 95% intervals.
 
-    python bench/trust_subgroups_ood.py [--images 1200] [--epochs 5] [--image-size 96] [--work /tmp/trust_bench]
+    python bench/trust_subgroups_ood.py [--images 1200] [--epochs 5] [--image-size 96] [--work /tmp/trust_subgroups_ood_bench]
 
 Not a test: it trains for minutes.
 """
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--work", default="/tmp/trust_bench")
+    parser.add_argument("--work", default="/tmp/trust_subgroups_ood_bench")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     csv, zip_path = build_subset(args.work, args.images, args.image_size, args.seed)
