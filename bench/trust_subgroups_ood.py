@@ -107,20 +107,26 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--work", default="/tmp/trust_subgroups_ood_bench")
+    parser.add_argument("--reuse", action="store_true", help="reuse a finished training run in WORK/train")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    csv, zip_path = build_subset(args.work, args.images, args.image_size, args.seed)
     out = os.path.join(args.work, "train")
-    summary = run_tool(csv, zip_path, out, "--model-name", "tf_efficientnet_lite0", "--pretrained-weights",
-                       lite0_weights(), "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-                       "--early-stop", "0", "--batch-size", "32", "--random-seed", str(args.seed),
-                       "--sample-id-column", "lesion_id", "--subgroup-columns", "sex,localization,age",
-                       "--ood-keep-rate", "0.95", "--preprocessing-workers", "2")
+    zip_path = os.path.join(args.work, "images.zip")
+    if args.reuse:
+        summary = json.load(open(os.path.join(out, "run_summary.json")))
+        summary["wall_s"] = float("nan")
+    else:
+        csv, zip_path = build_subset(args.work, args.images, args.image_size, args.seed)
+        summary = run_tool(csv, zip_path, out, "--model-name", "tf_efficientnet_lite0", "--pretrained-weights",
+                           lite0_weights(), "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+                           "--early-stop", "0", "--batch-size", "32", "--random-seed", str(args.seed),
+                           "--sample-id-column", "lesion_id", "--subgroup-columns", "sex,localization,age",
+                           "--ood-keep-rate", "0.95", "--preprocessing-workers", "2")
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     split = pd.read_csv(os.path.join(out, "split.csv"))
     test_images = split.loc[split["split"] == "test", "image"].tolist()
     record = summary["ood"]
-    lines = [f"Subset: {len(split)} images of {split['lesion_id'].nunique()} lesions (seed {args.seed}), "
+    lines = [f"Subset: {len(split)} images of {split['sample_id'].nunique()} lesions (seed {args.seed}), "
              f"{args.image_size} px, lite0 (offline ImageNet weights), {args.epochs} epochs; test: "
              f"{len(test_images)} images. Test balanced accuracy {metrics['test']['balanced_accuracy']:.3f}, "
              f"ROC-AUC {metrics['test']['roc_auc_macro']:.3f}. OOD threshold: top-class probability "
