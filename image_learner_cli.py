@@ -151,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes decoding and resizing images")
 
+    trust = parser.add_argument_group("subgroups and out-of-distribution flag")
+    trust.add_argument("--subgroup-columns", default="",
+                       help="comma-separated CSV columns (names or 1-based indices), e.g. sex,localization,age: "
+                            "test metrics per slice of each, with bootstrap intervals (metrics.json 'subgroups', "
+                            "the report); numbers with more than 10 distinct values are cut at their quartiles. "
+                            "Used for evaluation only, never as model input")
+    trust.add_argument("--ood-keep-rate", type=float, default=0.95,
+                       help="classification: the share of validation images (out-of-fold with cross-validation) "
+                            "whose top-class probability stays above the out-of-distribution threshold stored in "
+                            "the model; predict flags images below it ('ood'). 0: off")
+
     limits = parser.add_argument_group("archive safety limits")
     limits.add_argument("--max-unzipped-bytes", type=int, default=input_utils.DEFAULT_MAX_TOTAL_BYTES)
     limits.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
@@ -211,6 +222,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner.data import input_utils
     from image_learner.training import ludwig_config
     from image_learner import pipeline
+    from image_learner.evaluation import subgroups
 
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
@@ -221,7 +233,8 @@ def request_from_args(args: argparse.Namespace):
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
         cross_validation=args.cross_validation, task=args.task,
-        drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy))
+        drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
+        subgroup_columns=subgroups.parse_spec(args.subgroup_columns))
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,
@@ -235,7 +248,8 @@ def request_from_args(args: argparse.Namespace):
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
-                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose)
+                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
+                               ood_keep_rate=args.ood_keep_rate)
 
 
 class Stopped(BaseException):

@@ -12,26 +12,27 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-import pandas as pd
 import yaml
 
-from image_learner.training import cross_validation
+from image_learner import fit_and_score
 from image_learner.training import data_parallel
 from image_learner.data import dataset_prep, image_health
 from image_learner.training import devices
-from image_learner.evaluation import evaluation
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
+from image_learner.evaluation import ood
+from image_learner.evaluation import subgroups
 from image_learner.model import model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import provenance
 import split_utils
 from image_learner.data import task_choice
 from image_learner.training import timm_backbone
-from image_learner.data.input_utils import InputError, ZipLimits, extract_images, write_output_csv
+from image_learner.data.input_utils import (InputError, ZipLimits, extract_images,
+                                            read_metadata_csv, resolve_column)
 from image_learner import console
 from image_learner.run_files import (TRAINING_LOG, SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
@@ -52,6 +53,7 @@ class RunRequest:
     data_licence: str = model_card.NOT_STATED  # as the user states it, for MODEL_CARD.md
     export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
+    ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -133,6 +135,7 @@ def run(request: RunRequest) -> dict:
     total_started = time.time()
     out = os.path.abspath(request.output_dir)
     split_utils.validate_probabilities(request.data.split_probabilities)
+    ood.check_keep_rate(request.ood_keep_rate)
     if request.data.cross_validation and request.data.cross_validation < 2:
         raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {request.data.cross_validation}")
     prepare_output_dir(out, request.overwrite)
@@ -192,6 +195,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     opts = request.training
     images_dir = os.path.join(work, "images")
     check_task_options_early(request)
+    if request.data.subgroup_columns:  # decided before the images are unpacked
+        request.data = replace(request.data, subgroup_columns=_subgroup_columns(request))
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
@@ -218,9 +223,11 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
 
     if data.split.get("folds"):
-        outcome = _cross_validate(request, data, out, work, timer)
+        outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
+                                               _ddp_workers(request), request.ood_keep_rate)
     else:
-        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request))
+        outcome = fit_and_score.single_split(data, opts, out, work, timer, _ddp_workers(request),
+                                             request.ood_keep_rate)
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     weights_record = _keep_no_weights_path(outcome, os.path.join(out, "model"))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
@@ -232,7 +239,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
-        "target_scaling": fit.target_scaling},
+        "target_scaling": fit.target_scaling, "ood": outcome.ood},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
 
     summary = {
@@ -260,6 +267,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "selection": _selection(data, opts.validation_metric, bool(outcome.cross_validation))},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
+        "ood": ood.describe(outcome.ood, outcome.ood_test_flags),
         "device": trained.device, "versions": versions, "metrics": all_metrics,
         "timings_s": timer.seconds,
     }
@@ -309,88 +317,12 @@ def _ddp_workers(request: RunRequest) -> int:
     return request.num_workers if request.distributed == "ddp" else 0
 
 
-def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
-    """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
-    with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
-        fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
-    log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
-    fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
-    with timer.stage("predicting every image"):
-        proba = model_fit.outputs(data, fit, data.table, opts)
-    threshold = choice = None
-    epoch_provenance, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task,
-                                                                   opts.validation_metric)
-    warnings = [epoch_warning] if epoch_warning else []
-    if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
-        validation = data.table["split"].to_numpy() == 1
-        choice = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
-        threshold = choice.value
-        warnings += [choice.warning] if choice.warning else []
-    for warning in warnings:
-        log(f"WARNING: {warning}")
-    classes = model_fit.class_order(data)
-    predictions = evaluation.predictions_table(data, proba,
-                                               evaluation.predicted_labels(data.task, classes, proba, threshold),
-                                               classes)
-    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
-    with timer.stage("computing metrics (with bootstrap intervals)"):
-        all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
-    return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
-                   epoch_provenance=epoch_provenance, warnings=warnings)
-
-
-@dataclass
-class Outcome:
-    fit: model_fit.Fit  # the delivered model (in out/model)
-    options: ludwig_config.TrainingOptions  # what trained it (the final CV model: other epochs)
-    threshold: float | None
-    metrics: dict  # metrics.json
-    cross_validation: dict | None = None  # run_summary's facts of a cross-validation
-    threshold_provenance: str | None = None  # how the binary threshold was set (provenance.threshold_choice)
-    epoch_provenance: str = ""  # why the delivered model's epoch was kept (provenance.kept_epoch_choice)
-    warnings: list = field(default_factory=list)  # found while training: untuned threshold, tied epochs
-
-
-def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
-    """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
-    opts = request.training
-    cv = cross_validation.run(data, opts, request.data.split_probabilities, work, os.path.join(out, "model"), timer,
-                              _ddp_workers(request))
-    log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
-        f"{cv.final_options.epochs} epochs")
-    # the delivered model's epochs first (fold "final"), as the report's learning curves read them, then each fold's
-    final_history = cv.final.trained.history.assign(fold="final")
-    pd.concat([final_history, cv.history.astype({"fold": str})], ignore_index=True)[cv.history.columns.union(
-        final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
-    fold = data.table["fold"].to_numpy()
-    classes = model_fit.class_order(data)
-    predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
-                                               np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
-                                               pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
-    write_output_csv(predictions, os.path.join(out, "predictions.csv"))
-    baseline = None
-    if data.task == "regression":  # the median of each model's training rows: the final model's for test rows,
-        # each fold model's for its out-of-fold rows (never a median that includes the rows it scores)
-        baseline = pd.Series(np.where(fold > 0, np.asarray([np.nan, *cv.fold_baselines])[fold],
-                                      np.median(data.table.loc[fold > 0, "label"].astype(float))),
-                             index=predictions.index)
-
-    def score(part, splits):
-        return evaluation.metrics_by_split(data.task, part, classes, opts.random_seed, splits,
-                                           None if baseline is None else baseline.loc[part.index].to_numpy())
-
-    with timer.stage("computing metrics (with bootstrap intervals)"):
-        all_metrics = {**score(predictions, ("test",)),
-                       "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
-                                                                      cv.fold_thresholds)}
-    facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
-             "final_epochs": cv.final_options.epochs,
-             "final_epochs_rule": "median kept epoch across folds, halves rounded up",
-             "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
-             "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
-             "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
-    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, cv.threshold_provenance,
-                   "the median kept epoch of the folds (final model: no validation)", cv.warnings)
+def _subgroup_columns(request: RunRequest) -> tuple[str, ...]:
+    """--subgroup-columns as the CSV's column names, checked against the CSV's header (subgroups.py)."""
+    raw = read_metadata_csv(request.csv_file)
+    label = resolve_column(raw, request.data.target_column, "label", "--target-column")
+    image = resolve_column(raw, request.data.image_column, "image", "--image-column")
+    return subgroups.resolve_columns(raw, request.data.subgroup_columns, label, image)
 
 
 def _selection(data, validation_metric: str, cross_validated: bool) -> dict:

@@ -26,6 +26,7 @@ def _form(**changes):
     values = {
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
         "image_column": "1", "target_column": "2", "task": "auto", "sample_id_column": None,
+        "subgroup_columns": None,
         "data_split": {"method": "random"}, "cross_validation": {"enabled": "no"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
@@ -201,3 +202,17 @@ def test_the_data_licence_maps_to_its_flag_with_the_forms_default(source):
     assert _cli_args(source)[0].data_licence == "not stated"
     args, _ = _cli_args(source, data_licence="CC BY-NC 4.0, ISIC archive")
     assert args.data_licence == "CC BY-NC 4.0, ISIC archive"
+
+
+def test_subgroup_columns_map_to_their_flag(source):
+    """Galaxy hands a multiple data_column over as comma-separated 1-based indices; the CLI resolves them."""
+    args, _ = _cli_args(source)
+    assert args.subgroup_columns == ""  # none by default
+    args, argv = _cli_args(source, subgroup_columns="4,6")
+    assert args.subgroup_columns == "4,6" and "--subgroup-columns" in argv
+    import pandas as pd
+    from image_learner.evaluation import subgroups
+
+    raw = pd.DataFrame(columns=["image_path", "label", "lesion_id", "sex", "age", "localization"])
+    names = subgroups.resolve_columns(raw, subgroups.parse_spec(args.subgroup_columns), "label", "image_path")
+    assert names == ("sex", "localization")

@@ -38,6 +38,9 @@ class DataOptions:
     task: str = "auto"  # task_choice.TASKS
     health: bool = True  # image-health scores (image_health.py) from the image check's decode
     drop_unhealthy: tuple[str, ...] = ()  # image_health.ISSUES removed before the split (--drop-unhealthy)
+    # --subgroup-columns, resolved to CSV names (subgroups.resolve_columns): copied into the table as
+    # subgroup_<name> for evaluation only; model_fit never passes them to Ludwig
+    subgroup_columns: tuple[str, ...] = ()
 
 
 @dataclass
@@ -148,6 +151,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
         "label": labels,
         "sample_id": (matched[sample_col].astype(str).str.strip().to_numpy() if sample_col else ""),
     })
+    for column in options.subgroup_columns:  # evaluation only: model_fit never passes them to Ludwig
+        table["subgroup_" + column] = matched[column].astype(str).str.strip().to_numpy()
     table["duplicate_group"] = dup_groups
     sample_groups = None
     if sample_col:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
                             TrainingOptions)
+from image_learner.evaluation import ood
 from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
@@ -82,6 +83,8 @@ OPTION_RULES = {
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
                    "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training")
+# written by training since the OOD flag; absent in models made before, which then flag nothing
+OPTIONAL_FIELDS = ("ood",)
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
 
 
@@ -118,7 +121,7 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
         raise InputError(f"{MANIFEST}: format {manifest.get('format')!r} format_version "
                          f"{manifest.get('format_version')!r}; this tool reads {FORMAT!r} format_version "
                          f"{FORMAT_VERSION}: retrain the model with this version")
-    _same_fields(manifest, MANIFEST_FIELDS, MANIFEST, "")
+    _same_fields({k: v for k, v in manifest.items() if k not in OPTIONAL_FIELDS}, MANIFEST_FIELDS, MANIFEST, "")
     for field, running, what in (("tool_version", tool_version, "this Image Learner"),
                                  ("ludwig_version", ludwig_version, "the Ludwig this tool runs")):
         expect(manifest[field] == running, MANIFEST, field, manifest[field],
@@ -126,6 +129,7 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     task, classes, binary = manifest["task"], manifest["classes"], manifest["task"] == "binary"
     expect(task in ("multiclass", "binary", "regression"), MANIFEST, "task", task,
            "'multiclass', 'binary' or 'regression'")
+    ood.check_record(manifest.get("ood"), task, len(classes) if isinstance(classes, list) else 0, MANIFEST)
     vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
     if task == "regression":
         for field, value in (("classes", []), ("positive_label", None), ("threshold", None),

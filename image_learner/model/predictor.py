@@ -16,6 +16,7 @@ import pandas as pd
 
 from image_learner.training import devices
 from image_learner.evaluation import evaluation
+from image_learner.evaluation import ood
 from image_learner.model import model_archive
 from image_learner.data import task_choice
 from image_learner.data.image_check import check_images, unreadable_images_note
@@ -107,6 +108,11 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     with timer.stage(f"loading the model and predicting {len(table)} images"):
         model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
                                             f"model {os.path.basename(request.model_zip)!r}")
+    if "ood" in predictions:
+        record = manifest["ood"]
+        log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
+            f"probability below {record['threshold']:.6g}, which keeps {record['keep_rate']:.0%} of the "
+            f"{record['rows']} {record['fitted_on']} images)")
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     found = None
     if label_col:
@@ -146,6 +152,7 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
                   "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
         "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
+        "ood": ood.describe(manifest.get("ood"), predictions["ood"].to_numpy(bool) if "ood" in predictions else None),
     }
 
 
@@ -187,6 +194,9 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
         out["threshold"] = manifest["threshold"]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
+    if manifest.get("ood"):  # the threshold training set on validation rows (ood.py)
+        out["ood_score"] = ood.scores(proba)
+        out["ood"] = ood.flags(proba, manifest["ood"])
     return model, out
 
 

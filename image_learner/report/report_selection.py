@@ -59,6 +59,6 @@ def small_validation_note(selection: dict | None) -> str | None:
     if selection.get("metric") in PROPORTIONS and images > 0:
         noise = (f" On {images} images, validation {metric} has a standard error of up to "
                  f"{0.5 / math.sqrt(images):.2f}, as large as the changes between epochs it compares.")
-    return (f"The validation split that picked the kept epoch is small: " + " and ".join(reasons) + "." + noise
+    return ("The validation split that picked the kept epoch is small: " + " and ".join(reasons) + "." + noise
             + " The kept epoch is then mostly chance: give validation more images (the second value of "
               "--split-probabilities) or use --cross-validation.")

@@ -1,0 +1,145 @@
+"""Train and score, the two ways a run does it: one split (validation picks the kept epoch and the binary
+threshold, test is scored), or k folds and a final model (out-of-fold rows are scored). Each writes
+predictions.csv (with the rows' subgroup slices), computes metrics.json's numbers, and sets the
+out-of-distribution threshold on rows the model never trained on. pipeline.py runs the stages around it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from image_learner.data.input_utils import OUTPUT_TEXT_COLUMNS, write_output_csv
+from image_learner.evaluation import evaluation, ood, subgroups
+from image_learner.run_files import log
+from image_learner.training import cross_validation, ludwig_config, model_fit, provenance
+
+
+def _write_predictions(data, predictions: pd.DataFrame, out: str) -> tuple[pd.DataFrame, list, dict]:
+    """predictions.csv, with each row's subgroup slices (``subgroup_<column>``) when asked for; returns the
+    table, the subgroup columns and their slicing rules."""
+    columns = list(data.table.columns[data.table.columns.str.startswith(subgroups.PREFIX)].str[len(subgroups.PREFIX):])
+    rules = {}
+    if columns:
+        predictions, rules = subgroups.attach(predictions, data.table, columns)
+    write_output_csv(predictions, os.path.join(out, "predictions.csv"),
+                     OUTPUT_TEXT_COLUMNS + tuple(subgroups.PREFIX + c for c in columns))
+    return predictions, columns, rules
+
+
+def _add_subgroups(all_metrics: dict, data, predictions, columns, rules, seed: int) -> None:
+    if columns:
+        all_metrics["subgroups"] = subgroups.subgroup_report(predictions, columns, rules, data.task,
+                                                             model_fit.class_order(data), seed)
+
+
+def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
+    """The out-of-distribution threshold (ood.fit), saying why there is none when it was asked for."""
+    record = ood.fit(proba, keep_rate, fitted_on)
+    if record is None and keep_rate:
+        log(f"WARNING: no out-of-distribution threshold: {len(proba)} {fitted_on} images, and --ood-keep-rate "
+            f"{keep_rate:g} needs at least {ood.min_rows(keep_rate)} to keep its promise; predict flags nothing")
+    elif record:
+        log(f"out-of-distribution threshold: top-class probability {record['threshold']:.6g} (keeps "
+            f"{keep_rate:.0%} of {record['rows']} {fitted_on} images)")
+    return record
+
+
+def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
+                 ood_keep_rate: float = ood.DEFAULT_KEEP_RATE) -> "Outcome":
+    """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
+    with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
+        fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
+    log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
+    fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
+    with timer.stage("predicting every image"):
+        proba = model_fit.outputs(data, fit, data.table, opts)
+    threshold = choice = None
+    epoch_provenance, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task,
+                                                                   opts.validation_metric)
+    warnings = [epoch_warning] if epoch_warning else []
+    if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
+        validation = data.table["split"].to_numpy() == 1
+        choice = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
+        threshold = choice.value
+        warnings += [choice.warning] if choice.warning else []
+    for warning in warnings:
+        log(f"WARNING: {warning}")
+    classes = model_fit.class_order(data)
+    predictions = evaluation.predictions_table(data, proba,
+                                               evaluation.predicted_labels(data.task, classes, proba, threshold),
+                                               classes)
+    predictions, columns, rules = _write_predictions(data, predictions, out)
+    with timer.stage("computing metrics (with bootstrap intervals)"):
+        all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
+        _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
+    record, test_flags = None, None
+    if data.task != "regression":  # the OOD threshold: on validation rows, like the binary threshold
+        split = data.table["split"].to_numpy()
+        record = _ood_record(proba[split == 1], ood_keep_rate, "validation")
+        test_flags = ood.flags(proba[split == 2], record) if record else None
+    return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
+                   epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags)
+
+
+@dataclass
+class Outcome:
+    fit: model_fit.Fit  # the delivered model (in out/model)
+    options: ludwig_config.TrainingOptions  # what trained it (the final CV model: other epochs)
+    threshold: float | None
+    metrics: dict  # metrics.json
+    cross_validation: dict | None = None  # run_summary's facts of a cross-validation
+    threshold_provenance: str | None = None  # how the binary threshold was set (provenance.threshold_choice)
+    epoch_provenance: str = ""  # why the delivered model's epoch was kept (provenance.kept_epoch_choice)
+    warnings: list = field(default_factory=list)  # found while training: untuned threshold, tied epochs
+    ood: dict | None = None  # the manifest's out-of-distribution record (ood.fit)
+    ood_test_flags: np.ndarray | None = None  # which test rows it flags (in-distribution: false flags)
+
+
+def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, ddp_workers: int = 0,
+                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE) -> Outcome:
+    """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
+    cv = cross_validation.run(data, opts, split_probabilities, work, os.path.join(out, "model"), timer, ddp_workers)
+    log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
+        f"{cv.final_options.epochs} epochs")
+    # the delivered model's epochs first (fold "final"), as the report's learning curves read them, then each fold's
+    final_history = cv.final.trained.history.assign(fold="final")
+    pd.concat([final_history, cv.history.astype({"fold": str})], ignore_index=True)[cv.history.columns.union(
+        final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
+    fold = data.table["fold"].to_numpy()
+    classes = model_fit.class_order(data)
+    predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
+                                               np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
+                                               pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
+    predictions, columns, rules = _write_predictions(data, predictions, out)
+    baseline = None
+    if data.task == "regression":  # the median of each model's training rows: the final model's for test rows,
+        # each fold model's for its out-of-fold rows (never a median that includes the rows it scores)
+        baseline = pd.Series(np.where(fold > 0, np.asarray([np.nan, *cv.fold_baselines])[fold],
+                                      np.median(data.table.loc[fold > 0, "label"].astype(float))),
+                             index=predictions.index)
+
+    def score(part, splits):
+        return evaluation.metrics_by_split(data.task, part, classes, opts.random_seed, splits,
+                                           None if baseline is None else baseline.loc[part.index].to_numpy())
+
+    with timer.stage("computing metrics (with bootstrap intervals)"):
+        all_metrics = {**score(predictions, ("test",)),
+                       "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
+                                                                      cv.fold_thresholds)}
+        _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
+    facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
+             "final_epochs": cv.final_options.epochs,
+             "final_epochs_rule": "median kept epoch across folds, halves rounded up",
+             "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
+             "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
+             "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
+    record, test_flags = None, None
+    if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
+        record = _ood_record(cv.proba[fold > 0], ood_keep_rate, "out-of-fold")
+        test_flags = ood.flags(cv.proba[fold == 0], record) if record else None
+    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, cv.threshold_provenance,
+                   "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags)
