@@ -24,6 +24,7 @@ from image_learner.evaluation import regression_metrics
 from image_learner.report import report_images
 from image_learner.report import report_plots
 from image_learner.report import report_plots_regression
+from image_learner.report import report_trust
 
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
@@ -248,13 +249,15 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     classes = _class_order(predictions)
     per_split = _per_split(output_dir, summary, predictions, classes)
     cv_metrics = per_split.pop("cross_validation", None)
+    trust_found = per_split.pop("trust", None)
     saliency, saliency_reason = _saliency(summary, predictions, classes, images_dir, ludwig_model)
     common = dict(s=summary, metric_rows=_metric_rows(per_split, summary.get("task")), metric_splits=list(per_split),
                   saliency=saliency, saliency_reason=saliency_reason, citations=_citations(summary),
                   config_yaml=yaml.safe_dump(config, sort_keys=False) if config else "",
                   plotly_js=plotly.offline.get_plotlyjs(),
                   n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
-                  interval_basis=_interval_basis(per_split.get("test", {}), "test images"))
+                  interval_basis=_interval_basis(per_split.get("test", {}), "test images"),
+                  trust=report_trust.section(trust_found, predictions, classes, summary.get("task")))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

@@ -25,6 +25,7 @@ from image_learner.training import devices
 from image_learner.evaluation import evaluation
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
+from image_learner.evaluation import trust
 from image_learner.model import model_manifest
 from image_learner.training import model_fit
 import split_utils
@@ -46,6 +47,7 @@ class RunRequest:
     make_report: bool = True
     distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
     num_workers: int = 1
+    coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -74,6 +76,10 @@ def resolve_training_options(request: RunRequest) -> None:
         raise InputError(f"--validation-metric {opts.validation_metric!r} is unknown; choose from auto, "
                          + ", ".join(ludwig_config.ALL_VALIDATION_METRICS))
     data_parallel.check_options(request.distributed, request.num_workers, opts.lr_schedule, opts.device)
+    try:
+        request.coverage = trust.check_coverage(request.coverage)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
         raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
                          + ", ".join(metrics.THRESHOLD_POLICIES))
@@ -143,7 +149,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     if data.split.get("folds"):
         outcome = _cross_validate(request, data, out, work, timer)
     else:
-        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request))
+        outcome = _single_split(data, opts, out, work, timer, _ddp_workers(request), request.coverage)
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     weights_record = _keep_no_weights_path(outcome, os.path.join(out, "model"))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
@@ -155,7 +161,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
-        "target_scaling": fit.target_scaling},
+        "target_scaling": fit.target_scaling, "trust": outcome.trust},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
     with timer.stage("zipping the model"):
         shutil.make_archive(os.path.join(out, "trained_model"), "zip", root_dir=out, base_dir="model")
@@ -216,26 +222,53 @@ def _ddp_workers(request: RunRequest) -> int:
     return request.num_workers if request.distributed == "ddp" else 0
 
 
-def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0):
+def _single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
+                  coverage: float = trust.DEFAULT_COVERAGE):
     """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
         fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
     log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
-        proba = model_fit.outputs(data, fit, data.table, opts)
+        raw = model_fit.outputs(data, fit, data.table, opts)
+    classes = model_fit.class_order(data)
+    validation = data.table["split"].to_numpy() == 1
+    # temperature, threshold and conformal quantile: all fitted on validation rows, never test
+    temperature, proba = trust.calibrate(data.task, classes, data.table["label"], raw, validation)
     threshold = None
     if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
-        validation = data.table["split"].to_numpy() == 1
         threshold = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
-    classes = model_fit.class_order(data)
+    record = _trust_record(data, classes, proba, validation, coverage, temperature, "validation split")
     predictions = evaluation.predictions_table(data, proba,
                                                evaluation.predicted_labels(data.task, classes, proba, threshold),
                                                classes)
+    predictions = trust.add_columns(predictions, data.task, classes, _point_outputs(data, proba), record)
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
-    return Outcome(fit, opts, threshold, all_metrics)
+        all_metrics["trust"] = trust.summary(predictions, data.task, classes, record, opts.random_seed)
+    return Outcome(fit, opts, threshold, all_metrics, trust=record)
+
+
+def _point_outputs(data, outputs: np.ndarray) -> np.ndarray:
+    """What the conformal step scores: the probabilities, or a regression's predicted values."""
+    return outputs[:, 0] if data.task == "regression" else outputs
+
+
+def _trust_record(data, classes, outputs, rows, coverage: float, temperature, calibrated_on: str) -> dict:
+    labels = data.table["label"].to_numpy(float) if data.task == "regression" else data.table["label"]
+    record, warning = trust.fit_record(data.task, classes, labels, _point_outputs(data, outputs), rows, coverage,
+                                       temperature, calibrated_on)
+    if temperature is not None:
+        log(f"temperature scaling: T = {temperature:.3f}, fitted on the {record['calibration_rows']} rows of the "
+            f"{calibrated_on}")
+    if warning:
+        log(f"WARNING: {warning}")
+        data.warnings.append(warning)
+    elif record["conformal_quantile"] is not None:
+        log(f"conformal {record['conformal_score']} quantile at coverage {coverage:g}: "
+            f"{record['conformal_quantile']:.4g} ({calibrated_on})")
+    return record
 
 
 @dataclass
@@ -245,6 +278,7 @@ class Outcome:
     threshold: float | None
     metrics: dict  # metrics.json
     cross_validation: dict | None = None  # run_summary's facts of a cross-validation
+    trust: dict | None = None  # the manifest's trust record (trust.fit_record)
 
 
 def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
@@ -260,9 +294,20 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
         final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
     fold = data.table["fold"].to_numpy()
     classes = model_fit.class_order(data)
-    predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
+    # the temperature and conformal quantile of the delivered model: fitted on the pooled out-of-fold rows
+    pooled = fold > 0
+    temperature, proba = trust.calibrate(data.task, classes, data.table["label"], cv.proba, pooled)
+    predicted, threshold = cv.predicted, cv.threshold
+    if data.task == "binary":  # retuned on the scaled out-of-fold P(positive): the same cut, on what is shown
+        threshold = model_fit.binary_threshold(data, data.table["label"][pooled], proba[pooled, 1], opts)
+        predicted = np.where(pooled, cv.predicted, evaluation.predicted_labels(data.task, classes, proba, threshold))
+        cv.fold_thresholds = [trust.scaled_threshold(t, temperature) for t in cv.fold_thresholds]
+    record = _trust_record(data, classes, proba, pooled, request.coverage, temperature,
+                           "pooled out-of-fold predictions")
+    predictions = evaluation.predictions_table(data, proba, predicted, classes,
                                                np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
                                                pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
+    predictions = trust.add_columns(predictions, data.task, classes, _point_outputs(data, proba), record)
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     # a regression's baseline: the median of every cross-validated row (the final model's training rows)
     baseline = float(np.median(data.table.loc[fold > 0, "label"].astype(float))) if data.task == "regression" else None
@@ -273,13 +318,14 @@ def _cross_validate(request: RunRequest, data, out: str, work: str, timer):
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = {**score(predictions, ("test",)),
                        "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
-                                                                      cv.fold_thresholds)}
+                                                                      cv.fold_thresholds),
+                       "trust": trust.summary(predictions, data.task, classes, record, opts.random_seed)}
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None}
-    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts)
+    return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, trust=record)
 
 
 def _threshold_policy(opts, cross_validated: bool = False) -> str:

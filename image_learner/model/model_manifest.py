@@ -17,12 +17,14 @@ from dataclasses import asdict
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
                             TrainingOptions)
+from image_learner.evaluation import trust
 from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
 METADATA = "training_set_metadata.json"
 FORMAT = "image-learner-model"
-FORMAT_VERSION = 3  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling
+FORMAT_VERSION = 4  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
+# 4: trust (temperature, conformal quantile)
 
 
 def is_int(value, low=None, high=None) -> bool:
@@ -78,7 +80,7 @@ OPTION_RULES = {
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
-                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training")
+                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
 
 
@@ -123,6 +125,8 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     task, classes, binary = manifest["task"], manifest["classes"], manifest["task"] == "binary"
     expect(task in ("multiclass", "binary", "regression"), MANIFEST, "task", task,
            "'multiclass', 'binary' or 'regression'")
+    wrong = trust.check_record(manifest["trust"], task, len(classes) if isinstance(classes, list) else 0, TARGET_LIMIT)
+    expect(wrong is None, MANIFEST, "trust", manifest["trust"], wrong)
     vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
     if task == "regression":
         for field, value in (("classes", []), ("positive_label", None), ("threshold", None),
