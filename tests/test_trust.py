@@ -260,3 +260,31 @@ def test_the_regression_model_predicts_intervals(tmp_path):
     assert q > 0 and math.isfinite(q)
     np.testing.assert_allclose(table["interval_high"] - table["predicted_value"], q)
     np.testing.assert_allclose(table["predicted_value"] - table["interval_low"], q)
+
+
+def test_cross_validation_calibrates_on_the_pooled_out_of_fold_rows_and_tunes_the_threshold_after(tmp_path):
+    """Binary, 2 folds: T and the quantile are fitted on the out-of-fold rows; the delivered threshold is the
+    Youden threshold of the scaled out-of-fold P(positive), and the held-out test rows are called by it."""
+    from image_learner.evaluation import metrics
+
+    out = tmp_path / "cv"
+    assert image_learner_cli.main(["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_binary.csv"), "--image-zip",
+                                   DEMO_ZIP, "--output-dir", str(out), *TINY, "--cross-validation", "2",
+                                   "--coverage", "0.8", "--no-report"]) == 0
+    table = pd.read_csv(out / "predictions.csv")
+    summary = json.loads((out / "run_summary.json").read_text())
+    with zipfile.ZipFile(out / "trained_model.zip") as archive:
+        manifest = json.loads(archive.read("model/image_learner.json"))
+    record, classes = manifest["trust"], manifest["classes"]
+    pooled = (table["split"] == "cross_validation").to_numpy()
+    assert record["calibrated_on"] == "pooled out-of-fold predictions" and record["calibration_rows"] == pooled.sum()
+    proba = table[[f"prob_{c}" for c in classes]].to_numpy()
+    index = calibration.class_index(table["true_label"], classes)
+    raw = calibration.apply_temperature(proba, 1 / record["temperature"])
+    assert record["temperature"] == pytest.approx(calibration.fit_temperature(raw[pooled], index[pooled]), rel=1e-3)
+    positive = (table["true_label"] == summary["positive_label"]).to_numpy()
+    assert summary["threshold"] == pytest.approx(metrics.choose_threshold(positive[pooled], proba[pooled, 1]))
+    test = ~pooled
+    called = np.where(proba[test, 1] >= summary["threshold"], classes[1], classes[0])
+    assert (table.loc[test, "predicted_label"].to_numpy() == called).all()
+    assert "prediction_set" in table

@@ -29,7 +29,7 @@ def class_scores(proba) -> np.ndarray:
     proba = np.asarray(proba, dtype=float)
     order = np.argsort(-proba, axis=1, kind="stable")
     ranked = np.take_along_axis(proba, order, axis=1)
-    mass = np.cumsum(ranked, axis=1)
+    mass = np.minimum(np.cumsum(ranked, axis=1), 1.0)  # rounding must not push the last class past q = 1
     mass[:, 0] = 0.0
     scores = np.empty_like(mass)
     np.put_along_axis(scores, order, mass, axis=1)

@@ -125,8 +125,6 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     task, classes, binary = manifest["task"], manifest["classes"], manifest["task"] == "binary"
     expect(task in ("multiclass", "binary", "regression"), MANIFEST, "task", task,
            "'multiclass', 'binary' or 'regression'")
-    wrong = trust.check_record(manifest["trust"], task, len(classes) if isinstance(classes, list) else 0, TARGET_LIMIT)
-    expect(wrong is None, MANIFEST, "trust", manifest["trust"], wrong)
     vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
     if task == "regression":
         for field, value in (("classes", []), ("positive_label", None), ("threshold", None),
@@ -155,7 +153,14 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     _check_training(manifest, binary)
 
 
+def _check_trust(manifest: dict) -> None:
+    """The temperature and conformal quantile prediction applies (trust.check_record), once the task is known good."""
+    wrong = trust.check_record(manifest["trust"], manifest["task"], len(manifest["classes"]), TARGET_LIMIT)
+    expect(wrong is None, MANIFEST, "trust", manifest["trust"], wrong)
+
+
 def _check_training(manifest: dict, binary: bool) -> None:
+    _check_trust(manifest)
     training = manifest["training"]
     expect(isinstance(training, dict), MANIFEST, "training", training, "an object")
     _same_fields(training, TRAINING_FIELDS, MANIFEST, "training.")
