@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "tuning one (an error for other tasks)")
     train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
                        help="processes decoding and resizing images")
+    train.add_argument("--coverage", type=float, default=0.9,
+                       help="conformal prediction sets (classes) or intervals (regression) holding the true answer "
+                            "this often, set on the validation rows (out-of-fold with --cross-validation); 0: off")
 
     trust = parser.add_argument_group("subgroups and out-of-distribution flag")
     trust.add_argument("--subgroup-columns", default="",
@@ -202,6 +205,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="limits of the image ZIP; the model ZIP has its own (model_archive.MODEL_LIMITS)")
     parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
     parser.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO)
+    parser.add_argument("--abstain-above-set-size", type=int, default=None, metavar="K",
+                        help="mark a row 'abstain' when its conformal prediction set holds more than K classes "
+                             "(needs a model trained with --coverage above 0)")
     add_device_options(parser, mixed_precision=False)
     return parser
 
@@ -213,7 +219,8 @@ def predict_request_from_args(args: argparse.Namespace):
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
                                     args.image_column, args.target_column or None, args.batch_size, limits,
-                                    args.overwrite, evaluate=not args.no_evaluate, verbose=args.verbose)
+                                    args.overwrite, evaluate=not args.no_evaluate, verbose=args.verbose,
+                                    abstain_above_set_size=args.abstain_above_set_size)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -249,7 +256,7 @@ def request_from_args(args: argparse.Namespace):
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
                                data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
-                               ood_keep_rate=args.ood_keep_rate)
+                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage)
 
 
 class Stopped(BaseException):

@@ -27,6 +27,7 @@ from image_learner.report import report_plots
 from image_learner.report import report_plots_regression
 from image_learner.report import report_selection
 from image_learner.report import report_subgroups
+from image_learner.report import report_trust
 
 SPLITS = ("train", "validation", "test")
 HAM10000_CLASSES = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
@@ -265,6 +266,7 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     per_split = _per_split(output_dir, summary, predictions, classes)
     cv_metrics = per_split.pop("cross_validation", None)
     subgroup_section = report_subgroups.section(per_split.pop("subgroups", None))
+    trust_found = per_split.pop("trust", None)
     saliency, saliency_reason = _saliency(summary, predictions, classes, images_dir, ludwig_model)
     common = dict(s=summary, metric_rows=_metric_rows(per_split, summary.get("task")), metric_splits=list(per_split),
                   saliency=saliency, saliency_reason=saliency_reason, citations=_citations(summary),
@@ -275,7 +277,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
                   selection=_epoch_selection(summary, history),
                   health=report_health.health_section(output_dir, summary, images_dir),
                   straddling=report_health.straddling_groups(summary, None, images_dir),
-                  subgroups=subgroup_section)
+                  subgroups=subgroup_section,
+                  trust=report_trust.section(trust_found, predictions, classes, summary.get("task")))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

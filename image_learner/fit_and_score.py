@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.data.input_utils import OUTPUT_TEXT_COLUMNS, write_output_csv
-from image_learner.evaluation import evaluation, ood, subgroups
+from image_learner.evaluation import evaluation, ood, subgroups, trust
 from image_learner.run_files import log
 from image_learner.training import cross_validation, ludwig_config, model_fit, provenance
 
@@ -49,40 +49,67 @@ def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
 
 
 def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
-                 ood_keep_rate: float = ood.DEFAULT_KEEP_RATE) -> "Outcome":
+                 ood_keep_rate: float = ood.DEFAULT_KEEP_RATE, coverage: float = trust.DEFAULT_COVERAGE) -> "Outcome":
     """One fit on the train split (validation picks the kept epoch, test evaluated each epoch)."""
     with timer.stage(f"training {opts.model_name} for up to {opts.epochs} epochs"):
         fit = model_fit.fit(data, data.table, opts, work, os.path.join(out, "model"), ddp_workers)
     log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
-        proba = model_fit.outputs(data, fit, data.table, opts)
+        raw = model_fit.outputs(data, fit, data.table, opts)
+    classes = model_fit.class_order(data)
+    validation = data.table["split"].to_numpy() == 1
+    # temperature, threshold and conformal quantile: all fitted on validation rows, never test
+    temperature, proba = trust.calibrate(data.task, classes, data.table["label"], raw, validation)
     threshold = choice = None
     epoch_provenance, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task,
                                                                    opts.validation_metric)
     warnings = [epoch_warning] if epoch_warning else []
     if data.task == "binary":  # chosen on validation (never test), then used for every split, table and plot
-        validation = data.table["split"].to_numpy() == 1
         choice = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
         threshold = choice.value
         warnings += [choice.warning] if choice.warning else []
     for warning in warnings:
         log(f"WARNING: {warning}")
-    classes = model_fit.class_order(data)
+    trust_record = _trust_record(data, classes, proba, validation, coverage, temperature, "validation split")
     predictions = evaluation.predictions_table(data, proba,
                                                evaluation.predicted_labels(data.task, classes, proba, threshold),
                                                classes)
+    predictions = trust.add_columns(predictions, data.task, classes, _point_outputs(data, proba), trust_record)
     predictions, columns, rules = _write_predictions(data, predictions, out)
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
+        all_metrics["trust"] = trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
     record, test_flags = None, None
-    if data.task != "regression":  # the OOD threshold: on validation rows, like the binary threshold
+    if data.task != "regression":  # the OOD threshold on the model's own probabilities of validation rows
         split = data.table["split"].to_numpy()
-        record = _ood_record(proba[split == 1], ood_keep_rate, "validation")
-        test_flags = ood.flags(proba[split == 2], record) if record else None
+        record = _ood_record(raw[split == 1], ood_keep_rate, "validation")
+        test_flags = ood.flags(raw[split == 2], record) if record else None
     return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
-                   epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags)
+                   epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags,
+                   trust=trust_record)
+
+
+def _point_outputs(data, outputs: np.ndarray) -> np.ndarray:
+    """What the conformal step scores: the probabilities, or a regression's predicted values."""
+    return outputs[:, 0] if data.task == "regression" else outputs
+
+
+def _trust_record(data, classes, outputs, rows, coverage: float, temperature, calibrated_on: str) -> dict:
+    labels = data.table["label"].to_numpy(float) if data.task == "regression" else data.table["label"]
+    record, warning = trust.fit_record(data.task, classes, labels, _point_outputs(data, outputs), rows, coverage,
+                                       temperature, calibrated_on)
+    if temperature is not None:
+        log(f"temperature scaling: T = {temperature:.3f}, fitted on the {record['calibration_rows']} rows of the "
+            f"{calibrated_on}")
+    if warning:
+        log(f"WARNING: {warning}")
+        data.warnings.append(warning)
+    elif record["conformal_quantile"] is not None:
+        log(f"conformal {record['conformal_score']} quantile at coverage {coverage:g}: "
+            f"{record['conformal_quantile']:.4g} ({calibrated_on})")
+    return record
 
 
 @dataclass
@@ -97,10 +124,11 @@ class Outcome:
     warnings: list = field(default_factory=list)  # found while training: untuned threshold, tied epochs
     ood: dict | None = None  # the manifest's out-of-distribution record (ood.fit)
     ood_test_flags: np.ndarray | None = None  # which test rows it flags (in-distribution: false flags)
+    trust: dict | None = None  # the manifest's trust record (trust.fit_record)
 
 
 def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, ddp_workers: int = 0,
-                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE) -> Outcome:
+                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE, coverage: float = trust.DEFAULT_COVERAGE) -> Outcome:
     """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
     cv = cross_validation.run(data, opts, split_probabilities, work, os.path.join(out, "model"), timer, ddp_workers)
     log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
@@ -111,9 +139,22 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
         final_history.columns, sort=False)].to_csv(os.path.join(out, "training_history.csv"), index=False)
     fold = data.table["fold"].to_numpy()
     classes = model_fit.class_order(data)
-    predictions = evaluation.predictions_table(data, cv.proba, cv.predicted, classes,
+    # the temperature and conformal quantile of the delivered model: fitted on the pooled out-of-fold rows
+    pooled = fold > 0
+    temperature, proba = trust.calibrate(data.task, classes, data.table["label"], cv.proba, pooled)
+    predicted, threshold, threshold_provenance = cv.predicted, cv.threshold, cv.threshold_provenance
+    if data.task == "binary":  # retuned on the scaled out-of-fold P(positive): the same cut, on what is shown
+        choice = model_fit.binary_threshold(data, data.table["label"][pooled], proba[pooled, 1], opts,
+                                            "out-of-fold rows", "the pooled out-of-fold predictions")
+        threshold, threshold_provenance = choice.value, choice.provenance
+        predicted = np.where(pooled, cv.predicted, evaluation.predicted_labels(data.task, classes, proba, threshold))
+        cv.fold_thresholds = [trust.scaled_threshold(t, temperature) for t in cv.fold_thresholds]
+    trust_record = _trust_record(data, classes, proba, pooled, coverage, temperature,
+                                 "pooled out-of-fold predictions")
+    predictions = evaluation.predictions_table(data, proba, predicted, classes,
                                                np.where(fold > 0, cross_validation.SPLIT_NAME, "test"),
                                                pd.array(np.where(fold > 0, fold, None), dtype="Int64"))
+    predictions = trust.add_columns(predictions, data.task, classes, _point_outputs(data, proba), trust_record)
     predictions, columns, rules = _write_predictions(data, predictions, out)
     baseline = None
     if data.task == "regression":  # the median of each model's training rows: the final model's for test rows,
@@ -129,7 +170,8 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = {**score(predictions, ("test",)),
                        "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
-                                                                      cv.fold_thresholds)}
+                                                                      cv.fold_thresholds),
+                       "trust": trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)}
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
@@ -141,5 +183,6 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
     if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
         record = _ood_record(cv.proba[fold > 0], ood_keep_rate, "out-of-fold")
         test_flags = ood.flags(cv.proba[fold == 0], record) if record else None
-    return Outcome(cv.final, cv.final_options, cv.threshold, all_metrics, facts, cv.threshold_provenance,
-                   "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags)
+    return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, threshold_provenance,
+                   "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags,
+                   trust_record)

@@ -25,6 +25,7 @@ from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
 from image_learner.evaluation import ood
 from image_learner.evaluation import subgroups
+from image_learner.evaluation import trust
 from image_learner.model import model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import provenance
@@ -54,6 +55,7 @@ class RunRequest:
     export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
     ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
+    coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -82,6 +84,10 @@ def resolve_training_options(request: RunRequest) -> None:
         raise InputError(f"--validation-metric {opts.validation_metric!r} is unknown; choose from auto, "
                          + ", ".join(ludwig_config.ALL_VALIDATION_METRICS))
     data_parallel.check_options(request.distributed, request.num_workers, opts.lr_schedule, opts.device)
+    try:
+        request.coverage = trust.check_coverage(request.coverage)
+    except ValueError as err:
+        raise InputError(str(err)) from err
     if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
         raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
                          + ", ".join(metrics.THRESHOLD_POLICIES))
@@ -224,10 +230,10 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
 
     if data.split.get("folds"):
         outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
-                                               _ddp_workers(request), request.ood_keep_rate)
+                                               _ddp_workers(request), request.ood_keep_rate, request.coverage)
     else:
         outcome = fit_and_score.single_split(data, opts, out, work, timer, _ddp_workers(request),
-                                             request.ood_keep_rate)
+                                             request.ood_keep_rate, request.coverage)
     fit, threshold, all_metrics = outcome.fit, outcome.threshold, outcome.metrics
     weights_record = _keep_no_weights_path(outcome, os.path.join(out, "model"))
     with open(os.path.join(out, "config.yaml"), "w") as handle:
@@ -239,7 +245,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
-        "target_scaling": fit.target_scaling, "ood": outcome.ood},
+        "target_scaling": fit.target_scaling, "ood": outcome.ood, "trust": outcome.trust},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
 
     summary = {

@@ -33,7 +33,7 @@ def test_age_is_detected_as_regression_and_predicted_in_years(trained):
     assert summary["training"]["best_epoch_chosen_by"] == "lowest validation mean absolute error"
     predictions = pd.read_csv(trained / "predictions.csv")
     assert list(predictions.columns) == ["image", "image_file", "split", "true_value", "predicted_value",
-                                         "sample_id", "duplicate_group"]
+                                         "sample_id", "duplicate_group", "interval_low", "interval_high"]
     ages = pd.read_csv(AGE_CSV).set_index("image_path")["age"]
     np.testing.assert_array_equal(predictions["true_value"], ages[predictions["image"]].to_numpy(float))
     train = predictions[predictions["split"] == "train"]
@@ -72,7 +72,10 @@ def test_its_model_predicts_values_and_evaluates_with_the_target(trained, tmp_pa
                                    "--output-dir", str(tmp_path / "p")]) == 0
     after = pd.read_csv(tmp_path / "p" / "predictions.csv")
     before = pd.read_csv(trained / "predictions.csv")
-    assert list(after.columns) == ["image", "image_file", "true_value", "predicted_value"]
+    assert list(after.columns) == ["image", "image_file", "true_value", "predicted_value", "interval_low",
+                                   "interval_high"]
+    np.testing.assert_allclose(after[["interval_low", "interval_high"]], before[["interval_low", "interval_high"]],
+                               atol=1e-3)
     assert after["image"].tolist() == before["image"].tolist()
     np.testing.assert_allclose(after["predicted_value"], before["predicted_value"], atol=1e-3)
     found = json.loads((tmp_path / "p" / "metrics.json").read_text())
@@ -80,7 +83,8 @@ def test_its_model_predicts_values_and_evaluates_with_the_target(trained, tmp_pa
     assert image_learner_cli.main(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", DEMO_ZIP,
                                    "--output-dir", str(tmp_path / "q")]) == 0
     assert list(pd.read_csv(tmp_path / "q" / "predictions.csv").columns) == ["image", "image_file",
-                                                                             "predicted_value"]
+                                                                             "predicted_value", "interval_low",
+                                                                             "interval_high"]
 
 
 def test_a_non_numeric_target_in_the_prediction_csv_is_refused(trained, tmp_path, capsys):

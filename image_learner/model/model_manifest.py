@@ -18,12 +18,14 @@ from image_learner.errors import InputError
 from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
                             TrainingOptions)
 from image_learner.evaluation import ood
+from image_learner.evaluation import trust
 from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
 METADATA = "training_set_metadata.json"
 FORMAT = "image-learner-model"
-FORMAT_VERSION = 3  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling
+FORMAT_VERSION = 4  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
+# 4: trust (temperature, conformal quantile)
 
 
 def is_int(value, low=None, high=None) -> bool:
@@ -82,7 +84,7 @@ OPTION_RULES = {
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
-                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training")
+                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
 # written by training since the OOD flag; absent in models made before, which then flag nothing
 OPTIONAL_FIELDS = ("ood",)
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
@@ -158,7 +160,14 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     _check_training(manifest, binary)
 
 
+def _check_trust(manifest: dict) -> None:
+    """The temperature and conformal quantile prediction applies (trust.check_record), once the task is known good."""
+    wrong = trust.check_record(manifest["trust"], manifest["task"], len(manifest["classes"]), TARGET_LIMIT)
+    expect(wrong is None, MANIFEST, "trust", manifest["trust"], wrong)
+
+
 def _check_training(manifest: dict, binary: bool) -> None:
+    _check_trust(manifest)
     training = manifest["training"]
     expect(isinstance(training, dict), MANIFEST, "training", training, "an object")
     _same_fields(training, TRAINING_FIELDS, MANIFEST, "training.")

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from image_learner.training import devices
+from image_learner.evaluation import calibration
 from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
+from image_learner.evaluation import trust
 from image_learner.model import model_archive
 from image_learner.data import task_choice
 from image_learner.data.image_check import check_images, unreadable_images_note
@@ -40,6 +42,7 @@ class PredictRequest:
     overwrite: bool = False
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in prediction_log.txt
+    abstain_above_set_size: int | None = None  # rows whose conformal set is larger: "abstain"
 
 
 def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
@@ -77,6 +80,9 @@ def predict(request: PredictRequest) -> pd.DataFrame:
     """Write predictions.csv (and, with true labels, metrics.json) into the output directory."""
     started = time.time()
     out = os.path.abspath(request.output_dir)
+    k = request.abstain_above_set_size
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise InputError(f"--abstain-above-set-size must be a whole number of at least 1, got {k!r}")
     prepare_output_dir(out, request.overwrite)
     try:
         with console.library_output_to(os.path.join(out, PREDICTION_LOG), request.verbose), \
@@ -96,6 +102,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
         # the model ZIP has its own limits (model_archive.MODEL_LIMITS); request.zip_limits are the images'
         model_dir, manifest = model_archive.unpack_model(request.model_zip, os.path.join(work, "model_zip"),
                                                          TOOL_VERSION, ludwig_trainer.rendered_config)
+    _check_abstain(request.abstain_above_set_size, manifest)
     images_dir = os.path.join(work, "images")
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
@@ -113,6 +120,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
         log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
             f"probability below {record['threshold']:.6g}, which keeps {record['keep_rate']:.0%} of the "
             f"{record['rows']} {record['fitted_on']} images)")
+    predictions = _abstain(predictions, request.abstain_above_set_size)
     write_output_csv(predictions, os.path.join(out, "predictions.csv"))
     found = None
     if label_col:
@@ -186,18 +194,40 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
         else:
             proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
     out = table.drop(columns=["read_path"])
+    record = manifest["trust"]
     if manifest["task"] == "regression":
         out["predicted_value"] = values
-        return model, out
+        return model, trust.add_columns(out, "regression", classes, values, record)
+    raw = proba  # the model's own probabilities: the out-of-distribution threshold was set on these (ood.py)
+    # the training's temperature first: the threshold and the sets were set on scaled probabilities
+    proba = calibration.apply_temperature(proba, record["temperature"])
     out["predicted_label"] = evaluation.predicted_labels(manifest["task"], classes, proba, manifest["threshold"])
     if manifest["task"] == "binary":
         out["threshold"] = manifest["threshold"]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
     if manifest.get("ood"):  # the threshold training set on validation rows (ood.py)
-        out["ood_score"] = ood.scores(proba)
-        out["ood"] = ood.flags(proba, manifest["ood"])
-    return model, out
+        out["ood_score"] = ood.scores(raw)
+        out["ood"] = ood.flags(raw, manifest["ood"])
+    return model, trust.add_columns(out, manifest["task"], classes, proba, record)
+
+
+def _check_abstain(k: int | None, manifest: dict) -> None:
+    """--abstain-above-set-size needs the model's prediction sets (a classifier trained with --coverage)."""
+    if k is None:
+        return
+    if manifest["task"] == "regression":
+        raise InputError("--abstain-above-set-size applies to classification models; this model predicts a number")
+    if manifest["trust"]["conformal_quantile"] is None:
+        raise InputError("--abstain-above-set-size needs prediction sets, and this model has none "
+                         "(trained with --coverage 0, or too few calibration rows)")
+
+
+def _abstain(predictions: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """``abstain``: true where the prediction set holds more than ``k`` classes (the label is kept beside it)."""
+    if k is None:
+        return predictions
+    return predictions.assign(abstain=predictions["set_size"].to_numpy() > k)
 
 
 def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
@@ -208,4 +238,6 @@ def _evaluate(predictions: pd.DataFrame, manifest: dict) -> dict:
             raise InputError(f"labels {', '.join(unknown)} in the CSV are not classes this model knows "
                              f"({', '.join(classes)})")
     # every image predicted is scored as a test set; a regression has no train split here, so no baseline
-    return evaluation.metrics_by_split(manifest["task"], predictions.assign(split="test"), classes, 42, ("test",))
+    scored = predictions.assign(split="test")
+    found = evaluation.metrics_by_split(manifest["task"], scored, classes, 42, ("test",))
+    return {**found, "trust": trust.summary(scored, manifest["task"], classes, manifest["trust"], 42)}
