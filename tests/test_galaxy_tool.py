@@ -37,6 +37,7 @@ def _form(**changes):
                      "validation_metric": "auto", "coverage": 0.9,
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
         "data_licence": "not stated",
+        "data_health": {"drop_unhealthy": None, "output_csv": False},
     }
     for key, value in changes.items():
         if isinstance(value, dict):
