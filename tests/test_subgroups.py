@@ -197,3 +197,27 @@ def test_training_reports_subgroups_that_recompute_from_predictions_csv(tmp_path
     assert not {"sex", "age", "subgroup_sex", "subgroup_age"} & set(metadata)
     report = (out / "report.html").read_text()
     assert 'id="subgroups"' in report and 'id="plot-subgroups"' in report
+
+
+def test_each_slice_carries_the_coverage_of_its_prediction_sets():
+    """With conformal sets in predictions.csv, a slice's coverage is the share of its rows whose true label is
+    in the set (here: one slice always covered, one half covered), flagged when wholly below the overall share."""
+    from image_learner.evaluation import subgroups
+
+    n = 40
+    classes = ["a", "b"]
+    true = np.array(["a", "b"] * (n // 2))
+    table = pd.DataFrame({"split": "test", "true_label": true, "predicted_label": true,
+                          "prob_a": np.where(true == "a", 0.8, 0.2), "prob_b": np.where(true == "a", 0.2, 0.8),
+                          "sample_id": [f"s{k}" for k in range(n)], "duplicate_group": np.arange(n),
+                          "subgroup_site": ["face"] * (n // 2) + ["back"] * (n // 2)})
+    covered = np.r_[np.ones(n // 2, bool), np.arange(n // 2) % 2 == 0]  # face: all; back: every other row
+    table["prediction_set"] = np.where(covered, true, np.where(true == "a", "b", "a"))
+    table["set_size"] = 1
+    report = subgroups.subgroup_report(table, ["site"], {}, "binary", classes, seed=3)
+    assert report["overall"]["coverage"] == pytest.approx(covered.mean())
+    slices = {s["slice"]: s for s in report["columns"][0]["slices"]}
+    assert slices["face"]["coverage"] == 1.0 and slices["back"]["coverage"] == 0.5
+    low, high = slices["back"]["ci95"]["coverage"]
+    assert low < 0.5 < high and high < covered.mean()
+    assert "coverage" in slices["back"]["worse_than_overall"] and "coverage" not in slices["face"]["worse_than_overall"]

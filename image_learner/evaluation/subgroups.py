@@ -38,8 +38,8 @@ NUMERIC_MIN_DISTINCT = 10
 MIN_SLICE_IMAGES = 10
 OPTION = "--subgroup-columns"
 # metric -> higher is better (None: never flagged, see the module docstring)
-CLASSIFICATION = {"balanced_accuracy": True, "roc_auc": True, "expected_calibration_error": None}
-REGRESSION = {"mae": False}
+CLASSIFICATION = {"balanced_accuracy": True, "roc_auc": True, "expected_calibration_error": None, "coverage": True}
+REGRESSION = {"mae": False, "coverage": True}
 
 
 def parse_spec(spec: str | None) -> tuple[str, ...]:
@@ -126,23 +126,37 @@ def _classification(part: pd.DataFrame, classes, seed: int, with_ci: bool) -> tu
               "roc_auc": metrics.roc_auc(y_true, proba, classes),
               "expected_calibration_error": metrics.expected_calibration_error(y_true, proba, classes)[0]}
     if not with_ci:
-        return values, {}
+        return _with_coverage(part, classes, seed, values, None)
     groups = bootstrap.cluster_ids(part)
     found = metrics.bootstrap_ci(y_true, proba, classes, y_pred, ("balanced_accuracy", "roc_auc_macro"),
                                  seed=seed, groups=groups)
     ece = np.concatenate([weighted_ece(y_true, proba, classes, w)
                           for w in bootstrap.resample_weights(len(part), groups, bootstrap.N_RESAMPLES, seed)])
-    return values, {"balanced_accuracy": found["balanced_accuracy"], "roc_auc": found["roc_auc_macro"],
-                    "expected_calibration_error": metrics.percentile_intervals({"ece": ece})["ece"]}
+    intervals = {"balanced_accuracy": found["balanced_accuracy"], "roc_auc": found["roc_auc_macro"],
+                 "expected_calibration_error": metrics.percentile_intervals({"ece": ece})["ece"]}
+    return _with_coverage(part, classes, seed, values, intervals)
 
 
 def _regression(part: pd.DataFrame, seed: int, with_ci: bool) -> tuple[dict, dict]:
     true, pred = part["true_value"].to_numpy(float), part["predicted_value"].to_numpy(float)
     values = {"mae": float(skm.mean_absolute_error(true, pred)) if len(true) else None}
     if not with_ci:
-        return values, {}
+        return _with_coverage(part, None, seed, values, None)
     found = regression_metrics.bootstrap_ci(true, pred, seed=seed, groups=bootstrap.cluster_ids(part))
-    return values, {"mae": found["mae"]}
+    return _with_coverage(part, None, seed, values, {"mae": found["mae"]})
+
+
+def _with_coverage(part: pd.DataFrame, classes, seed: int, values: dict, intervals: dict | None) -> tuple[dict, dict]:
+    """The slice's empirical coverage of the conformal sets (or intervals) when the rows carry them, with its
+    cluster-bootstrap interval when the slice gets intervals (trust.coverage_of: the overall number's rule)."""
+    from image_learner.evaluation import trust
+
+    found = trust.coverage_of(part, classes, seed) if trust.has_sets(part) else None
+    if found is not None:
+        values["coverage"] = found["empirical"]
+        if intervals is not None:
+            intervals["coverage"] = found["ci95"]
+    return values, intervals or {}
 
 
 def _worse(value_ci, overall, higher_is_better: bool) -> bool:

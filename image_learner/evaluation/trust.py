@@ -101,6 +101,22 @@ def _coverage_interval(covered: np.ndarray, part: pd.DataFrame, seed: int) -> di
     return {"empirical": float(covered.mean()), "ci95": ci["accuracy"], "ci95_basis": bootstrap.basis(part, groups)}
 
 
+def has_sets(part: pd.DataFrame) -> bool:
+    """Whether the rows carry conformal prediction sets (classes) or intervals (a regression)."""
+    return "prediction_set" in part or "interval_low" in part
+
+
+def coverage_of(part: pd.DataFrame, classes, seed: int = 42) -> dict:
+    """The share of ``part``'s rows whose true label lies in its prediction set (``classes`` given) or whose
+    true value lies in its interval, with its cluster-bootstrap 95% interval."""
+    if "interval_low" in part:
+        covered = ((part["true_value"] >= part["interval_low"]) & (part["true_value"] <= part["interval_high"]))
+        return _coverage_interval(covered.to_numpy(), part, seed)
+    y_true = part["true_label"].astype(str).to_numpy()
+    covered = np.array([t in m for t, m in zip(y_true, _members(part, classes))], dtype=bool)
+    return _coverage_interval(covered, part, seed)
+
+
 def _members(part: pd.DataFrame, classes) -> list[set]:
     import json
 

@@ -9,7 +9,7 @@ from plotly.subplots import make_subplots
 from image_learner.report.report_plots import to_html
 
 LABELS = {"balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC-AUC",
-          "expected_calibration_error": "ECE", "mae": "MAE"}
+          "expected_calibration_error": "ECE", "mae": "MAE", "coverage": "Coverage of the sets"}
 
 
 def metric_names(report: dict) -> list[str]:
