@@ -82,10 +82,10 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
         all_metrics["trust"] = trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
     record, test_flags = None, None
-    if data.task != "regression":  # the OOD threshold on the model's own probabilities of validation rows
+    if data.task != "regression":  # the OOD threshold on the (calibrated) probabilities of validation rows
         split = data.table["split"].to_numpy()
-        record = _ood_record(raw[split == 1], ood_keep_rate, "validation")
-        test_flags = ood.flags(raw[split == 2], record) if record else None
+        record = _ood_record(proba[split == 1], ood_keep_rate, "validation")
+        test_flags = ood.flags(proba[split == 2], record) if record else None
     return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
                    epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags,
                    trust=trust_record)
@@ -181,8 +181,8 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
              "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
     record, test_flags = None, None
     if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
-        record = _ood_record(cv.proba[fold > 0], ood_keep_rate, "out-of-fold")
-        test_flags = ood.flags(cv.proba[fold == 0], record) if record else None
+        record = _ood_record(proba[fold > 0], ood_keep_rate, "out-of-fold")
+        test_flags = ood.flags(proba[fold == 0], record) if record else None
     return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, threshold_provenance,
                    "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags,
                    trust_record)

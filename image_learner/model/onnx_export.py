@@ -88,6 +88,8 @@ def network(ecd, manifest: dict):
             if task == "regression":
                 scaling = manifest["target_scaling"]
                 self.mean, self.std = float(scaling["mean"]), float(scaling["std"])
+            # the training's temperature (trust.calibrate): predictions.csv holds softmax(log p / T)
+            self.temperature = (manifest.get("trust") or {}).get("temperature")
 
         def forward(self, image):
             outputs = self.ecd.outputs_to_predictions(self.ecd({IMAGE_FEATURE: image}))[LABEL_FEATURE]
@@ -96,9 +98,14 @@ def network(ecd, manifest: dict):
             probabilities = outputs["probabilities"]
             if task == "binary":
                 positive = probabilities.reshape(-1)
-                return torch.stack([1.0 - positive, positive], dim=1)
-            padded = torch.cat([probabilities, torch.zeros_like(probabilities[:, :1])], dim=1)
-            return padded.index_select(1, self.index)
+                probabilities = torch.stack([1.0 - positive, positive], dim=1)
+            else:
+                padded = torch.cat([probabilities, torch.zeros_like(probabilities[:, :1])], dim=1)
+                probabilities = padded.index_select(1, self.index)
+            if self.temperature is None:
+                return probabilities
+            # calibration.apply_temperature's rule: p clipped to [1e-12, 1] before the log
+            return torch.softmax(torch.log(probabilities.clamp(1e-12, 1.0)) / float(self.temperature), dim=1)
 
     return Network().cpu().eval()
 

@@ -198,7 +198,6 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
     if manifest["task"] == "regression":
         out["predicted_value"] = values
         return model, trust.add_columns(out, "regression", classes, values, record)
-    raw = proba  # the model's own probabilities: the out-of-distribution threshold was set on these (ood.py)
     # the training's temperature first: the threshold and the sets were set on scaled probabilities
     proba = calibration.apply_temperature(proba, record["temperature"])
     out["predicted_label"] = evaluation.predicted_labels(manifest["task"], classes, proba, manifest["threshold"])
@@ -206,9 +205,9 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
         out["threshold"] = manifest["threshold"]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
-    if manifest.get("ood"):  # the threshold training set on validation rows (ood.py)
-        out["ood_score"] = ood.scores(raw)
-        out["ood"] = ood.flags(raw, manifest["ood"])
+    if manifest.get("ood"):  # the threshold training set on validation rows' calibrated probabilities (ood.py)
+        out["ood_score"] = ood.scores(proba)
+        out["ood"] = ood.flags(proba, manifest["ood"])
     return model, trust.add_columns(out, manifest["task"], classes, proba, record)
 
 
