@@ -36,8 +36,14 @@ def _add_subgroups(all_metrics: dict, data, predictions, columns, rules, seed: i
                                                              model_fit.class_order(data), seed)
 
 
-def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
-    """The out-of-distribution threshold (ood.fit), saying why there is none when it was asked for."""
+def _ood_record(task: str, proba, fit_rows, test_rows, keep_rate: float, fitted_on: str):
+    """(the out-of-distribution threshold fitted on ``fit_rows`` (ood.fit), the test rows it flags); none for a
+    regression, and a warning saying why when one was asked for and cannot be set."""
+    if task == "regression":
+        return None, None
+    proba = np.asarray(proba)
+    test = proba[test_rows]
+    proba = proba[fit_rows]
     record = ood.fit(proba, keep_rate, fitted_on)
     if record is None and keep_rate:
         log(f"WARNING: no out-of-distribution threshold: {len(proba)} {fitted_on} images, and --ood-keep-rate "
@@ -45,7 +51,7 @@ def _ood_record(proba, keep_rate: float, fitted_on: str) -> dict | None:
     elif record:
         log(f"out-of-distribution threshold: top-class probability {record['threshold']:.6g} (keeps "
             f"{keep_rate:.0%} of {record['rows']} {fitted_on} images)")
-    return record
+    return record, (ood.flags(test, record) if record else None)
 
 
 def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
@@ -81,11 +87,8 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
         all_metrics = evaluation.metrics_by_split(data.task, predictions, classes, opts.random_seed)
         all_metrics["trust"] = trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
-    record, test_flags = None, None
-    if data.task != "regression":  # the OOD threshold on the (calibrated) probabilities of validation rows
-        split = data.table["split"].to_numpy()
-        record = _ood_record(proba[split == 1], ood_keep_rate, "validation")
-        test_flags = ood.flags(proba[split == 2], record) if record else None
+    split = data.table["split"].to_numpy()
+    record, test_flags = _ood_record(data.task, proba, split == 1, split == 2, ood_keep_rate, "validation")
     return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
                    epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags,
                    trust=trust_record)
@@ -179,10 +182,7 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
              "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
-    record, test_flags = None, None
-    if data.task != "regression":  # the OOD threshold on the pooled out-of-fold rows (never test rows)
-        record = _ood_record(proba[fold > 0], ood_keep_rate, "out-of-fold")
-        test_flags = ood.flags(proba[fold == 0], record) if record else None
+    record, test_flags = _ood_record(data.task, proba, fold > 0, fold == 0, ood_keep_rate, "out-of-fold")
     return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, threshold_provenance,
                    "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags,
                    trust_record)
