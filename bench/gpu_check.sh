@@ -18,6 +18,11 @@
 #        run(command="bash bench/gpu_check.sh run", carry=[".gpu_carry"], timeout_s=540)
 #      the table is at the end of output_tail; $OUT/gpu_check.json and $OUT/gpu_check.log come back.
 #      Then give_back (unless rerunning at once) and copy the table into BENCHMARKS.md with the card's name.
+#   4. issue 22's trainer ablation (bench/gpu_ablation.py: stock trainer, each change of fast_trainer stacked,
+#      the raw loop; bfloat16 and float32; each variant in a fresh process; ~5 min), one call:
+#        run(command="bash bench/gpu_check.sh ablation", carry=[".gpu_carry"], timeout_s=540)
+#      $OUT/gpu_ablation.json and $OUT/gpu_ablation.log come back. Its CPU smoke (tiny model, ~7 min on
+#      2 shared cores, GPU-less packages blocked as in step 2): bash bench/gpu_check.sh ablation-smoke
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode=${1:-}
@@ -38,7 +43,17 @@ smoke)
     PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
         "$py" bench/gpu_check.py --smoke --work "$scratch/work"
     ;;
-run|profile)
+ablation-smoke)
+    [ -f "$carry/overlay.tar.gz" ] || "$py" bench/gpu_env.py prepare
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    mkdir -p "$scratch/site"
+    tar -xzf "$carry/overlay.tar.gz" -C "$scratch/site"
+    "$py" bench/gpu_env.py blocker "$scratch/block"
+    PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
+        "$py" bench/gpu_ablation.py --smoke
+    ;;
+run|profile|ablation)
     if [ ! -f "$carry/overlay.tar.gz" ]; then
         echo "error: $carry/overlay.tar.gz missing: run 'bash bench/gpu_check.sh prepare' here and carry $carry" >&2
         exit 2
@@ -50,7 +65,11 @@ run|profile)
     tar -xzf "$carry/overlay.tar.gz" -C "$site"
     out=${OUT:-/tmp}
     set -o pipefail
-    if [ "$mode" = profile ]; then  # bench/gpu_profile.py: where a training step's time goes (~3 min)
+    if [ "$mode" = ablation ]; then  # bench/gpu_ablation.py: issue 22's trainer ablation (~5 min)
+        PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+            timeout 500 "$py" bench/gpu_ablation.py --timeout 150 --json "$out/gpu_ablation.json" 2>&1 \
+            | tee "$out/gpu_ablation.log"
+    elif [ "$mode" = profile ]; then  # bench/gpu_profile.py: where a training step's time goes (~3 min)
         PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
             timeout 400 "$py" bench/gpu_profile.py 2>&1 | tee "$out/gpu_profile.log"
     else
@@ -59,7 +78,7 @@ run|profile)
     fi
     ;;
 *)
-    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile   (see the header of this file)" >&2
+    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile|ablation|ablation-smoke   (see the header of this file)" >&2
     exit 2
     ;;
 esac
