@@ -104,16 +104,17 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str, int | None]) -> tuple:
-    """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail));
-    converted or resized copies are written here."""
-    root, rel, converted_dir, resize_to = job
+def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
+    """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail) or
+    None without ``fingerprints``); converted or resized copies are written here."""
+    root, rel, converted_dir, resize_to, fingerprints = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
     except ValueError as err:
         return None, str(err), None, None
-    fingerprint = image_hashes(img), image_thumbnail(img)  # here: each image is decoded once
+    # here: each image is decoded once; predict has no leakage guard, so it skips the hashes
+    fingerprint = (image_hashes(img), image_thumbnail(img)) if fingerprints else None
     size = img.size
     resize = bool(resize_to) and size != (resize_to, resize_to)
     if not changes and not resize:
@@ -127,13 +128,14 @@ def _check_one(job: tuple[str, str, str, int | None]) -> tuple:
 
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
-                 resize_to: int | None = None) -> CheckedImages:
+                 resize_to: int | None = None, fingerprints: bool = True) -> CheckedImages:
     """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
     written below ``converted_dir``.
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
-    threads); results keep the order of ``rel_paths``."""
-    jobs = [(root, rel, converted_dir, resize_to) for rel in rel_paths]
+    threads); results keep the order of ``rel_paths``. Without ``fingerprints`` no leakage-guard hashes
+    or thumbnails are computed (``hashes`` and ``thumbs`` stay empty)."""
+    jobs = [(root, rel, converted_dir, resize_to, fingerprints) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)
     else:
@@ -145,8 +147,9 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
             result.bad[rel] = note
             continue
         result.sizes.append(size)
-        result.hashes.append(fingerprint[0])
-        result.thumbs.append(fingerprint[1])
+        if fingerprint is not None:
+            result.hashes.append(fingerprint[0])
+            result.thumbs.append(fingerprint[1])
         if note:
             result.converted[rel] = note
     return result
