@@ -27,7 +27,6 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from image_learner.errors import MAX_LISTED, InputError
-from image_learner.data.leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")
@@ -114,7 +113,7 @@ def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
     except ValueError as err:
         return None, str(err), None, None
     # here: each image is decoded once; predict has no leakage guard, so it skips the hashes
-    fingerprint = (image_hashes(img), image_thumbnail(img)) if fingerprints else None
+    fingerprint = _fingerprint(img) if fingerprints else None
     size = img.size
     resize = bool(resize_to) and size != (resize_to, resize_to)
     if not changes and not resize:
@@ -125,6 +124,14 @@ def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     img.save(target, format="PNG", compress_level=1)  # fast to write and to decode; lossless
     return target, "; ".join(changes) or None, size, fingerprint
+
+
+def _fingerprint(img: Image.Image) -> tuple:
+    """The leakage guard's hashes and thumbnail; imported here so that predict, which computes none, does
+    not import the guard (and scipy) at all."""
+    from image_learner.data.leakage_guard import image_hashes, image_thumbnail
+
+    return image_hashes(img), image_thumbnail(img)
 
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,

@@ -151,6 +151,10 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
 
 
 PER_IMAGE_STAGES = ("unpacking images", "checking ", "predicting ")  # stage names that grow with the images
+# Predict's check has no hashes (~1 ms an image at 32 px, ~6.5 ms at 224 px, one process), while each spawned
+# worker costs seconds to start on a loaded machine: 520 images at 224 px took 3.4 s in one process, 6.7 s in
+# two (BENCHMARKS.md, "Predict speed"). The pool pays from about this many images.
+PREDICT_MIN_IMAGES_PER_POOL = 2000
 
 
 def with_rates(timings: dict, n_images: int) -> dict:
@@ -168,8 +172,10 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
                     image_size: int, workers: int = 1) -> pd.DataFrame:
     """The training's image rules: odd images converted and resized the same way, unreadable ones
     skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit).
-    In training's worker pool, without the leakage-guard hashes (predict has no guard)."""
+    Without the leakage-guard hashes (predict has no guard); in training's worker pool from
+    PREDICT_MIN_IMAGES_PER_POOL images."""
     files = table["image_file"].tolist()
+    workers = workers if len(files) >= PREDICT_MIN_IMAGES_PER_POOL else 1
     checked = check_images(images_dir, files, converted_dir, workers, resize_to=image_size, fingerprints=False)
     unreadable = unreadable_images_note(checked.bad, len(set(files)))
     if unreadable:
