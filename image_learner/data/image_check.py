@@ -103,10 +103,10 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
+def _check_one(job: tuple[str, str, str, int | None, bool, int]) -> tuple:
     """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail) or
     None without ``fingerprints``); converted or resized copies are written here."""
-    root, rel, converted_dir, resize_to, fingerprints = job
+    root, rel, converted_dir, resize_to, fingerprints, png_level = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
@@ -122,7 +122,7 @@ def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
         img = img.resize((resize_to, resize_to), Image.Resampling.BILINEAR)
     target = os.path.join(converted_dir, rel + ".png")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    img.save(target, format="PNG", compress_level=1)  # fast to write and to decode; lossless
+    img.save(target, format="PNG", compress_level=png_level)  # lossless; 0-1: fast to write and to decode
     return target, "; ".join(changes) or None, size, fingerprint
 
 
@@ -135,14 +135,16 @@ def _fingerprint(img: Image.Image) -> tuple:
 
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
-                 resize_to: int | None = None, fingerprints: bool = True) -> CheckedImages:
+                 resize_to: int | None = None, fingerprints: bool = True, png_level: int = 1) -> CheckedImages:
     """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
     written below ``converted_dir``.
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
     threads); results keep the order of ``rel_paths``. Without ``fingerprints`` no leakage-guard hashes
-    or thumbnails are computed (``hashes`` and ``thumbs`` stay empty)."""
-    jobs = [(root, rel, converted_dir, resize_to, fingerprints) for rel in rel_paths]
+    or thumbnails are computed (``hashes`` and ``thumbs`` stay empty). ``png_level``: the copies' zlib level
+    (1: training's, read every epoch, ~53 KB at 224 px; 0: predict's, read once, 147 KB but ~40% faster to
+    write and ~60% faster to decode; BENCHMARKS.md, "Predict speed")."""
+    jobs = [(root, rel, converted_dir, resize_to, fingerprints, png_level) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)
     else:
