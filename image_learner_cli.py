@@ -197,6 +197,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-evaluate", action="store_true",
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="processes that check the images (as in training)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ludwig's and the libraries' output on the console (always in "
@@ -220,7 +222,8 @@ def predict_request_from_args(args: argparse.Namespace):
     return predictor.PredictRequest(args.model, args.image_zip, args.output_dir, args.csv_file or None,
                                     args.image_column, args.target_column or None, args.batch_size, limits,
                                     args.overwrite, evaluate=not args.no_evaluate, verbose=args.verbose,
-                                    abstain_above_set_size=args.abstain_above_set_size)
+                                    abstain_above_set_size=args.abstain_above_set_size,
+                                    workers=max(1, args.preprocessing_workers))
 
 
 def request_from_args(args: argparse.Namespace):

@@ -118,9 +118,9 @@ def test_prediction_logs_its_stages_and_skips_files_that_are_not_images(trained,
     log = capsys.readouterr().out
     for line in ("unpacking and validating the model done in", "unpacking images done in",
                  "2 file(s) in the image ZIP are not images and were skipped (README.txt, images/run.sh)",
-                 "checking 140 images done in", "loading the model and predicting 140 images …",
-                 "predicted 16 of 140 images (11%) in", "predicted 140 of 140 images (100%) in",
-                 "loading the model and predicting 140 images done in"):
+                 "checking 140 images done in", "loading the model done in", "predicting 140 images …",
+                 "predicted 128 of 140 images (91%) in", "predicted 140 of 140 images (100%) in",
+                 "predicting 140 images done in"):
         assert f"[image-learner] {line}" in log, log
     summary = json.loads((tmp_path / "p" / "run_summary.json").read_text())
     assert summary["dataset"]["non_image_files_skipped"] == 2 and summary["dataset"]["images_in_zip"] == 140
@@ -132,7 +132,7 @@ def test_a_stopped_prediction_leaves_nothing(trained, tmp_path, start_cli):
     out = tmp_path / "p"
     process = start_cli(["predict", "--model", str(trained / "trained_model.zip"), "--image-zip", DEMO_ZIP,
                          "--csv-file", DEMO_CSV, "--output-dir", str(out), "--batch-size", "8"])
-    wait_for_line(process, "[image-learner] predicted 16 of 140 images")  # batches of 8, chunks of 2 batches
+    wait_for_line(process, "[image-learner] predicted 128 of 140 images")  # batches of 8, chunks of 16 batches
     stop_and_check(process, signal.SIGTERM, out, tmp_path)
 
 

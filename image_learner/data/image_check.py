@@ -28,7 +28,6 @@ from PIL import Image, ImageOps
 
 from image_learner.errors import MAX_LISTED, InputError
 from image_learner.data.image_health import image_properties
-from image_learner.data.leakage_guard import image_hashes, image_thumbnail
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")
@@ -106,17 +105,20 @@ def check_image(path: str) -> tuple[Image.Image, list[str]]:
     return rgb, changes
 
 
-def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
+def _check_one(job: tuple[str, str, str, int | None, bool, bool, int]) -> tuple:
     """Check one image: (path to read, what was converted or why it is bad, size, (hashes, thumbnail,
-    health properties)); converted or resized copies are written here."""
-    root, rel, converted_dir, resize_to, health = job
+    health properties): hashes and thumbnail None without ``fingerprints``, properties {} without
+    ``health``); converted or resized copies are written here."""
+    root, rel, converted_dir, resize_to, fingerprints, health, png_level = job
     source = os.path.join(root, rel)
     try:
         img, changes = check_image(source)
     except ValueError as err:
         return None, str(err), None, None
-    # here: each image is decoded once (hashes, thumbnail and health properties from the same pixels)
-    fingerprint = image_hashes(img), image_thumbnail(img), image_properties(img) if health else {}
+    # here: each image is decoded once (hashes, thumbnail and health properties from the same pixels);
+    # predict has no leakage guard, so it skips the hashes
+    hashes, thumb = _fingerprint(img) if fingerprints else (None, None)
+    fingerprint = hashes, thumb, image_properties(img) if health else {}
     size = img.size
     resize = bool(resize_to) and size != (resize_to, resize_to)
     if not changes and not resize:
@@ -125,19 +127,31 @@ def _check_one(job: tuple[str, str, str, int | None, bool]) -> tuple:
         img = img.resize((resize_to, resize_to), Image.Resampling.BILINEAR)
     target = os.path.join(converted_dir, rel + ".png")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    img.save(target, format="PNG", compress_level=1)  # fast to write and to decode; lossless
+    img.save(target, format="PNG", compress_level=png_level)  # lossless; 0-1: fast to write and to decode
     return target, "; ".join(changes) or None, size, fingerprint
 
 
+def _fingerprint(img: Image.Image) -> tuple:
+    """The leakage guard's hashes and thumbnail; imported here so that predict, which computes none, does
+    not import the guard (and scipy) at all."""
+    from image_learner.data.leakage_guard import image_hashes, image_thumbnail
+
+    return image_hashes(img), image_thumbnail(img)
+
+
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
-                 resize_to: int | None = None, health: bool = True) -> CheckedImages:
+                 resize_to: int | None = None, health: bool = True, fingerprints: bool = True,
+                 png_level: int = 1) -> CheckedImages:
     """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
     written below ``converted_dir``.
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
     threads); results keep the order of ``rel_paths``. ``health``: also compute the image-health
-    properties (image_health.py) from the same decoded image."""
-    jobs = [(root, rel, converted_dir, resize_to, health) for rel in rel_paths]
+    properties (image_health.py) from the same decoded image. Without ``fingerprints`` no leakage-guard hashes
+    or thumbnails are computed (``hashes`` and ``thumbs`` stay empty). ``png_level``: the copies' zlib level
+    (1: training's, read every epoch, ~53 KB at 224 px; 0: predict's, read once, 147 KB but ~40% faster to
+    write and ~60% faster to decode; BENCHMARKS.md, "Predict speed")."""
+    jobs = [(root, rel, converted_dir, resize_to, fingerprints, health, png_level) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)
     else:
@@ -149,8 +163,9 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
             result.bad[rel] = note
             continue
         result.sizes.append(size)
-        result.hashes.append(fingerprint[0])
-        result.thumbs.append(fingerprint[1])
+        if fingerprint[0] is not None:
+            result.hashes.append(fingerprint[0])
+            result.thumbs.append(fingerprint[1])
         result.health.append(fingerprint[2])
         if note:
             result.converted[rel] = note

@@ -43,6 +43,7 @@ class PredictRequest:
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in prediction_log.txt
     abstain_above_set_size: int | None = None  # rows whose conformal set is larger: "abstain"
+    workers: int = 1  # processes that check the images (training's pool, image_check.check_images)
 
 
 def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
@@ -109,12 +110,12 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     log_skipped_members(unpacked)
     table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"])
     with timer.stage(f"checking {len(table)} images"):
-        table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"])
+        table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"],
+                                request.workers)
     for note in notes:
         log(f"WARNING: {note}")
-    with timer.stage(f"loading the model and predicting {len(table)} images"):
-        model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
-                                            f"model {os.path.basename(request.model_zip)!r}")
+    model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
+                                        f"model {os.path.basename(request.model_zip)!r}", timer)
     if "ood" in predictions:
         record = manifest["ood"]
         log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
@@ -127,7 +128,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
         with timer.stage("computing metrics (with bootstrap intervals)"):
             found = _evaluate(predictions, manifest)
         write_json(os.path.join(out, "metrics.json"), found)
-    timings = {**timer.seconds, "total": round(time.time() - started, 2)}
+    timings = with_rates({**timer.seconds, "total": round(time.time() - started, 2)}, len(table))
     summary = _summary(request, manifest, predictions, unpacked, notes, found, timings)
     write_json(os.path.join(out, SUMMARY_FILE), {**summary, "target_column": label_col})
     if label_col:
@@ -164,12 +165,34 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
     }
 
 
+PER_IMAGE_STAGES = ("unpacking images", "checking ", "predicting ")  # stage names that grow with the images
+# Predict's check has no hashes (~1 ms an image at 32 px, ~6.5 ms at 224 px, one process), while each spawned
+# worker costs seconds to start on a loaded machine: 520 images at 224 px took 3.4 s in one process, 6.7 s in
+# two (BENCHMARKS.md, "Predict speed"). The pool pays from about this many images.
+PREDICT_MIN_IMAGES_PER_POOL = 2000
+
+
+def with_rates(timings: dict, n_images: int) -> dict:
+    """``timings`` (stage -> seconds, with "total") plus the run as fixed seconds + images/s: the stages
+    that grow with the images (unpacking them, checking them, Ludwig's prediction) give images_per_s
+    (n_images over their sum); fixed_s is the rest of the total (the model's checks and loading; with true
+    labels also the metrics, which grow only with the bootstrap)."""
+    per_image = sum(v for k, v in timings.items() if k.startswith(PER_IMAGE_STAGES))
+    rate = round(n_images / per_image, 1) if per_image > 0 else None
+    return {**timings, "fixed_s": round(timings["total"] - per_image, 2), "per_image_stages_s": round(per_image, 2),
+            "images_per_s": rate}
+
+
 def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str],
-                    image_size: int) -> pd.DataFrame:
+                    image_size: int, workers: int = 1) -> pd.DataFrame:
     """The training's image rules: odd images converted and resized the same way, unreadable ones
-    skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit)."""
+    skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit).
+    Without the leakage-guard hashes (predict has no guard); in training's worker pool from
+    PREDICT_MIN_IMAGES_PER_POOL images."""
     files = table["image_file"].tolist()
-    checked = check_images(images_dir, files, converted_dir, resize_to=image_size, health=False)
+    workers = workers if len(files) >= PREDICT_MIN_IMAGES_PER_POOL else 1
+    checked = check_images(images_dir, files, converted_dir, workers, resize_to=image_size, health=False,
+                           fingerprints=False, png_level=0)  # read once: the fastest copy to write and to decode
     unreadable = unreadable_images_note(checked.bad, len(set(files)))
     if unreadable:
         notes.append(unreadable)
@@ -180,19 +203,27 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
     return kept[kept["read_path"].notna()].reset_index(drop=True)
 
 
-def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int, source: str):
-    """``source``: how errors name the model file."""
+def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int, source: str,
+                   timer: StageTimer | None = None):
+    """``source``: how errors name the model file; ``timer`` times loading and predicting apart."""
+    from contextlib import nullcontext
+
     from image_learner.training import ludwig_trainer
 
+    stage = timer.stage if timer else (lambda name: nullcontext())
     ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
     classes = manifest["classes"]
     with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
-        model = ludwig_trainer.load_model(model_dir, source)
-        if manifest["task"] == "regression":
-            scaling = manifest["target_scaling"]
-            values = ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"], scaling["std"])
-        else:
-            proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"], batch_size)
+        with stage("loading the model"):
+            model = ludwig_trainer.load_model(model_dir, source)
+        with stage(f"predicting {len(table)} images"):
+            if manifest["task"] == "regression":
+                scaling = manifest["target_scaling"]
+                values = ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"],
+                                                       scaling["std"])
+            else:
+                proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"],
+                                                             batch_size)
     out = table.drop(columns=["read_path"])
     record = manifest["trust"]
     if manifest["task"] == "regression":

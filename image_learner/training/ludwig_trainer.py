@@ -32,7 +32,9 @@ from image_learner.run_files import log
 # torchmetrics' macro-averaged recall, i.e. balanced accuracy; "accuracy_micro" is plain accuracy).
 CATEGORY_METRIC_NAMES = {"accuracy": "balanced_accuracy", "accuracy_micro": "accuracy"}
 HISTORY_SPLITS = {"training": "train", "validation": "validation", "test": "test"}
-PROGRESS_STEPS = 10  # prediction logs its progress about this many times
+PROGRESS_STEPS = 10  # prediction logs its progress at most this many times
+# Each model.predict call repeats Ludwig's per-call set-up (dataset, batcher): a chunk is at least this many batches.
+MIN_PREDICT_BATCHES = 16
 
 # Ludwig imports bitsandbytes, whose CPU backend warns at import time, on CPUs with AVX512-BF16, that its
 # optional 4-bit kernel package ("kernels") is missing. This tool never quantises (model_archive refuses
@@ -247,10 +249,10 @@ def _epoch_log(epochs: int, task: str, validation_metric: str, target_std: float
 
 
 def _predict_chunks(model, table: pd.DataFrame, batch_size: int) -> pd.DataFrame:
-    """Ludwig's predictions for every row of ``table``, in about ten chunks of whole batches, logging the
-    progress after each: Ludwig's own bar is silent for a loaded model, and a chunk costs no more than one
-    call for everything."""
-    chunk = max(1, math.ceil(len(table) / PROGRESS_STEPS / batch_size)) * batch_size
+    """Ludwig's predictions for every row of ``table``, in at most ten chunks of whole batches (at least
+    MIN_PREDICT_BATCHES batches each), logging the progress after each: Ludwig's own bar is silent for a
+    loaded model."""
+    chunk = max(MIN_PREDICT_BATCHES, math.ceil(len(table) / PROGRESS_STEPS / batch_size)) * batch_size
     started, parts = time.time(), []
     with warnings.catch_warnings():
         # Prediction tables have no split column; Ludwig warns about that on every call.
@@ -315,11 +317,9 @@ def load_model(model_dir: str, source: str = "the model"):
     that Ludwig still cannot load (weights that do not fit the model the config builds, a tensor type it
     cannot read, ...) is an InputError of one line naming ``source`` (the model file), not a traceback;
     running out of memory stays what it is."""
-    from ludwig.api import LudwigModel
-
     register_with_ludwig()
     try:
-        return LudwigModel.load(model_dir, backend="local")
+        return _load_validating_once(model_dir)
     except MemoryError:
         raise
     except Exception as err:  # anything Ludwig raises on a validated file is that file's fault
@@ -339,13 +339,43 @@ def meta_state_dict(config: dict) -> dict:
     load builds the same class from the same config, so these are exactly the tensors its strict load wants."""
     import torch
     from ludwig.models.ecd import ECD
-    from ludwig.schema.model_types.base import ModelConfig
 
     register_with_ludwig()
     try:
         with torch.device("meta"):
-            model = ECD(ModelConfig.from_dict(config))
+            model = ECD(_config_object(config))
     except Exception as err:  # a validated config that still cannot be built: the model, not the run, is at fault
         raise InputError(f"the model its config describes cannot be built ({type(err).__name__}: "
                          f"{' '.join(str(err).split())[:200]})") from err
     return model.state_dict(keep_vars=True)
+
+
+def _config_object(config: dict):
+    """Ludwig's config object of a config that already equals a schema-validated rendering field by field
+    (model_archive.check_config): built by the config class's own (pydantic) constructor, without
+    ModelConfig.from_dict's JSON-schema pass, which costs ~1 s of CPU each time (jsonschema re-checks
+    Ludwig's whole schema against its metaschema on every call; issue 22)."""
+    import copy
+
+    from ludwig.schema.model_types.base import model_type_schema_registry
+
+    # a copy, as from_dict makes: the config class's validators replace the feature dicts in place
+    return model_type_schema_registry[config["model_type"]].model_validate(copy.deepcopy(config))
+
+
+def _load_validating_once(model_dir: str):
+    """LudwigModel.load's steps, with the saved config schema-validated once (by LudwigModel's constructor)
+    instead of twice (LudwigModel.load validates it, then hands the rendering to the constructor, which
+    validates it again)."""
+    from ludwig.api import LudwigModel
+    from ludwig.globals import MODEL_HYPERPARAMETERS_FILE_NAME, TRAIN_SET_METADATA_FILE_NAME
+    from ludwig.utils.data_utils import load_json
+    from ludwig.data.preprocessing import load_metadata
+    from ludwig.utils.misc_utils import set_saved_weights_in_checkpoint_flag
+
+    model = LudwigModel(load_json(os.path.join(model_dir, MODEL_HYPERPARAMETERS_FILE_NAME)), backend="local")
+    set_saved_weights_in_checkpoint_flag(model.config_obj)
+    model._get_or_create_model(model.config_obj)
+    model.load_weights(model_dir)
+    model.training_set_metadata = load_metadata(os.path.join(model_dir, TRAIN_SET_METADATA_FILE_NAME))
+    return model
