@@ -20,7 +20,7 @@ from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
 from image_learner.model import model_archive
-from image_learner.data import task_choice
+from image_learner.data import tabular, task_choice
 from image_learner.data.image_check import check_images, unreadable_images_note
 from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column, write_output_csv)
@@ -46,9 +46,16 @@ class PredictRequest:
     workers: int = 1  # processes that check the images (training's pool, image_check.check_images)
 
 
-def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
-    """Table of image / image_file (/ true_label, or true_value for a regression) rows: the CSV's rows, or
-    every image of the ZIP."""
+def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass",
+                       tabular_records: list[dict] | None = None):
+    """Table of image / image_file (/ true_label, or true_value for a regression; / tabular_<column> for a
+    model trained with --tabular-columns) rows: the CSV's rows, or every image of the ZIP."""
+    if tabular_records and not request.csv_file:
+        raise InputError("this model uses the tabular columns " + ", ".join(r["column"] for r in tabular_records)
+                         + " beside the image: pass --csv-file with them")
+    if tabular_records:
+        tabular.require_columns(read_metadata_csv(request.csv_file), tabular_records,
+                                os.path.basename(request.csv_file))
     if not request.csv_file:
         table = match_rows_to_images(pd.DataFrame({"image": files}), "image", files).table
         if table.empty:
@@ -67,6 +74,7 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
     notes = ([f"{len(match.unmatched_rows)} CSV rows have no image in the ZIP and were skipped"]
              if match.unmatched_rows else [])
     table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
+    table = _with_tabular_columns(table, match.table, tabular_records)
     if label_col:
         labels = label_text(match.table[label_col], label_col, match.table["csv_line"])
         if task == "regression":
@@ -108,7 +116,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
-    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"])
+    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"],
+                                                 manifest.get("tabular"))
     with timer.stage(f"checking {len(table)} images"):
         table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"],
                                 request.workers)
@@ -158,7 +167,8 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
         "split": {"method": "none: a saved model applied to new images (all evaluated as test)",
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
-                  "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
+                  "weights_source": f"trained model {os.path.basename(request.model_zip)}",
+                  "tabular_description": tabular.describe(manifest.get("tabular"))},
         "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
         "ood": ood.describe(manifest.get("ood"), predictions["ood"].to_numpy(bool) if "ood" in predictions else None),
@@ -211,7 +221,7 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
     from image_learner.training import ludwig_trainer
 
     stage = timer.stage if timer else (lambda name: nullcontext())
-    ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
+    ludwig_table = _tabular_inputs(pd.DataFrame({"image_path": table["read_path"].to_numpy()}), table, manifest)
     classes = manifest["classes"]
     with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
         with stage("loading the model"):
@@ -224,7 +234,7 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
             else:
                 proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"],
                                                              batch_size)
-    out = table.drop(columns=["read_path"])
+    out = table.drop(columns=["read_path", *(c for c in table if c.startswith(tabular.PREFIX))])
     record = manifest["trust"]
     if manifest["task"] == "regression":
         out["predicted_value"] = values
@@ -240,6 +250,24 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_si
         out["ood_score"] = ood.scores(proba)
         out["ood"] = ood.flags(proba, manifest["ood"])
     return model, trust.add_columns(out, manifest["task"], classes, proba, record)
+
+
+def _with_tabular_columns(table: pd.DataFrame, matched: pd.DataFrame, records: list[dict] | None) -> pd.DataFrame:
+    """The raw text of the model's tabular columns (--tabular-columns at training) beside each row, as
+    tabular_<column>; the CSV's columns were checked by tabular.require_columns."""
+    for record in records or []:
+        table[tabular.PREFIX + record["column"]] = matched[record["column"]].astype(str).str.strip().to_numpy()
+    return table
+
+
+def _tabular_inputs(ludwig_table: pd.DataFrame, table: pd.DataFrame, manifest: dict) -> pd.DataFrame:
+    """Ludwig's input table plus the tabular features, encoded with the training rows' statistics and
+    vocabularies the manifest records (never anything computed from the rows predicted)."""
+    records = manifest.get("tabular")
+    if not records:
+        return ludwig_table
+    encoded = tabular.encode(table.reset_index(drop=True), records)
+    return pd.concat([ludwig_table.reset_index(drop=True), encoded], axis=1)
 
 
 def _check_abstain(k: int | None, manifest: dict) -> None:

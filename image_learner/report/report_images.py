@@ -115,6 +115,17 @@ def _saliency_item(row, task: str) -> dict:
             "confidence": float(row[f"prob_{row['predicted_label']}"])}
 
 
+def _neutral_tabular_inputs(ecd, device) -> dict:
+    """Zeros for a fused model's tabular features (--tabular-columns: the training mean of a number, no
+    category slot set). Under the concat combiner without hidden layers (ludwig_config) the head is linear
+    in the concatenation, so a tabular value only shifts the logits: the gradient with respect to the
+    image's feature maps, and so the Grad-CAM map, is the same whatever values are fed here."""
+    import torch
+
+    return {name: torch.zeros((1, *feature.input_shape), device=device)
+            for name, feature in ecd.input_features.items() if name != "image_path"}
+
+
 def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir: str | None, ludwig_model,
                       image_size: int, task: str):
     """(items, reason): Grad-CAM on the backbone's last feature map for a few test images (see
@@ -151,7 +162,7 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
                 picture = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
             x.requires_grad_(True)  # gradients flow even through a frozen backbone
-            logits = ecd({"image_path": x})["label::logits"].reshape(-1)
+            logits = ecd({"image_path": x, **_neutral_tabular_inputs(ecd, device)})["label::logits"].reshape(-1)
             if task == "regression":  # the number output is a single "logit": the predicted value
                 score = logits[0]
             else:
