@@ -285,3 +285,23 @@ def test_the_cli_refuses_a_reserved_column_before_unpacking(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 2
     assert "--tabular-columns: 'label' is the label column" in done.stderr
+
+
+def test_each_cross_validation_fold_and_the_final_model_compute_their_own_statistics():
+    """Fold 2's model never sees fold 2's ages (nor the validation part carved from its training folds), the
+    final model sees every fold row, and no model sees the held-out test rows (split 2)."""
+    from image_learner.training import cross_validation
+
+    n = 40
+    fold = np.tile([1, 2], n // 2)
+    ages = np.where(fold == 1, 20.0, 80.0)
+    split = np.zeros(n, dtype=int)
+    split[-4:], fold[-4:], ages[-4:] = 2, 0, 5000.0  # held-out test rows with an outlier age
+    table = pd.DataFrame({"tabular_age": [str(a) for a in ages], "fold": fold, "split": split,
+                          "stratum": "x", "group": [f"g{k}" for k in range(n)], "label": "x"})
+    data = SimpleNamespace(table=table, tabular={"age": "number"})
+    for k, expected in ((1, 80.0), (2, 20.0)):
+        rows = cross_validation.fold_rows(data, k, (0.7, 0.1, 0.2), 42)
+        assert model_fit.tabular_records(data, rows)[0]["mean"] == expected
+    final_rows = table[table["split"] == 0]
+    assert model_fit.tabular_records(data, final_rows)[0]["mean"] == pytest.approx(50.0)
