@@ -172,6 +172,10 @@ def test_fused_model_records_training_row_statistics_and_the_report_names_the_co
     assert manifest["tabular"][0]["mean"] == pytest.approx(ages.mean())
     assert manifest["tabular"][0]["mean"] != pytest.approx(np.nanmean(table["age"].to_numpy(float)))
     assert manifest["tabular"][1]["vocabulary"] == sorted(set(table["sex"].to_numpy()[train]))
+    with zipfile.ZipFile(out / "trained_model.zip") as archive:
+        card = archive.read("model/MODEL_CARD.md").decode()
+    line = next(line for line in card.splitlines() if line.startswith("- Model inputs: "))
+    assert all(name in line for name in ("age", "sex", "site")) and line.endswith("predict needs these columns in its CSV")
     html = (out / "report.html").read_text()
     assert "model inputs" in html and "age (number, z-scored with the training rows" in html
     assert "Grad-CAM failed" not in html and 'alt="saliency of' in html
