@@ -94,6 +94,9 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.threshold is not None and not 0 < opts.threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
     request.data_licence = model_card.check_licence(request.data_licence)
+    if request.export_onnx and request.data.tabular_columns:
+        raise InputError("--export-onnx takes the image alone as the model's input; a model with --tabular-columns "
+                         "cannot be exported to ONNX yet: drop one of the two")
     if request.export_onnx:
         from image_learner.model import onnx_export
 

@@ -291,6 +291,13 @@ def test_the_cli_refuses_a_reserved_column_before_unpacking(tmp_path):
     assert "--tabular-columns: 'label' is the label column" in done.stderr
 
 
+def test_onnx_export_of_a_fused_model_is_refused_before_training(tmp_path, capsys):
+    assert image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(tmp_path / "o"), *TINY, "--tabular-columns", "lesion_id",
+                                   "--export-onnx"]) == 2
+    assert "--export-onnx takes the image alone" in capsys.readouterr().err
+
+
 def test_each_cross_validation_fold_and_the_final_model_compute_their_own_statistics():
     """Fold 2's model never sees fold 2's ages (nor the validation part carved from its training folds), the
     final model sees every fold row, and no model sees the held-out test rows (split 2)."""
