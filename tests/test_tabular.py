@@ -104,6 +104,8 @@ def test_encoding_missing_numbers_get_the_training_mean_and_unseen_categories_th
     assert encoded["tabular_2"].tolist() == ["0 1 0", "0 0 1", "0 0 1", "1 0 0"]
     with pytest.raises(InputError, match="'age' is a number for this model"):
         tabular.encode(_rows(["old"], ["male"], [2]), records)
+    with pytest.raises(InputError, match="'age' has the value '1e300', more than 1e\\+06 training standard"):
+        tabular.encode(_rows(["1e300"], ["male"], [2]), records)
 
 
 def test_ludwig_config_has_one_input_per_column_after_the_image_and_the_concat_combiner():

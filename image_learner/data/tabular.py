@@ -36,6 +36,7 @@ MAX_CATEGORIES = 200  # distinct values of a category column in the CSV; more is
 MAX_COLUMNS = 50
 LIMIT = 1e100  # |mean| and std bounds, as a regression target's (model_manifest.TARGET_LIMIT)
 KINDS = ("number", "category")
+MAX_Z = 1e6  # a number this many training standard deviations away is refused (a typo or a unit mix-up)
 
 
 def feature_name(index: int) -> str:
@@ -139,7 +140,13 @@ def encode(raw: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
                 bad = int(np.flatnonzero(~missing & ~np.isfinite(numbers))[0])
                 raise InputError(f"{OPTION}: column {record['column']!r} is a number for this model, but a row has "
                                  f"{str(values[bad])[:40]!r}")
-            out[feature_name(k)] = np.where(missing, 0.0, (numbers - record["mean"]) / record["std"])
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = np.where(missing, 0.0, (numbers - record["mean"]) / record["std"])
+            if not (np.abs(scaled) <= MAX_Z).all():  # Ludwig computes in float32: refuse, never an inf
+                bad = int(np.flatnonzero(~(np.abs(scaled) <= MAX_Z))[0])
+                raise InputError(f"{OPTION}: column {record['column']!r} has the value {str(values[bad])[:40]!r}, more "
+                                 f"than {MAX_Z:g} training standard deviations from the training mean")
+            out[feature_name(k)] = scaled
         else:
             slot = {value: i for i, value in enumerate(record["vocabulary"])}
             unknown = len(slot)
