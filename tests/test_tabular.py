@@ -318,3 +318,12 @@ def test_each_cross_validation_fold_and_the_final_model_compute_their_own_statis
         assert model_fit.tabular_records(data, rows)[0]["mean"] == expected
     final_rows = table[table["split"] == 0]
     assert model_fit.tabular_records(data, final_rows)[0]["mean"] == pytest.approx(50.0)
+
+
+def test_fused_predict_with_test_time_augmentation_carries_the_tabular_inputs_to_every_view(fused, tmp_path):
+    csv, out = fused
+    assert image_learner_cli.main(["predict", "--model", str(out / "trained_model.zip"), "--image-zip", DEMO_ZIP,
+                                   "--csv-file", csv, "--output-dir", str(tmp_path / "p"), "--tta", "flips"]) == 0
+    after = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    probs = after[[c for c in after if c.startswith("prob_")]].to_numpy()
+    assert len(after) == 140 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
