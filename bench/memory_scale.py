@@ -33,10 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, build_ham, build_repeated, lite0_weights  # noqa: E402
 
 
-def run_sampled(cmd: list[str]) -> tuple[float, float, float]:
+def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
     """Run cmd; (wall s, peak RSS GB summed over it and its children, seconds after start of the peak)."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     peak, at, done = [0], [0.0], threading.Event()
 
     def sample():
@@ -81,10 +82,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--work", default="/tmp/memory_scale")
     parser.add_argument("--tool-root", default=ROOT, help="checkout whose image_learner_cli.py runs (before/after)")
+    parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="environment for the tool's process (e.g. glibc's MALLOC_ARENA_MAX=2)")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     weights = ["--pretrained-weights", lite0_weights()] if args.model == "tf_efficientnet_lite0" else [
         "--no-use-pretrained"]
-    print(f"{args.model}, {args.size} px, batch {args.batch_size}, {args.source}, tool {args.tool_root}")
+    print(f"{args.model}, {args.size} px, batch {args.batch_size}, {args.source}, tool {args.tool_root}, env {env}")
     print("| images | wall s | peak RSS GB | peak during | load before/after | stage seconds |")
     print("|---|---|---|---|---|---|")
     for n in args.counts:
@@ -96,7 +100,7 @@ def main() -> None:
                "--image-size", str(args.size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--sample-id-column", "lesion_id"]
         load = os.getloadavg()[0]
-        wall, peak, at = run_sampled(cmd)
+        wall, peak, at = run_sampled(cmd, env)
         with open(os.path.join(out, "run_summary.json")) as handle:
             timings = json.load(handle)["timings_s"]
         timings = {k: v for k, v in timings.items() if isinstance(v, (int, float)) and k != "total"}
