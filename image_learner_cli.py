@@ -304,7 +304,15 @@ def signals_as_exceptions():
             signal.signal(signum, handler)
 
 
+# Thread-count variables the numeric libraries read at import; an empty one (``OMP_NUM_THREADS=``) makes
+# scipy's FFT raise in the image check's workers, so it means "unset", as OpenMP itself reads it.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in THREAD_VARIABLES:
+        if os.environ.get(name, "unset").strip() == "":
+            del os.environ[name]
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv[0] if argv[:1] in (["train"], ["predict"]) else "train"
     argv = argv[1:] if argv[:1] == [mode] else argv
