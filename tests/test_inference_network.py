@@ -107,6 +107,10 @@ def test_the_expected_tensors_are_ludwigs(model_zips, tmp_path, kind):
     """The reference of the weights check: the network on the meta device, under Ludwig's names, has exactly
     the tensors (names, shapes, dtypes) of Ludwig's own ECD built from the saved config (balanced class
     weights: the loss's weight tensor too)."""
+    import torch
+    from ludwig.models.ecd import ECD
+    from ludwig.schema.model_types.base import ModelConfig
+
     from image_learner.model import inference_network, model_weights
     from image_learner.training import ludwig_trainer
 
@@ -117,7 +121,10 @@ def test_the_expected_tensors_are_ludwigs(model_zips, tmp_path, kind):
         vocabulary = manifest["label_vocabulary"]
         manifest["training"]["class_weights"] = {c: 1.0 + k for k, c in enumerate(vocabulary)}
         config["output_features"][0]["loss"]["class_weights"] = [1.0 + k for k in range(len(vocabulary))]
-    ludwig = model_weights.expected_tensors(ludwig_trainer.meta_state_dict(config))
+    ludwig_trainer.register_with_ludwig()
+    with torch.device("meta"):  # the model LudwigModel.load builds from this config, shapes only
+        ecd = ECD(ModelConfig.from_dict(config))
+    ludwig = model_weights.expected_tensors(ecd.state_dict(keep_vars=True))
     ours = inference_network.expected_tensors(manifest)
     assert ours.tensors == ludwig.tensors and ours.tied == ludwig.tied
     assert (ours.data_bytes, ours.parameters) == (ludwig.data_bytes, ludwig.parameters)
@@ -221,3 +228,21 @@ def test_images_are_decoded_in_memory_as_trainings_copies(images, tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="not a readable image"):
         image_pixels(str(tmp_path / "broken.jpg"), 32)
+
+
+def test_out_of_memory_while_predicting_names_the_batch_and_image_size(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from image_learner.model import inference_network
+
+    def out_of_memory(network, batch):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(inference_network, "run", out_of_memory)
+    out = tmp_path / "p"
+    code = image_learner_cli.main(["predict", "--model", MODELS["multiclass"], "--image-zip", DEMO_ZIP, "--output-dir",
+                                   str(out), "--batch-size", "8"])
+    err = capsys.readouterr().err
+    assert code == 137, err[-2000:]
+    assert "out of memory while predicting" in err and "at batch size 8 and image size 32 px" in err
+    assert os.listdir(out) == []
