@@ -204,7 +204,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes that check the images (as in training)")
+                        help="threads that decode and resize the images (by training's rules) while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ludwig's and the libraries' output on the console (always in "
