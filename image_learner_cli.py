@@ -210,7 +210,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes that check the images (as in training)")
+                        help="threads that decode and resize the images (by training's rules) while the network runs")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ludwig's and the libraries' output on the console (always in "
@@ -312,7 +312,15 @@ def signals_as_exceptions():
             signal.signal(signum, handler)
 
 
+# Thread-count variables the numeric libraries read at import; an empty one (``OMP_NUM_THREADS=``) makes
+# scipy's FFT raise in the image check's workers, so it means "unset", as OpenMP itself reads it.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in THREAD_VARIABLES:
+        if os.environ.get(name, "unset").strip() == "":
+            del os.environ[name]
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = argv[0] if argv[:1] in (["train"], ["predict"]) else "train"
     argv = argv[1:] if argv[:1] == [mode] else argv

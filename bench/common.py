@@ -11,12 +11,14 @@ import threading
 import time
 import zipfile
 
+import numpy as np
 import pandas as pd
 import psutil
 from PIL import Image, ImageOps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(ROOT, "..", "shared", "data", "ham10000", "originals_600x450")
+HAM = os.path.join(ROOT, "..", "shared", "data", "ham10000", "ham10000_200x150")  # 7,347 images
 WEIGHTS_CACHE = os.path.join(os.environ.get("IMAGE_LEARNER_ENV_DIR",
                                             os.path.join(os.path.expanduser("~"), ".cache", "image-learner")),
                              "weights")
@@ -68,6 +70,30 @@ def run_tool(csv: str, zip_path: str, out: str, *args: str, report: bool = False
         summary = json.load(handle)
     summary["wall_s"] = time.time() - started
     return summary
+
+
+def build_ham(n: int, out_dir: str) -> tuple[str, str]:
+    """The first n HAM10000 200x150 images (jittered repeats past 7,347) as a stored ZIP + CSV."""
+    meta = pd.read_csv(os.path.join(HAM, "metadata.csv"))
+    rows = []
+    zip_path = os.path.join(out_dir, f"ham_{n}.zip")
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(n):
+            row = meta.iloc[i % len(meta)]
+            source = os.path.join(HAM, row.image_path)
+            name = f"{i:05d}_{row.image_id}.jpg"
+            if i < len(meta):
+                archive.write(source, name)
+            else:
+                with Image.open(source) as img:
+                    pixels = np.asarray(img.convert("RGB"), dtype=np.int16) + 2
+                buf = io.BytesIO()
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+                archive.writestr(name, buf.getvalue())
+            rows.append({"image_path": name, "label": row.dx, "lesion_id": row.lesion_id})
+    csv_path = os.path.join(out_dir, f"ham_{n}.csv")
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    return csv_path, zip_path
 
 
 def build_repeated(n: int, out_dir: str) -> tuple[str, str]:

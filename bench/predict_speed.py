@@ -8,8 +8,9 @@ is predicted twice, each in a fresh process timed from outside (Python start to 
   unzip, decode, resize (bilinear, antialiased) to the model's size, normalise, run it in eval mode
   without gradients in batches of 32.
 Fixed cost = the wall time at the smallest N; per-image cost = (wall at N - wall at the smallest N) /
-(N - smallest N). Also prints the import time of torch, timm and Ludwig (one process) and the tool's own
-``timings_s`` from run_summary.json.
+(N - smallest N); the same in CPU seconds of the child process (user + system, all its threads: steadier
+than wall time on a shared machine), and the load average before each run. Also prints the import time of
+torch, timm and Ludwig (one process) and the tool's own ``timings_s`` from run_summary.json.
 
     python bench/predict_speed.py --counts 8 520 1500 [--model test-data/tiny_model.zip] [--tool-root CHECKOUT]
 """
@@ -17,6 +18,7 @@ Fixed cost = the wall time at the smallest N; per-image cost = (wall at N - wall
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,11 +39,19 @@ def make_zip(n: int, path: str) -> None:
             out.writestr(f"images/img_{k:05d}.jpg", data[k % len(data)])
 
 
-def timed(cmd: list[str], env=None) -> float:
-    started = time.time()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(cmd: list[str], env=None, cpu: dict | None = None) -> float:
+    """Wall seconds of ``cmd``; its CPU seconds (and the 1-minute load average before it) into ``cpu``."""
+    load, before, started = os.getloadavg()[0], _children_cpu(), time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"{cmd[:3]} failed:\n{done.stderr[-3000:]}")
+    if cpu is not None:
+        cpu.update(cpu_s=round(_children_cpu() - before, 2), load=round(load, 1))
     return time.time() - started
 
 
@@ -95,19 +105,25 @@ def main() -> None:
             zip_path = os.path.join(work, f"{n}.zip")
             make_zip(n, zip_path)
             out = os.path.join(work, f"out{n}")
+            tool_cpu, plain_cpu = {}, {}
             tool = timed([sys.executable, os.path.join(args.tool_root, "image_learner_cli.py"), "predict", "--model",
-                          args.model, "--image-zip", zip_path, "--output-dir", out, "--no-evaluate"], env)
+                          args.model, "--image-zip", zip_path, "--output-dir", out, "--no-evaluate"], env, tool_cpu)
             with open(os.path.join(out, "run_summary.json")) as handle:
                 timings = json.load(handle)["timings_s"]
             plain = timed([sys.executable, os.path.abspath(__file__), "--plain", zip_path, manifest["model_name"],
-                           str(manifest["image_size"]), str(len(manifest["classes"]))], env)
-            rows.append({"images": n, "tool_s": round(tool, 2), "plain_s": round(plain, 2), "tool_timings": timings})
+                           str(manifest["image_size"]), str(len(manifest["classes"]))], env, plain_cpu)
+            rows.append({"images": n, "tool_s": round(tool, 2), "plain_s": round(plain, 2),
+                         "tool_cpu_s": tool_cpu["cpu_s"], "plain_cpu_s": plain_cpu["cpu_s"],
+                         "load_before": [tool_cpu["load"], plain_cpu["load"]], "tool_timings": timings})
     base = rows[0]
     for row in rows[1:]:
         extra = row["images"] - base["images"]
         row["tool_per_image_ms"] = round(1000 * (row["tool_s"] - base["tool_s"]) / extra, 2)
         row["plain_per_image_ms"] = round(1000 * (row["plain_s"] - base["plain_s"]) / extra, 2)
         row["per_image_ratio"] = round(row["tool_per_image_ms"] / row["plain_per_image_ms"], 2)
+        row["tool_cpu_per_image_ms"] = round(1000 * (row["tool_cpu_s"] - base["tool_cpu_s"]) / extra, 2)
+        row["plain_cpu_per_image_ms"] = round(1000 * (row["plain_cpu_s"] - base["plain_cpu_s"]) / extra, 2)
+        row["cpu_per_image_ratio"] = round(row["tool_cpu_per_image_ms"] / row["plain_cpu_per_image_ms"], 2)
     print(json.dumps({"tool_root": args.tool_root, "import_torch_timm_ludwig_s": round(imports, 2), "import_torch_timm_s": round(imports_torch_timm, 2),
                       "model": os.path.basename(args.model), "rows": rows}, indent=1))
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """Preprocessing cost: the tool's input stages against a plain single-process PIL loop.
 
-Sets of N images are synthesised by repeating the 258 shared HAM10000 JPEGs (600x450) under distinct
-names. Each side runs in its own process, sampled every 50 ms for the summed RSS of it and its workers:
+Sets of N images: ``--source ham`` (default) the first N of the 7,347 real HAM10000 images at 200x150
+(jittered repeats past 7,347; common.build_ham), ``--source originals`` the 258 shared HAM10000 JPEGs
+(600x450) repeated under distinct names. Each side runs in its own process, sampled every 50 ms for the
+summed RSS of it and its workers:
 
 - tool: safe unzip, CSV matching, decode + check + leakage-guard hash of every image and a PNG copy
-  resized to SIZE (``--workers`` processes), grouped split, then Ludwig's own preprocessing
+  resized to SIZE (``--workers`` processes), image health, grouped split, then Ludwig's own preprocessing
   (``LudwigModel.preprocess``; lazy mode: no pixels are kept, each batch is decoded when training
   needs it);
 - plain loop: unzip, then for each image PIL open, RGB, resize to SIZE (bilinear) into one uint8 array
   (the simplest in-memory cache).
 
-    python bench/preprocessing.py [--counts 1400 10000] [--size 224] [--workers 1 2]
+    python bench/preprocessing.py [--counts 1000 3000 7347 10000] [--size 224] [--workers 2] [--source ham]
+        [--tool-root CHECKOUT] [--no-loop]
 """
 
 import argparse
@@ -21,12 +24,13 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, build_repeated, measured  # noqa: E402
+from common import ROOT, build_ham, build_repeated, measured  # noqa: E402
 
 TOOL_SIDE = """
 import json, os, sys, time
 sys.path.insert(0, {root!r})
-import dataset_prep, ludwig_config, timm_backbone
+from image_learner.data import dataset_prep
+from image_learner.training import ludwig_config, timm_backbone
 from image_learner.data.input_utils import extract_zip_safely
 csv, zip_path, work, size, workers = sys.argv[1:6]
 times = {{}}
@@ -74,25 +78,31 @@ print(json.dumps(times))
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--counts", type=int, nargs="+", default=[1400, 10000])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1000, 3000, 7347, 10000])
+    parser.add_argument("--source", choices=("ham", "originals"), default="ham")
+    parser.add_argument("--tool-root", default=ROOT, help="checkout whose modules run (before/after)")
+    parser.add_argument("--no-loop", action="store_true", help="the tool's side only")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
     base = args.work or tempfile.mkdtemp(prefix="bench_preprocessing_")
-    print("| images | method | wall s | stages (s) | peak RSS GB |\n|---|---|---|---|---|")
+    print(f"tool: {args.tool_root}")
+    print("| images | method | wall s | stages (s) | peak RSS GB | load before/after |\n|---|---|---|---|---|---|")
     for n in args.counts:
         os.makedirs(base, exist_ok=True)
-        csv, zip_path = build_repeated(n, base)
-        runs = [(f"plain PIL loop, 1 process, {args.size} px uint8 cache",
-                 [sys.executable, "-c", LOOP_SIDE, zip_path, os.path.join(base, "loop"), str(args.size)])]
-        runs += [(f"tool, {w} worker(s)", [sys.executable, "-c", TOOL_SIDE.format(root=ROOT), csv, zip_path,
+        csv, zip_path = build_ham(n, base) if args.source == "ham" else build_repeated(n, base)
+        runs = [] if args.no_loop else [(f"plain PIL loop, 1 process, {args.size} px uint8 cache", [
+            sys.executable, "-c", LOOP_SIDE, zip_path, os.path.join(base, "loop"), str(args.size)])]
+        runs += [(f"tool, {w} worker(s)", [sys.executable, "-c", TOOL_SIDE.format(root=args.tool_root), csv, zip_path,
                                            os.path.join(base, f"tool{w}"), str(args.size), str(w)])
                  for w in args.workers]
         for label, cmd in runs:
+            load = os.getloadavg()[0]
             stages, wall, peak = measured(cmd)
             cells = ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
-            print(f"| {n} | {label} | {wall:.1f} | {cells} | {peak:.2f} |", flush=True)
+            print(f"| {n} | {label} | {wall:.1f} | {cells} | {peak:.2f} | {load:.1f}/{os.getloadavg()[0]:.1f} |",
+                  flush=True)
             for leftover in ("loop", *(f"tool{w}" for w in args.workers)):
                 shutil.rmtree(os.path.join(base, leftover), ignore_errors=True)
         os.remove(zip_path)

@@ -3,6 +3,8 @@ data-parallel training refuses a bad value through the command line: exit 2, a m
 no traceback and no outputs left behind (--threshold on a multiclass task: test_end_to_end; a --task or class
 weights that do not fit the column: test_regression)."""
 
+import os
+
 import pytest
 
 import image_learner_cli
@@ -57,3 +59,18 @@ def test_threshold_and_threshold_metric_together_exit_2(tmp_path, capsys):
     assert stop.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_thread_count_variable_means_unset_not_a_traceback(tmp_path):
+    # OMP_NUM_THREADS= (empty) made scipy's FFT raise inside the image check's workers
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": ""}
+    done = subprocess.run([sys.executable, image_learner_cli.__file__, "--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP,
+                           "--output-dir", str(out), "--model-name", "test_efficientnet", "--no-use-pretrained",
+                           "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--no-report",
+                           "--preprocessing-workers", "2"], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and (out / "predictions.csv").exists()

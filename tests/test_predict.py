@@ -118,13 +118,14 @@ def test_prediction_logs_its_stages_and_skips_files_that_are_not_images(trained,
     log = capsys.readouterr().out
     for line in ("unpacking and validating the model done in", "unpacking images done in",
                  "2 file(s) in the image ZIP are not images and were skipped (README.txt, images/run.sh)",
-                 "checking 140 images done in", "loading the model done in", "predicting 140 images …",
+                 "loading the model done in", "predicting 140 images …",
                  "predicted 128 of 140 images (91%) in", "predicted 140 of 140 images (100%) in",
                  "predicting 140 images done in"):
         assert f"[image-learner] {line}" in log, log
     summary = json.loads((tmp_path / "p" / "run_summary.json").read_text())
     assert summary["dataset"]["non_image_files_skipped"] == 2 and summary["dataset"]["images_in_zip"] == 140
-    assert {"unpacking images", "checking 140 images", "total"} <= set(summary["timings_s"])
+    # the images are checked (decoded, converted, resized) while they are predicted: no stage of their own
+    assert {"unpacking images", "predicting 140 images", "total"} <= set(summary["timings_s"])
     assert len(pd.read_csv(tmp_path / "p" / "predictions.csv")) == 140
 
 

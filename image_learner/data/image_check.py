@@ -19,7 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import struct
 import warnings
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +36,9 @@ PLAIN_MODES = ("RGB", "L")
 PLAIN_FORMATS = ("JPEG", "PNG")
 # Below this many images a process pool costs more than it saves (each worker starts a fresh Python).
 MIN_IMAGES_PER_POOL = 200
+# Training's resized copies are stored PNGs (side x side x 3 bytes each) while they take at most this much
+# scratch disk (26,500 images at 224 px, 9,000 at 384 px); above, zlib level 1 (about a third of the size).
+STORED_COPIES_MAX_BYTES = 4_000_000_000
 
 
 def unreadable_images_note(bad: dict[str, str], n_images: int,
@@ -127,8 +132,30 @@ def _check_one(job: tuple[str, str, str, int | None, bool, bool, int]) -> tuple:
         img = img.resize((resize_to, resize_to), Image.Resampling.BILINEAR)
     target = os.path.join(converted_dir, rel + ".png")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    img.save(target, format="PNG", compress_level=png_level)  # lossless; 0-1: fast to write and to decode
+    if png_level == 0:
+        write_stored_png(target, img)
+    else:
+        img.save(target, format="PNG", compress_level=png_level)  # lossless; 1: 3x smaller than stored
     return target, "; ".join(changes) or None, size, fingerprint
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def write_stored_png(target: str, img: Image.Image) -> None:
+    """Write 8-bit RGB ``img`` as a PNG with no filter and stored (level-0) deflate blocks: the same pixels as
+    any PNG of it, ~5x faster to write than Pillow's level 0 (which still filters every row) and ~7x faster for
+    Ludwig to decode than level 1, at width x height x 3 bytes on disk (BENCHMARKS.md, issue 22)."""
+    if img.mode != "RGB":
+        raise ValueError(f"write_stored_png takes RGB images, not {img.mode}")
+    width, height = img.size
+    rows = np.zeros((height, 1 + 3 * width), np.uint8)  # each row: filter byte 0 (none), then the pixels
+    rows[:, 1:] = np.asarray(img).reshape(height, 3 * width)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
+    with open(target, "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+                     + _png_chunk(b"IDAT", zlib.compress(rows.data, 0)) + _png_chunk(b"IEND", b""))
 
 
 def _fingerprint(img: Image.Image) -> tuple:
@@ -149,8 +176,8 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     threads); results keep the order of ``rel_paths``. ``health``: also compute the image-health
     properties (image_health.py) from the same decoded image. Without ``fingerprints`` no leakage-guard hashes
     or thumbnails are computed (``hashes`` and ``thumbs`` stay empty). ``png_level``: the copies' zlib level
-    (1: training's, read every epoch, ~53 KB at 224 px; 0: predict's, read once, 147 KB but ~40% faster to
-    write and ~60% faster to decode; BENCHMARKS.md, "Predict speed")."""
+    (0: stored, ``write_stored_png``, 147 KB at 224 px; 1: ~53 KB, 14x slower to write and 4x slower to
+    decode; training picks it with ``copy_png_level``; BENCHMARKS.md, "Image check against PIL loops")."""
     jobs = [(root, rel, converted_dir, resize_to, fingerprints, health, png_level) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)
@@ -170,6 +197,13 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
         if note:
             result.converted[rel] = note
     return result
+
+
+def copy_png_level(n_images: int, side: int | None) -> int:
+    """The zlib level of training's resized copies: 0 (stored: ~14x faster to write than level 1 and ~4x
+    faster for Ludwig to decode every epoch; the same pixels) unless ``n_images`` copies of ``side`` px
+    would pass STORED_COPIES_MAX_BYTES of scratch disk, then 1; 1 without resizing (copies of any size)."""
+    return 0 if side and n_images * side * side * 3 <= STORED_COPIES_MAX_BYTES else 1
 
 
 def _check_in_pool(jobs: list, workers: int) -> list:

@@ -157,6 +157,18 @@ def encode(raw: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, index=raw.index)
 
 
+def matrix(raw: pd.DataFrame, records: list[dict]) -> np.ndarray:
+    """``encode``'s values as the N x width float32 block the concat combiner sees after the image features:
+    each feature's numbers in the config's order (predict's network without Ludwig)."""
+    blocks = []
+    for name, column in encode(raw, records).items():
+        if pd.api.types.is_numeric_dtype(column):
+            blocks.append(column.to_numpy(np.float32)[:, None])
+        else:
+            blocks.append(np.array([text.split() for text in column], dtype=np.float32).reshape(len(column), -1))
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(raw), 0), np.float32)
+
+
 def ludwig_features(records: list[dict] | None) -> list[dict]:
     """Ludwig input features for ``records``: numbers with normalisation off (done by ``encode``) and Ludwig's
     default number encoder (passthrough); categories as fixed-size one-hot vectors (passthrough)."""

@@ -3,12 +3,13 @@
 A model file is active input: Ludwig builds whatever model_hyperparameters.json describes, and an LLM
 config with ``trust_remote_code`` imports Python from any folder it names. So nothing in the ZIP is
 trusted: the manifest records the options that built the config, the config is rebuilt from them with
-our own builder and Ludwig's schema rendering, and the saved files must equal what training writes,
-field by field, except the few values Ludwig fills in while training, which are checked against each
-other and the weights' header. Only then is anything loaded (``ludwig_trainer.load_model``, hub
-offline). The JSON checks (``validate_json_files``) need no Ludwig: the rendering
-(``ludwig_trainer.rendered_config``) is passed in; the weights are checked against the model built on the
-meta device (model_weights.py). The model ZIP has its own size limits (MODEL_LIMITS), not the image ZIP's.
+our own builder, and the saved files must hold what training writes, field by field, including the
+settings that shape the network (NETWORK_FIELDS) and the few values Ludwig fills in while training, which
+are checked against each other and the weights' header. Predict runs the network without Ludwig
+(model/inference_network.py, built from the manifest), so it compares the config as JSON, without Ludwig's
+schema; ``validate_json_files`` takes Ludwig's rendering (``ludwig_trainer.rendered_config``) for an exact
+comparison where Ludwig is loaded anyway. The weights are checked against the network built on the meta
+device (model_weights.py). The model ZIP has its own size limits (MODEL_LIMITS), not the image ZIP's.
 """
 
 from __future__ import annotations
@@ -56,13 +57,13 @@ CODE_LOADING_KEYS = {"trust_remote_code", "base_model", "adapter", "adapters", "
                      "model_parameters", "generation", "prompt"}
 
 
-def unpack_model(model_zip: str, dest: str, tool_version: str, render) -> tuple[str, dict]:
-    """Extract and validate a trained_model.zip; returns (model_dir, manifest). ``render``: Ludwig's
-    schema rendering of a config (``ludwig_trainer.rendered_config``).
+def unpack_model(model_zip: str, dest: str, tool_version: str) -> tuple[str, dict]:
+    """Extract and validate a trained_model.zip for predict (no Ludwig: model/inference_network.py);
+    returns (model_dir, manifest).
 
     In steps, each bounded by what the one before established: the member list and claimed sizes; the
-    JSON files (MAX_JSON_BYTES each) and their checks; the model built on the meta device from the
-    validated config (no memory); only then the weights, no larger than that model's tensors."""
+    JSON files (MAX_JSON_BYTES each) and their checks; the network built on the meta device from the
+    checked manifest (no memory); only then the weights, no larger than that network's tensors."""
     from importlib.metadata import version
 
     name = os.path.basename(model_zip)
@@ -91,9 +92,9 @@ def unpack_model(model_zip: str, dest: str, tool_version: str, render) -> tuple[
                                keep=[f"model/{CARD}"])
         model_dir = os.path.join(dest, "model")
         _check_optional_files(model_dir)
-        with offline_hub():  # the first import of timm / Ludwig (and the hub) may happen here
-            manifest, config = validate_json_files(model_dir, tool_version, version("ludwig"), render)
-            expected = model_tensors(config)
+        with offline_hub():  # the first import of timm (and the hub) may happen here
+            manifest, config = validate_json_files(model_dir, tool_version, version("ludwig"))
+            expected = model_tensors(manifest, config)
         extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=expected.max_file_bytes()),
                            keep=[f"model/{WEIGHTS}"])
         model_weights.check_weights(os.path.join(model_dir, WEIGHTS), expected)
@@ -120,24 +121,25 @@ def _check_optional_files(model_dir: str) -> None:
 
 
 def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, render=None) -> tuple[dict, dict]:
-    """The manifest, config and metadata checks (pure: no Ludwig without ``render``); (manifest, config)."""
+    """The manifest, config and metadata checks (pure: no Ludwig without ``render``, Ludwig's schema
+    rendering of a config, ``ludwig_trainer.rendered_config``); (manifest, config)."""
     manifest = _read_json(model_dir, MANIFEST)
     check_manifest(manifest, tool_version, ludwig_version)
     config = _read_json(model_dir, CONFIG)
     check_config(config, manifest, render)
-    check_metadata(_read_json(model_dir, METADATA), config, manifest, exact=render is not None)
+    check_metadata(_read_json(model_dir, METADATA), config, manifest)
     return manifest, config
 
 
 DECODER_WEIGHT = f"output_features.module_dict.{LABEL_FEATURE}__ludwig.decoder_obj.dense.dense.weight"
 
 
-def model_tensors(config: dict) -> model_weights.ExpectedTensors:
-    """The tensors of the model a validated config describes, from Ludwig's ECD built on the meta device;
-    the config's head width (filled in by Ludwig while training) must be the one that model has."""
-    from image_learner.training import ludwig_trainer
+def model_tensors(manifest: dict, config: dict) -> model_weights.ExpectedTensors:
+    """The tensors of the network a checked manifest describes (inference_network, built on the meta device,
+    under Ludwig's names); the config's head width (filled in by Ludwig while training) must be its own."""
+    from image_learner.model import inference_network
 
-    expected = model_weights.expected_tensors(ludwig_trainer.meta_state_dict(config))
+    expected = inference_network.expected_tensors(manifest)
     width = expected.tensors.get(DECODER_WEIGHT, (None, [None, None]))[1][-1]
     saved = config["output_features"][0].get("input_size")
     expect(saved == width, CONFIG, "output_features[0].input_size", saved, f"{width!r} (the backbone's output width)")
@@ -181,18 +183,60 @@ def check_config(config, manifest: dict, render=None) -> None:
         expect(config.get(field) == wanted, CONFIG, field, config.get(field), repr(wanted))
     expected = expected_config(manifest)
     _accept_earlier_prefetch(config, expected)  # before rendering: Ludwig hashes preprocessing into proc_column
-    if render is None:
+    fills = _training_fills(config, manifest)
+    if render is None:  # predict: what our builder writes, and what the network is built with
         _compare(config, expected, CONFIG, "", exact=False)
+        _check_network_fields(config, manifest["task"])
+        _check_fills(config, fills)
         return
     expected = render(expected)
-    fills = _training_fills(config, manifest)
     for path in fills:
         _at(expected, path[:-1])[path[-1]] = _FILLED
     _compare(config, expected, CONFIG, "", exact=True)
+    _check_fills(config, fills)
+
+
+def _where(path) -> str:
+    return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)[1:]
+
+
+def _check_fills(config: dict, fills: dict) -> None:
     for path, (valid, wanted) in fills.items():
-        value = _at(config, path)
-        expect(valid(value), CONFIG, "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)[1:],
-               value, wanted)
+        try:
+            value = _at(config, path)
+        except (KeyError, IndexError, TypeError):
+            raise InputError(f"{CONFIG}: {_where(path)} is missing") from None
+        expect(valid(value), CONFIG, _where(path), value, wanted)
+
+
+_OUTPUT = ("output_features", 0)
+# The rendered defaults the network of inference_network.py reproduces (Ludwig's ECD for our config): a
+# saved config that says otherwise describes another network. Our builder sets the rest (model name,
+# image size, feature types, task), compared above.
+NETWORK_FIELDS = {
+    ("combiner", "type"): "concat", ("combiner", "fc_layers"): None, ("combiner", "num_fc_layers"): 0,
+    ("combiner", "norm"): None, ("combiner", "batch_ensemble"): False,
+    (*_OUTPUT, "dependencies"): [], (*_OUTPUT, "decoder", "fc_layers"): None,
+    (*_OUTPUT, "decoder", "num_fc_layers"): 0, (*_OUTPUT, "decoder", "fc_norm"): None,
+    (*_OUTPUT, "decoder", "use_bias"): True,
+}
+TASK_NETWORK_FIELDS = {
+    "multiclass": {(*_OUTPUT, "decoder", "type"): "classifier", (*_OUTPUT, "calibration"): False,
+                   (*_OUTPUT, "loss", "type"): "softmax_cross_entropy"},
+    "binary": {(*_OUTPUT, "decoder", "type"): "regressor", (*_OUTPUT, "calibration"): False},
+    "regression": {(*_OUTPUT, "decoder", "type"): "regressor", (*_OUTPUT, "clip"): None},
+}
+
+
+def _check_network_fields(config: dict, task: str) -> None:
+    """The saved config's settings that shape the network predict builds without Ludwig, as JSON values."""
+    for path, wanted in {**NETWORK_FIELDS, **TASK_NETWORK_FIELDS[task]}.items():
+        try:
+            value = _at(config, path)
+        except (KeyError, IndexError, TypeError):
+            raise InputError(f"{CONFIG}: {_where(path)} is missing") from None
+        expect(value == wanted and type(value) is type(wanted), CONFIG, _where(path), value,
+               short(wanted).replace("None", "null"))
 
 
 _PREFETCH = ("input_features", 0, "preprocessing", "prefetch_size")

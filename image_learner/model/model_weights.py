@@ -1,8 +1,9 @@
 """The weights of a model ZIP (``model_weights.safetensors``): exactly the tensors the validated config
 describes, and no more bytes than they take.
 
-The model is first built on the meta device (``ludwig_trainer.meta_state_dict``: shapes without memory);
-the safetensors header must then list exactly its tensor names, shapes and dtypes. Only the header is
+The network is first built on the meta device (``inference_network.expected_tensors``: shapes without
+memory, under Ludwig's names; tests/test_inference_network.py holds them to Ludwig's own ECD); the
+safetensors header must then list exactly its tensor names, shapes and dtypes. Only the header is
 read (its size capped), never the tensors, so whatever predict allocates later is bounded by the uploaded
 file, and the file by what the architecture implies (parameters x dtype size + a header).
 """

@@ -2,16 +2,20 @@
 
 A model file is active input, so the ZIP is checked before anything is loaded (model_archive.py): only
 the files training writes may be in it (weights as safetensors, configs as JSON: nothing is unpickled),
-each exactly as this Image Learner and Ludwig version write it. The backbone is rebuilt without
-downloading anything, with the hub offline: its weights come from the ZIP.
+each exactly as this Image Learner and Ludwig version write it. The network is rebuilt from the manifest
+without Ludwig (inference_network.py: Ludwig's numbers to 1e-5, without its import and per-call costs)
+and without downloading anything, with the hub offline: its weights come from the ZIP. The images are
+decoded and resized in memory by training's rules (image_check) and fed to it in batches of --batch-size.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from image_learner.training import devices
@@ -20,9 +24,10 @@ from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
 from image_learner.evaluation import tta
+from image_learner.model import inference_network
 from image_learner.model import model_archive
 from image_learner.data import tabular, task_choice
-from image_learner.data.image_check import check_images, unreadable_images_note
+from image_learner.data.image_check import unreadable_images_note
 from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column, write_output_csv)
 from image_learner import console
@@ -44,7 +49,7 @@ class PredictRequest:
     evaluate: bool = True  # with true labels in the CSV: metrics.json and report.html too
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in prediction_log.txt
     abstain_above_set_size: int | None = None  # rows whose conformal set is larger: "abstain"
-    workers: int = 1  # processes that check the images (training's pool, image_check.check_images)
+    workers: int = 1  # threads that decode and resize the images while the network runs
     tta: str | None = None  # test-time augmentation views (evaluation/tta.py); None: the model's own
 
 
@@ -106,13 +111,11 @@ def predict(request: PredictRequest) -> pd.DataFrame:
 
 
 def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
-    from image_learner.training import ludwig_trainer
-
     timer = StageTimer()
     with timer.stage("unpacking and validating the model"):
         # the model ZIP has its own limits (model_archive.MODEL_LIMITS); request.zip_limits are the images'
         model_dir, manifest = model_archive.unpack_model(request.model_zip, os.path.join(work, "model_zip"),
-                                                         TOOL_VERSION, ludwig_trainer.rendered_config)
+                                                         TOOL_VERSION)
     _check_abstain(request.abstain_above_set_size, manifest)
     images_dir = os.path.join(work, "images")
     with timer.stage("unpacking images"):
@@ -120,14 +123,10 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     log_skipped_members(unpacked)
     table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"],
                                                  manifest.get("tabular"))
-    with timer.stage(f"checking {len(table)} images"):
-        table = _checked_images(table, images_dir, os.path.join(work, "converted"), notes, manifest["image_size"],
-                                request.workers)
+    model, predictions = _predict_table(model_dir, manifest, table, images_dir, notes, request, timer,
+                                        tta_of(request.tta, manifest))
     for note in notes:
         log(f"WARNING: {note}")
-    tta_mode = tta_of(request.tta, manifest)
-    model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
-                                        f"model {os.path.basename(request.model_zip)!r}", timer, tta_mode, work)
     if "ood" in predictions:
         record = manifest["ood"]
         log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
@@ -147,7 +146,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
         import report_builder  # the training report's builder, test section only
 
         with timer.stage("writing the report"):
-            report_builder.build_report(out, images_dir=images_dir, ludwig_model=model)
+            report_builder.build_report(out, images_dir=images_dir, ludwig_model=model)  # Grad-CAM on the network
     return predictions
 
 
@@ -180,15 +179,12 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
 
 
 PER_IMAGE_STAGES = ("unpacking images", "checking ", "predicting ")  # stage names that grow with the images
-# Predict's check has no hashes (~1 ms an image at 32 px, ~6.5 ms at 224 px, one process), while each spawned
-# worker costs seconds to start on a loaded machine: 520 images at 224 px took 3.4 s in one process, 6.7 s in
-# two (BENCHMARKS.md, "Predict speed"). The pool pays from about this many images.
-PREDICT_MIN_IMAGES_PER_POOL = 2000
+PROGRESS_STEPS = 10  # prediction logs its progress at most this many times
 
 
 def with_rates(timings: dict, n_images: int) -> dict:
     """``timings`` (stage -> seconds, with "total") plus the run as fixed seconds + images/s: the stages
-    that grow with the images (unpacking them, checking them, Ludwig's prediction) give images_per_s
+    that grow with the images (unpacking them; decoding, resizing and predicting them) give images_per_s
     (n_images over their sum); fixed_s is the rest of the total (the model's checks and loading; with true
     labels also the metrics, which grow only with the bootstrap)."""
     per_image = sum(v for k, v in timings.items() if k.startswith(PER_IMAGE_STAGES))
@@ -197,24 +193,75 @@ def with_rates(timings: dict, n_images: int) -> dict:
             "images_per_s": rate}
 
 
-def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, notes: list[str],
-                    image_size: int, workers: int = 1) -> pd.DataFrame:
-    """The training's image rules: odd images converted and resized the same way, unreadable ones
-    skipped and named, by training's rule (image_check.unreadable_images_note, at its default limit).
-    Without the leakage-guard hashes (predict has no guard); in training's worker pool from
-    PREDICT_MIN_IMAGES_PER_POOL images."""
+def _decoded(path: str, side: int):
+    """(pixels, what was converted, None) or (None, None, why it cannot be read)."""
+    try:
+        return (*inference_network.image_pixels(path, side), None)
+    except ValueError as err:
+        return None, None, str(err)
+
+
+def _decoded_batches(paths: list[str], side: int, batch_size: int, workers: int):
+    """(start, [(pixels, changes, reason), ...]) per batch of ``paths``, decoded in ``workers`` threads
+    (Pillow's decoding and resizing release the GIL), the next batch while the network runs this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = None
+        for start in range(0, len(paths), batch_size):
+            submitted = (start, [pool.submit(_decoded, p, side) for p in paths[start:start + batch_size]])
+            if pending:
+                yield pending[0], [f.result() for f in pending[1]]
+            pending = submitted
+        if pending:
+            yield pending[0], [f.result() for f in pending[1]]
+
+
+def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, batch_size: int, workers: int,
+                    notes: list[str], tta_mode: str = "none", tabular_inputs=None):
+    """(rows kept, Ludwig's predictions for them): the training's image rules, in memory (odd images
+    converted the same way; unreadable ones skipped and named, by training's rule,
+    image_check.unreadable_images_note at its default limit), progress logged. With ``tta_mode`` the mean
+    over its views (evaluation/tta.py), as training's evaluation averaged them."""
+    views = tta.views(tta_mode)
     files = table["image_file"].tolist()
-    workers = workers if len(files) >= PREDICT_MIN_IMAGES_PER_POOL else 1
-    checked = check_images(images_dir, files, converted_dir, workers, resize_to=image_size, health=False,
-                           fingerprints=False, png_level=0)  # read once: the fastest copy to write and to decode
-    unreadable = unreadable_images_note(checked.bad, len(set(files)))
+    bad, converted, kept, outputs = {}, {}, [], []
+    every = max(1, math.ceil(len(files) / PROGRESS_STEPS / batch_size))
+    started = time.time()
+    batches = _decoded_batches([os.path.join(images_dir, f) for f in files], side, batch_size, workers)
+    for number, (start, decoded) in enumerate(batches, 1):
+        good, rows = [], []
+        for k, (pixels, changes, reason) in enumerate(decoded, start):
+            if reason is not None:
+                bad[files[k]] = reason
+                continue
+            if changes:
+                converted[files[k]] = "; ".join(changes)
+            kept.append(k)
+            rows.append(k)
+            good.append(pixels)
+        try:
+            if good:
+                batch = np.stack(good)
+                extra = None if tabular_inputs is None else tabular_inputs[rows]  # --tabular-columns' inputs
+                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view), extra)
+                                             for view in views]) if len(views) > 1
+                               else inference_network.run(network, batch, extra))
+        except (MemoryError, RuntimeError) as err:
+            if devices.is_out_of_memory(err):
+                raise devices.OutOfMemory(devices.oom_message("predicting", devices.describe(), batch_size, side,
+                                                              False)) from err
+            raise
+        done = min(start + batch_size, len(files))
+        if number % every == 0 or done == len(files):
+            log(f"predicted {done} of {len(files)} images ({done / len(files):.0%}) in {time.time() - started:.1f} s")
+    unreadable = unreadable_images_note(bad, len(set(files)))
     if unreadable:
         notes.append(unreadable)
-    if checked.converted:
-        notes.append(f"{len(checked.converted)} image(s) converted as in training "
-                     f"({'; '.join(sorted(set(checked.converted.values()))[:5])})")
-    kept = table.assign(read_path=checked.paths)
-    return kept[kept["read_path"].notna()].reset_index(drop=True)
+    if converted:
+        notes.append(f"{len(converted)} image(s) converted as in training "
+                     f"({'; '.join(sorted(set(converted.values()))[:5])})")
+    return table.iloc[kept].reset_index(drop=True), (np.concatenate(outputs) if outputs else None)
 
 
 def tta_of(requested: str | None, manifest: dict) -> str:
@@ -229,50 +276,52 @@ def tta_of(requested: str | None, manifest: dict) -> str:
     return mode
 
 
-def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int, source: str,
-                   timer: StageTimer | None = None, tta_mode: str = "none", scratch_dir: str | None = None):
-    """``source``: how errors name the model file; ``timer`` times loading and predicting apart;
-    ``tta_mode``: the views averaged (their files are written below ``scratch_dir``)."""
-    import tempfile
-    from contextlib import nullcontext
+def _load_network(manifest: dict, model_dir: str, device: str, name: str):
+    """inference_network.load of a checked model; anything a checked file still makes fail is that file's
+    fault (an InputError of one line naming it), running out of memory stays what it is."""
+    try:
+        return inference_network.load(manifest, os.path.join(model_dir, model_archive.WEIGHTS), device)
+    except MemoryError:
+        raise
+    except Exception as err:
+        if devices.is_out_of_memory(err):
+            raise
+        raise InputError(f"model {name!r}: it passes Image Learner's checks but cannot be loaded "
+                         f"({type(err).__name__}: {' '.join(str(err).split())[:300]})") from err
 
-    from image_learner.training import ludwig_trainer
 
-    stage = timer.stage if timer else (lambda name: nullcontext())
-    classes, paths = manifest["classes"], table["read_path"].tolist()
-    with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
-        with stage("loading the model"):
-            model = ludwig_trainer.load_model(model_dir, source)
-        with stage(f"predicting {len(table)} images"), tempfile.TemporaryDirectory(dir=scratch_dir) as views_dir:
-            per_view = []
-            for i, view in enumerate(tta.views(tta_mode)):
-                view_paths = tta.view_copies(paths, view, os.path.join(views_dir, str(i)))
-                ludwig_table = _tabular_inputs(pd.DataFrame({"image_path": view_paths}), table, manifest)
-                if manifest["task"] == "regression":
-                    scaling = manifest["target_scaling"]
-                    per_view.append(ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"],
-                                                                  scaling["std"]))
-                else:
-                    per_view.append(ludwig_trainer.predict_probabilities(model, ludwig_table, classes,
-                                                                         manifest["task"], batch_size))
-            # a regression's values or the class probabilities, before the temperature (as training averaged)
-            values = proba = tta.averaged(per_view) if len(per_view) > 1 else per_view[0]
-    out = table.drop(columns=["read_path", *(c for c in table if c.startswith(tabular.PREFIX))])
+def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_dir: str, notes: list[str],
+                   request: PredictRequest, timer: StageTimer, tta_mode: str = "none"):
+    """(the network, predictions.csv's table) for the rows of ``table`` whose image can be read."""
+    import torch
+
+    side, task, classes = manifest["image_size"], manifest["task"], manifest["classes"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as Ludwig's predictor (devices.select hides GPUs)
+    with model_archive.offline_hub():  # the manifest is checked; nothing may come from the hub either
+        with timer.stage("loading the model"):
+            network = _load_network(manifest, model_dir, device, os.path.basename(request.model_zip))
+        with timer.stage(f"predicting {len(table)} images"):
+            out, raw = _predict_images(network, table, images_dir, side, request.batch_size, request.workers, notes,
+                                       tta_mode, _tabular_matrix(table, manifest))
+    out = out.drop(columns=[c for c in out if c.startswith(tabular.PREFIX)])  # the inputs, not outputs
     record = manifest["trust"]
-    if manifest["task"] == "regression":
+    if task == "regression":
+        scaling = manifest["target_scaling"]
+        values = (raw.astype(float) if raw is not None else np.zeros(0)) * scaling["std"] + scaling["mean"]
         out["predicted_value"] = values
-        return model, trust.add_columns(out, "regression", classes, values, record)
+        return network, trust.add_columns(out, "regression", classes, values, record)
+    proba = inference_network.class_columns(raw, manifest) if raw is not None else np.zeros((0, len(classes)))
     # the training's temperature first: the threshold and the sets were set on scaled probabilities
     proba = calibration.apply_temperature(proba, record["temperature"])
-    out["predicted_label"] = evaluation.predicted_labels(manifest["task"], classes, proba, manifest["threshold"])
-    if manifest["task"] == "binary":
+    out["predicted_label"] = evaluation.predicted_labels(task, classes, proba, manifest["threshold"])
+    if task == "binary":
         out["threshold"] = manifest["threshold"]
     for k, cls in enumerate(classes):
         out[f"prob_{cls}"] = proba[:, k]
     if manifest.get("ood"):  # the threshold training set on validation rows' calibrated probabilities (ood.py)
         out["ood_score"] = ood.scores(proba)
         out["ood"] = ood.flags(proba, manifest["ood"])
-    return model, trust.add_columns(out, manifest["task"], classes, proba, record)
+    return network, trust.add_columns(out, task, classes, proba, record)
 
 
 def _with_tabular_columns(table: pd.DataFrame, matched: pd.DataFrame, records: list[dict] | None) -> pd.DataFrame:
@@ -283,14 +332,12 @@ def _with_tabular_columns(table: pd.DataFrame, matched: pd.DataFrame, records: l
     return table
 
 
-def _tabular_inputs(ludwig_table: pd.DataFrame, table: pd.DataFrame, manifest: dict) -> pd.DataFrame:
-    """Ludwig's input table plus the tabular features, encoded with the training rows' statistics and
-    vocabularies the manifest records (never anything computed from the rows predicted)."""
+def _tabular_matrix(table: pd.DataFrame, manifest: dict):
+    """The model's tabular inputs for every row of ``table`` (N x width, float32, in the config's feature
+    order), encoded with the training rows' statistics and vocabularies the manifest records (never anything
+    computed from the rows predicted); None for an image-only model."""
     records = manifest.get("tabular")
-    if not records:
-        return ludwig_table
-    encoded = tabular.encode(table.reset_index(drop=True), records)
-    return pd.concat([ludwig_table.reset_index(drop=True), encoded], axis=1)
+    return tabular.matrix(table.reset_index(drop=True), records) if records else None
 
 
 def _check_abstain(k: int | None, manifest: dict) -> None:

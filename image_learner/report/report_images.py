@@ -126,23 +126,45 @@ def _neutral_tabular_inputs(ecd, device) -> dict:
             for name, feature in ecd.input_features.items() if name != "image_path"}
 
 
+def saliency_network(model):
+    """What Grad-CAM needs of a trained model: a torch module with ``backbone`` (the timm model) whose call
+    on N x 3 x S x S pixels in [0, 1] returns Ludwig's logits of the output. Predict's network
+    (model/inference_network.py) is one; training's LudwigModel is wrapped around its ECD."""
+    if hasattr(model, "backbone"):
+        return model
+    import torch
+
+    class LudwigLogits(torch.nn.Module):
+        def __init__(self, ecd):
+            super().__init__()
+            self.ecd = ecd
+            self.backbone = ecd.input_features.get("image_path").encoder_obj.model
+
+        def forward(self, images):
+            # a fused model's tabular inputs at zero (_neutral_tabular_inputs: the map does not depend on them)
+            return self.ecd({"image_path": images, **_neutral_tabular_inputs(self.ecd, images.device)})[
+                "label::logits"]
+
+    return LudwigLogits(model.model)
+
+
 def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir: str | None, ludwig_model,
                       image_size: int, task: str):
     """(items, reason): Grad-CAM on the backbone's last feature map for a few test images (see
     _saliency_rows), for the predicted class, or for a regression model the predicted value itself
-    (the gradient of the number output: red regions raised the prediction)."""
+    (the gradient of the number output: red regions raised the prediction). ``ludwig_model``: training's
+    LudwigModel or predict's network (``saliency_network``)."""
     if ludwig_model is None:
         return [], "the trained model is not loaded (report rebuilt from a finished run's files)"
     if not images_dir or not os.path.isdir(images_dir):
         return [], "the images are not available (report rebuilt from a finished run's files)"
     import torch
 
-    ecd = ludwig_model.model
-    # Wherever Ludwig left the model (the GPU after training or predicting there): inputs go to it,
+    ecd = saliency_network(ludwig_model)
+    # Wherever the model is (the GPU after training or predicting there): inputs go to it,
     # results come back to the host before NumPy.
     device = next(ecd.parameters()).device
-    backbone = ecd.input_features.get("image_path").encoder_obj.model
-    module = _feature_module(backbone)
+    module = _feature_module(ecd.backbone)
     if module is None:
         return [], "this backbone does not expose its feature maps (no timm feature_info)"
     chosen = _saliency_rows(predictions, task)
@@ -162,7 +184,7 @@ def grad_cam_overlays(predictions: pd.DataFrame, classes: list[str], images_dir:
                 picture = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
             x = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None].to(device)
             x.requires_grad_(True)  # gradients flow even through a frozen backbone
-            logits = ecd({"image_path": x, **_neutral_tabular_inputs(ecd, device)})["label::logits"].reshape(-1)
+            logits = ecd(x).reshape(-1)
             if task == "regression":  # the number output is a single "logit": the predicted value
                 score = logits[0]
             else:

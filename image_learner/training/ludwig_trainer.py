@@ -335,37 +335,6 @@ def load_model(model_dir: str, source: str = "the model"):
                          f"({type(err).__name__}: {detail})") from err
 
 
-def meta_state_dict(config: dict) -> dict:
-    """The state dict (parameters and buffers themselves, tied ones as one object) of the ECD model a
-    validated config describes, built on the meta device: names, shapes and dtypes, no memory. Ludwig's
-    load builds the same class from the same config, so these are exactly the tensors its strict load wants."""
-    import torch
-    from ludwig.models.ecd import ECD
-
-    register_with_ludwig()
-    config_object = _with_vector_widths(_config_object(config), config)
-    try:
-        with torch.device("meta"):
-            model = ECD(config_object)
-    except Exception as err:  # a validated config that still cannot be built: the model, not the run, is at fault
-        raise InputError(f"the model its config describes cannot be built ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:200]})") from err
-    return model.state_dict(keep_vars=True)
-
-
-def _config_object(config: dict):
-    """Ludwig's config object of a config that already equals a schema-validated rendering field by field
-    (model_archive.check_config): built by the config class's own (pydantic) constructor, without
-    ModelConfig.from_dict's JSON-schema pass, which costs ~1 s of CPU each time (jsonschema re-checks
-    Ludwig's whole schema against its metaschema on every call; issue 22)."""
-    import copy
-
-    from ludwig.schema.model_types.base import model_type_schema_registry
-
-    # a copy, as from_dict makes: the config class's validators replace the feature dicts in place
-    return model_type_schema_registry[config["model_type"]].model_validate(copy.deepcopy(config))
-
-
 def _with_vector_widths(config_object, config: dict):
     """A vector input's width (--tabular-columns' one-hot categories) on its passthrough encoder, as Ludwig's
     training sets it (VectorInputFeature.update_config_with_metadata). The passthrough encoder's schema has no

@@ -100,6 +100,26 @@ def create_backbone(model_name: str, use_pretrained: bool, image_size: int | Non
         ) from err
 
 
+def pixel_statistics(backbone: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's own input mean and std (timm's pretrained config; ImageNet's when it has none), as
+    1x3x1x1 float32 tensors: Ludwig feeds [0, 1] pixels, timm weights expect these statistics."""
+    data_config = backbone.pretrained_cfg
+    mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
+    std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
+    return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+
+
+def normalised_features(backbone: torch.nn.Module, pixel_mean: torch.Tensor, pixel_std: torch.Tensor,
+                        inputs: torch.Tensor) -> torch.Tensor:
+    """The backbone's features of [0, 1] pixels (N x 3 x S x S): the encoder's forward, and predict's
+    (model/inference_network.py), so both compute exactly the same numbers."""
+    pixels = (inputs - pixel_mean) / pixel_std
+    # Channels-last whatever layout the batch came in (Ludwig's resized images arrive in NCHW,
+    # decoded ones in NHWC strides): depthwise convolutions ran 1.9x faster in it on CPU
+    # (bench/throughput.py), and one fixed layout keeps the numbers reproducible.
+    return backbone(pixels.contiguous(memory_format=torch.channels_last))
+
+
 def register_with_ludwig() -> None:
     """Register the encoder and its config schema (idempotent); call before building a LudwigModel."""
     from ludwig.constants import ENCODER_OUTPUT, IMAGE
@@ -137,10 +157,9 @@ def register_with_ludwig() -> None:
             data_config = self.model.pretrained_cfg
             side = image_size or int(data_config.get("input_size", (3, 224, 224))[-1])
             self._input_size = (3, side, side)
-            mean = torch.tensor(data_config.get("mean", (0.485, 0.456, 0.406)), dtype=torch.float32)
-            std = torch.tensor(data_config.get("std", (0.229, 0.224, 0.225)), dtype=torch.float32)
-            self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
-            self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
+            mean, std = pixel_statistics(self.model)
+            self.register_buffer("pixel_mean", mean, persistent=False)
+            self.register_buffer("pixel_std", std, persistent=False)
             with torch.no_grad():
                 self.model.eval()
                 self._output_dim = self.model(torch.zeros(1, *self._input_size)).shape[-1]
@@ -149,11 +168,7 @@ def register_with_ludwig() -> None:
                 param.requires_grad_(trainable)
 
         def forward(self, inputs: torch.Tensor):
-            pixels = (inputs - self.pixel_mean) / self.pixel_std
-            # Channels-last whatever layout the batch came in (Ludwig's resized images arrive in NCHW,
-            # decoded ones in NHWC strides): depthwise convolutions ran 1.9x faster in it on CPU
-            # (bench/throughput.py), and one fixed layout keeps the numbers reproducible.
-            return {ENCODER_OUTPUT: self.model(pixels.contiguous(memory_format=torch.channels_last))}
+            return {ENCODER_OUTPUT: normalised_features(self.model, self.pixel_mean, self.pixel_std, inputs)}
 
         @staticmethod
         def get_schema_cls():
