@@ -243,10 +243,10 @@ def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, ba
         try:
             if good:
                 batch = np.stack(good)
-                extra = None if tabular_inputs is None else tabular_inputs[rows]  # --tabular-columns' inputs
-                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view), extra)
+                extra = () if tabular_inputs is None else (tabular_inputs[rows],)  # --tabular-columns' inputs
+                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view), *extra)
                                              for view in views]) if len(views) > 1
-                               else inference_network.run(network, batch, extra))
+                               else inference_network.run(network, batch, *extra))
         except (MemoryError, RuntimeError) as err:
             if devices.is_out_of_memory(err):
                 raise devices.OutOfMemory(devices.oom_message("predicting", devices.describe(), batch_size, side,
