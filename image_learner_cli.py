@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--verbose", action="store_true",
                     help="also show Ludwig's tables, progress bars and the libraries' warnings on the console "
                          "(always in training_log.txt in --output-dir)")
+    io.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+                    help="label_issues.csv (suspected label errors, classification) and embeddings.csv (each "
+                         "image's features), with their report sections; costs one more pass over the images "
+                         "(--no-audit: skip)")
     io.add_argument("--no-report", action="store_true",
                     help="skip report.html (sweeps and benchmarks; every table is still written)")
     io.add_argument("--max-missing-fraction", type=float, default=0.1,
@@ -227,7 +231,8 @@ def request_from_args(args: argparse.Namespace):
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
-                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose)
+                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
+                               audit=args.audit)
 
 
 class Stopped(BaseException):

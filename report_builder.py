@@ -21,7 +21,7 @@ from image_learner.data.input_utils import read_output_csv
 from image_learner.evaluation import bootstrap
 from image_learner.evaluation import metrics
 from image_learner.evaluation import regression_metrics
-from image_learner.report import report_images
+from image_learner.report import report_audit, report_images
 from image_learner.report import report_plots
 from image_learner.report import report_plots_regression
 from image_learner.report import report_selection
@@ -269,7 +269,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
                   plotly_js=plotly.offline.get_plotlyjs(),
                   n_rows={s: int((predictions["split"] == s).sum()) for s in SPLITS},
                   interval_basis=_interval_basis(per_split.get("test", {}), "test images"),
-                  selection=_epoch_selection(summary, history))
+                  selection=_epoch_selection(summary, history),
+                  audit=report_audit.audit_section(output_dir, summary, predictions, images_dir))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

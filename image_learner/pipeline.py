@@ -51,6 +51,7 @@ class RunRequest:
     num_workers: int = 1
     data_licence: str = model_card.NOT_STATED  # as the user states it, for MODEL_CARD.md
     export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
+    audit: bool = True  # label_issues.csv and embeddings.csv (image_learner/evaluation/audit.py)
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
 
 
@@ -224,6 +225,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
+    audit_facts = _audit(request, data, fit, out, timer) if request.audit else {"skipped": "--no-audit"}
     versions = library_versions()
     model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
@@ -255,6 +257,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "best_epoch_chosen_by": outcome.epoch_provenance,
                      "selection": _selection(data, opts.validation_metric, bool(outcome.cross_validation))},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
+        "audit": audit_facts,
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "device": trained.device, "versions": versions, "metrics": all_metrics,
         "timings_s": timer.seconds,
@@ -267,6 +270,23 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         with timer.stage("writing the report"):
             report_builder.build_report(out, images_dir=images_dir, ludwig_model=trained.ludwig_model)
     return summary
+
+
+def _audit(request: RunRequest, data, fit, out: str, timer) -> dict:
+    """label_issues.csv (classification) and embeddings.csv from the delivered model; their facts."""
+    from image_learner.evaluation import audit
+
+    predictions = pd.read_csv(os.path.join(out, "predictions.csv"), keep_default_na=False,
+                              dtype={"true_label": str, "predicted_label": str, "split": str})
+    with timer.stage("auditing the labels and mapping the images"):
+        facts = {"label_issues": audit.write_label_issues(predictions, model_fit.class_order(data), data.task, out),
+                 "embeddings": audit.write_embeddings(fit.trained.ludwig_model, data.table, predictions["split"],
+                                                      request.training.image_size, request.training.batch_size, out)}
+    issues = facts["label_issues"]
+    if "flagged" in issues:
+        log(f"label audit: {issues['flagged']} of {issues['rows']} {issues['basis']} flagged as suspected label "
+            f"errors ({audit.LABEL_ISSUES_CSV}; suspicion only, nothing relabelled)")
+    return facts
 
 
 def _keep_no_weights_path(outcome, model_dir: str) -> str | None:
