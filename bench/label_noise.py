@@ -5,7 +5,7 @@ weights), then score label_issues.csv against the known flips: AUROC of (1 - qua
 rows among the scored (out-of-fold) rows, precision at k = number flipped, and how many flips were flagged.
 Also the audit stage's wall time from run_summary.json.
 
-    python bench/label_noise.py [--images 600] [--flip 0.05] [--folds 3] [--epochs 3] [--image-size 96]
+    python bench/label_noise.py [--images 600] [--flip 0.05] [--folds 3] [--epochs 3] [--image-size 96] [--no-fine-tune]
 """
 
 import argparse
@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--keep", default=None, help="write the run here (default: a temporary folder)")
     args = parser.parse_args()
     from sklearn.metrics import roc_auc_score
@@ -66,7 +67,8 @@ def main() -> None:
                        lite0_weights(), "--image-size", str(args.image_size), "--epochs", str(args.epochs),
                        "--cross-validation", str(args.folds), "--split-probabilities", "0.8", "0.2", "0",
                        "--sample-id-column", "lesion_id", "--random-seed", str(args.seed),
-                       "--preprocessing-workers", "1", report=True)
+                       "--preprocessing-workers", "1", *([] if args.fine_tune else ["--no-fine-tune"]),
+                       report=True)
     issues = pd.read_csv(os.path.join(out, "label_issues.csv"), keep_default_na=False, dtype={"image": str})
     is_flip = issues["image"].isin(flipped)
     k = int(is_flip.sum())

@@ -22,7 +22,7 @@ from image_learner.training import cross_validation
 from image_learner.training import data_parallel
 from image_learner.data import dataset_prep
 from image_learner.training import devices
-from image_learner.evaluation import evaluation
+from image_learner.evaluation import audit, evaluation
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
 from image_learner.model import model_card, model_manifest
@@ -225,7 +225,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
-    audit_facts = _audit(request, data, fit, out, timer) if request.audit else {"skipped": "--no-audit"}
+    audit_facts = audit.run(data, fit.trained.ludwig_model, opts, out, timer) if request.audit \
+        else {"skipped": "--no-audit"}
     versions = library_versions()
     model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
@@ -270,23 +271,6 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         with timer.stage("writing the report"):
             report_builder.build_report(out, images_dir=images_dir, ludwig_model=trained.ludwig_model)
     return summary
-
-
-def _audit(request: RunRequest, data, fit, out: str, timer) -> dict:
-    """label_issues.csv (classification) and embeddings.csv from the delivered model; their facts."""
-    from image_learner.evaluation import audit
-
-    predictions = pd.read_csv(os.path.join(out, "predictions.csv"), keep_default_na=False,
-                              dtype={"true_label": str, "predicted_label": str, "split": str})
-    with timer.stage("auditing the labels and mapping the images"):
-        facts = {"label_issues": audit.write_label_issues(predictions, model_fit.class_order(data), data.task, out),
-                 "embeddings": audit.write_embeddings(fit.trained.ludwig_model, data.table, predictions["split"],
-                                                      request.training.image_size, request.training.batch_size, out)}
-    issues = facts["label_issues"]
-    if "flagged" in issues:
-        log(f"label audit: {issues['flagged']} of {issues['rows']} {issues['basis']} flagged as suspected label "
-            f"errors ({audit.LABEL_ISSUES_CSV}; suspicion only, nothing relabelled)")
-    return facts
 
 
 def _keep_no_weights_path(outcome, model_dir: str) -> str | None:

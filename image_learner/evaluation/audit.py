@@ -14,6 +14,7 @@ import os
 import pandas as pd
 
 from image_learner.evaluation import embeddings, label_issues
+from image_learner.run_files import log
 
 LABEL_ISSUES_CSV = "label_issues.csv"
 EMBEDDINGS_CSV = "embeddings.csv"
@@ -36,3 +37,20 @@ def write_embeddings(ludwig_model, table: pd.DataFrame, split_names, image_size:
     frame.to_csv(os.path.join(out, EMBEDDINGS_CSV), index=False)
     return {"rows": int(len(frame)), "width": int(features.shape[1]),
             "source": "the delivered model's image encoder output (the backbone's pooled features)"}
+
+
+def run(data, ludwig_model, opts, out: str, timer) -> dict:
+    """Both files for a finished fit (predictions.csv already written); their facts for run_summary.json."""
+    from image_learner.training import model_fit
+
+    predictions = pd.read_csv(os.path.join(out, "predictions.csv"), keep_default_na=False,
+                              dtype={"true_label": str, "predicted_label": str, "split": str, "image": str})
+    with timer.stage("auditing the labels and mapping the images"):
+        facts = {"label_issues": write_label_issues(predictions, model_fit.class_order(data), data.task, out),
+                 "embeddings": write_embeddings(ludwig_model, data.table, predictions["split"], opts.image_size,
+                                                opts.batch_size, out)}
+    issues = facts["label_issues"]
+    if "flagged" in issues:
+        log(f"label audit: {issues['flagged']} of {issues['rows']} images flagged as suspected label errors, "
+            f"scored on {issues['basis']} ({LABEL_ISSUES_CSV}; suspicion only, nothing relabelled)")
+    return facts
