@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Label noise: flip a fraction of labels at random (to another class, seeded) on a lesion-grouped subset of
+"""Label noise: flip a fraction of labels at random (to another class, seeded) on a lesion-grouped subset (classes nv, mel, bkl by default) of
 ../shared/data/ham10000/ham10000_200x150/, cross-validate with tf_efficientnet_lite0 (offline ImageNet
 weights), then score label_issues.csv against the known flips: AUROC of (1 - quality score) for the flipped
 rows among the scored (out-of-fold) rows, precision at k = number flipped, and how many flips were flagged.
@@ -24,9 +24,11 @@ from common import ROOT, lite0_weights, run_tool  # noqa: E402
 HAM = os.path.join(ROOT, "..", "shared", "data", "ham10000", "ham10000_200x150")
 
 
-def build(out_dir: str, n: int, flip: float, seed: int):
-    """(csv, zip, flipped image names): whole lesions sampled until n images, then flip*n labels changed."""
+def build(out_dir: str, n: int, flip: float, seed: int, keep_classes: list[str]):
+    """(csv, zip, flipped image names): whole lesions of ``keep_classes`` sampled until n images, then flip*n
+    labels changed to another of those classes."""
     meta = pd.read_csv(os.path.join(HAM, "metadata.csv"))
+    meta = meta[meta["dx"].isin(keep_classes)]
     rng = np.random.default_rng(seed)
     lesions = rng.permutation(meta["lesion_id"].unique())
     chosen = meta[meta["lesion_id"].isin(lesions[:n])]
@@ -55,13 +57,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--classes", default="nv,mel,bkl", help="the classes kept (rare ones cannot fill K folds)")
     parser.add_argument("--fine-tune", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--keep", default=None, help="write the run here (default: a temporary folder)")
     args = parser.parse_args()
     from sklearn.metrics import roc_auc_score
 
     work = args.keep or tempfile.mkdtemp()
-    csv, zip_path, flipped = build(work, args.images, args.flip, args.seed)
+    csv, zip_path, flipped = build(work, args.images, args.flip, args.seed, args.classes.split(","))
     out = os.path.join(work, "run")
     summary = run_tool(csv, zip_path, out, "--model-name", "tf_efficientnet_lite0", "--pretrained-weights",
                        lite0_weights(), "--image-size", str(args.image_size), "--epochs", str(args.epochs),
