@@ -49,6 +49,20 @@ def build(out_dir: str, n: int, flip: float, seed: int, keep_classes: list[str])
     return csv, zip_path, {names[i] for i in flipped}
 
 
+def _margin_auroc(out: str, flipped: set) -> float:
+    """The same AUROC with cleanlab's normalized_margin instead of self_confidence (the choice's check)."""
+    from cleanlab.rank import get_label_quality_scores
+    from sklearn.metrics import roc_auc_score
+
+    predictions = pd.read_csv(os.path.join(out, "predictions.csv"), keep_default_na=False, dtype={"image": str})
+    rows = predictions[predictions["split"] == "cross_validation"]
+    classes = [c[5:] for c in rows.columns if c.startswith("prob_")]
+    labels = rows["true_label"].map({c: k for k, c in enumerate(classes)}).to_numpy()
+    probabilities = rows[[f"prob_{c}" for c in classes]].to_numpy(float)
+    scores = get_label_quality_scores(labels, probabilities, method="normalized_margin")
+    return round(float(roc_auc_score(rows["image"].isin(flipped), 1 - scores)), 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=600)
@@ -81,6 +95,7 @@ def main() -> None:
               "flagged": int(issues["flagged"].sum()),
               "flips_flagged": int((issues["flagged"] & is_flip).sum()),
               "flag_precision": round(float(is_flip[issues["flagged"]].mean()), 3) if issues["flagged"].any() else None,
+              "auroc_normalized_margin": _margin_auroc(out, flipped),
               "oof_balanced_accuracy": summary["metrics"]["cross_validation"]["pooled"]["balanced_accuracy"],
               "audit_stage_s": {s: t for s, t in summary["timings_s"].items() if "audit" in s or "report" in s},
               "total_s": round(summary["wall_s"], 1)}
