@@ -63,3 +63,47 @@ def test_a_bad_audit_value_exits_2_naming_the_option(tmp_path, capsys):
         image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
                                 str(tmp_path / "o"), "--audit=yes"])
     assert stop.value.code == 2 and "--audit" in capsys.readouterr().err
+
+
+def test_the_map_marks_unhealthy_images_and_duplicates_from_data_health():
+    """data_health.csv's issues mark the map (and its hover text); label suspects are marked apart."""
+    import numpy as np
+
+    from image_learner.report import report_audit
+
+    rng = np.random.default_rng(0)
+    n = 30
+    table = pd.DataFrame({"image": [f"img{i}.png" for i in range(n)], "split": "train", "label": ["a", "b"] * 15})
+    table = pd.concat([table, pd.DataFrame(rng.normal(size=(n, 8)), columns=[f"f{k}" for k in range(8)])], axis=1)
+    health = pd.DataFrame({"image": table["image"], "issues": [""] * n})
+    health.loc[[1, 2], "issues"] = "dark"
+    health.loc[3, "issues"] = "blurry,near_duplicates"
+    health.loc[[4, 5], "issues"] = "near_duplicates"
+    issues = pd.DataFrame({"image": ["img7.png", "img8.png"], "flagged": ["True", "False"]})
+    html, facts = report_audit.data_map(table, issues, 0, health)
+    assert (facts["shown"], facts["total"]) == (30, 30)
+    assert (facts["suspects_marked"], facts["unhealthy_marked"], facts["duplicates_marked"]) == (1, 3, 3)
+    assert "img3.png (train)\\u003cbr\\u003eblurry,near_duplicates" in html and "unhealthy image" in html
+    _, without = report_audit.data_map(table, issues, 0, None)
+    assert (without["unhealthy_marked"], without["duplicates_marked"]) == (0, 0)
+
+
+def test_the_cap_keeps_every_marked_image():
+    import numpy as np
+
+    from image_learner.evaluation import embeddings
+
+    keep = np.zeros(5000, bool)
+    keep[[3, 4000, 4999]] = True
+    rows = embeddings.sample_rows(5000, keep, cap=100, seed=1)
+    assert len(rows) == 100 and {3, 4000, 4999} <= set(rows) and len(set(rows)) == 100
+
+
+def test_a_report_rebuilt_from_a_run_without_an_audit_record_says_so(tmp_path):
+    import report_builder
+    from test_report import write_run
+
+    run = write_run(str(tmp_path / "run"), ["akiec", "mel", "nv"])
+    html = open(report_builder.build_report(run), encoding="utf-8").read()
+    assert 'id="audit"' in html and "this run has no audit record" in html
+    assert "Scored on" not in html
