@@ -107,3 +107,19 @@ def test_a_report_rebuilt_from_a_run_without_an_audit_record_says_so(tmp_path):
     html = open(report_builder.build_report(run), encoding="utf-8").read()
     assert 'id="audit"' in html and "this run has no audit record" in html
     assert "Scored on" not in html
+
+
+def test_the_map_draws_its_points_in_a_browser(run_dir, tmp_path):
+    """Chromium, headless and offline (as tests/test_report.py renders): every map point is an SVG path,
+    so the map also shows where WebGL is unavailable."""
+    import subprocess
+
+    from test_report import CHROMIUM, ROOT, rendered_dom
+    import os
+
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "ensure_chromium.sh")], check=True)
+    dom = rendered_dom(CHROMIUM, str(run_dir / "report.html"), tmp_path)
+    start = dom.index('id="plot-data-map"')
+    section = dom[start:dom.index('<h2 id="run"', start)]
+    images = len(pd.read_csv(run_dir / "embeddings.csv", usecols=["image"]))
+    assert section.count('class="point"') >= images  # each image a point (marked ones once more)

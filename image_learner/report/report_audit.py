@@ -75,10 +75,10 @@ def data_map(table: pd.DataFrame | None, issues: pd.DataFrame | None, seed: int 
     shown = table.iloc[rows].reset_index(drop=True)
     hover = shown["image"] + " (" + shown["split"] + ")" + pd.Series(
         [f"<br>{issue_text[r]}" if issue_text[r] else "" for r in rows])
-    fig = go.Figure()
+    fig = go.Figure()  # SVG (go.Scatter), not WebGL: draws where WebGL is off, e.g. headless browsers
     for label in sorted(shown["label"].unique()):
         part = shown["label"].to_numpy() == label
-        fig.add_trace(go.Scattergl(x=xy[part, 0], y=xy[part, 1], mode="markers", name=str(label),
+        fig.add_trace(go.Scatter(x=xy[part, 0], y=xy[part, 1], mode="markers", name=str(label),
                                    text=hover[part], hoverinfo="text+name", marker={"size": 6, "opacity": 0.7}))
     marks = {}
     for name, mask, marker in (("suspected label error", suspect, {"size": 12, "symbol": "circle-open", "color": "black"}),
@@ -87,7 +87,7 @@ def data_map(table: pd.DataFrame | None, issues: pd.DataFrame | None, seed: int 
         marked = mask[rows]
         marks[name] = int(marked.sum())
         if marked.any():
-            fig.add_trace(go.Scattergl(x=xy[marked, 0], y=xy[marked, 1], mode="markers", name=name,
+            fig.add_trace(go.Scatter(x=xy[marked, 0], y=xy[marked, 1], mode="markers", name=name,
                                        text=hover[marked], hoverinfo="text+name", marker=marker))
     fig.update_layout(title=f"Map of the images ({method}; {len(rows)} of {len(table)} images)",
                       xaxis={"showticklabels": False}, yaxis={"showticklabels": False}, height=520)
