@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     from image_learner.data import task_choice
     from image_learner.training.ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
     from image_learner.evaluation.metrics import THRESHOLD_POLICIES
+    from image_learner.evaluation.tta import MODES as TTA_MODES
 
     parser = argparse.ArgumentParser(
         prog="image-learner", description=__doc__.split("\n\n")[0],
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
     train.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                        help="'balanced' weighs the loss by inverse class frequency (classification only)")
+    train.add_argument("--tta", choices=TTA_MODES, default="none",
+                       help="test-time augmentation: average the model's outputs over the image and its "
+                            "left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
+                            "evaluation and, recorded in the model, in predict; none: each image once")
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
                      help="binary tasks: the decision threshold maximises this on the validation split "
@@ -186,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_predict_parser() -> argparse.ArgumentParser:
     from image_learner.data import input_utils
+    from image_learner.evaluation.tta import MODES as TTA_MODES
 
     parser = argparse.ArgumentParser(
         prog="image-learner predict", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -211,6 +217,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
                         help="limits of the image ZIP; the model ZIP has its own (model_archive.MODEL_LIMITS)")
     parser.add_argument("--max-zip-members", type=int, default=input_utils.DEFAULT_MAX_MEMBERS)
     parser.add_argument("--max-zip-ratio", type=float, default=input_utils.DEFAULT_MAX_RATIO)
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="test-time augmentation views (none, flips, dihedral); default: the model's own, "
+                             "as training evaluated it (the temperature and prediction sets were fitted on it)")
     parser.add_argument("--abstain-above-set-size", type=int, default=None, metavar="K",
                         help="mark a row 'abstain' when its conformal prediction set holds more than K classes "
                              "(needs a model trained with --coverage above 0)")
@@ -227,7 +236,7 @@ def predict_request_from_args(args: argparse.Namespace):
                                     args.image_column, args.target_column or None, args.batch_size, limits,
                                     args.overwrite, evaluate=not args.no_evaluate, verbose=args.verbose,
                                     abstain_above_set_size=args.abstain_above_set_size,
-                                    workers=max(1, args.preprocessing_workers))
+                                    workers=max(1, args.preprocessing_workers), tta=args.tta)
 
 
 def request_from_args(args: argparse.Namespace):
@@ -257,7 +266,7 @@ def request_from_args(args: argparse.Namespace):
         lr_schedule=args.lr_schedule,
         preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
         mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
-        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold)
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, tta=args.tta)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,

@@ -62,7 +62,7 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     log(f"device: {fit.trained.device}; best epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
     fit.trained.history.to_csv(os.path.join(out, "training_history.csv"), index=False)
     with timer.stage("predicting every image"):
-        raw = model_fit.outputs(data, fit, data.table, opts)
+        raw = model_fit.outputs(data, fit, data.table, opts, work)
     classes = model_fit.class_order(data)
     validation = data.table["split"].to_numpy() == 1
     # temperature, threshold and conformal quantile: all fitted on validation rows, never test

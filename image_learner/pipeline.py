@@ -27,6 +27,7 @@ from image_learner.evaluation import metrics
 from image_learner.evaluation import ood
 from image_learner.evaluation import subgroups
 from image_learner.evaluation import trust
+from image_learner.evaluation import tta
 from image_learner.model import model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import provenance
@@ -268,8 +269,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         **({"data_health": data.health_summary} if data.health_summary else {}),
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
-                  "image_size": opts.image_size},
-        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size")},
+                  "image_size": opts.image_size, "tta": tta.describe(opts.tta)},
+        "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size", "tta")},
                      "pretrained_weights": weights_record,
                      "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,

@@ -123,3 +123,14 @@ def test_bootstrap_of_100k_images_stays_well_under_1_gb():
         tracemalloc.stop()
     assert peak < 400 * 2 ** 20, peak
     assert intervals["accuracy"][0] < 1 / 3 < intervals["accuracy"][1]
+
+
+def test_mean_samples_equal_the_share_per_explicit_resample_of_whole_groups():
+    # a coverage interval's resamples: the covered share of each resample's rows, groups drawn whole
+    rng = np.random.default_rng(3)
+    covered = rng.random(40) < 0.8
+    groups = np.repeat(np.arange(16), [1, 2, 3, 4] * 4)[:40]
+    fast = bootstrap.mean_samples(covered, groups, n_resamples=200, seed=5)
+    slow = [covered[rows].mean() for rows in bootstrap.resample_rows(40, groups, 200, seed=5)]
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12)
+    assert len(fast) == 200 and 0.5 < fast.mean() < 1.0

@@ -34,7 +34,7 @@ def _form(**changes):
         "training": {"epochs": 30, "early_stop": 5, "batch_size": 32, "learning_rate": 0.001, "random_seed": 42,
                      "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "none",
                      "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
-                     "validation_metric": "auto", "coverage": 0.9,
+                     "validation_metric": "auto", "coverage": 0.9, "tta": "none",
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
         "data_licence": "not stated",
         "data_health": {"drop_unhealthy": None, "output_csv": False},
@@ -80,7 +80,7 @@ def test_the_tools_lint_clean(tool):
 def test_predict_form_maps_to_the_predict_subcommand(metadata, expected):
     source = get_tool_source(os.path.join(ROOT, "image_learner_predict.xml"), macro_paths=[ROOT])
     context = {"__tool_directory__": ROOT, "model": "/d/model.zip", "image_zip": "/d/new.zip", "metadata": metadata,
-               "abstain_above_set_size": None}
+               "abstain_above_set_size": None, "tta": "model"}
     argv = _without_thread_setting(shlex.split(fill_template(source.parse_command(), context=context)))
     assert argv[:3] == ["python", os.path.join(ROOT, "image_learner_cli.py"), "predict"]
     assert argv[3:] == ["--model", "/d/model.zip", "--image-zip", "/d/new.zip", "--output-dir", "outputs", *expected]
@@ -236,7 +236,7 @@ def test_the_default_form_asks_for_90_percent_sets(source):
 def test_the_abstain_field_maps_to_its_predict_flag(k, expected):
     source = get_tool_source(os.path.join(ROOT, "image_learner_predict.xml"), macro_paths=[ROOT])
     context = {"__tool_directory__": ROOT, "model": "/d/model.zip", "image_zip": "/d/new.zip",
-               "metadata": {"has_table": "no"}, "abstain_above_set_size": k}
+               "metadata": {"has_table": "no"}, "abstain_above_set_size": k, "tta": "model"}
     argv = _without_thread_setting(shlex.split(fill_template(source.parse_command(), context=context)))
     args = image_learner_cli.build_predict_parser().parse_args(argv[3:])
     assert args.abstain_above_set_size == expected
@@ -267,3 +267,18 @@ def test_the_audit_tables_are_outputs_filtered_by_the_form_and_tested(source):
                     {"audit": {"audit": True, "output_label_issues": True}, "task": "regression"})
     tested = {o.get("name") for test in source.root.find("tests") for o in test.iter("output")}
     assert {"output_label_issues", "output_embeddings"} <= tested
+
+
+@pytest.mark.parametrize("mode", ["none", "flips", "dihedral"])
+def test_the_tta_field_maps_to_its_flag(source, mode):
+    args, _ = _cli_args(source, training={**_form()["training"], "tta": mode})
+    assert args.tta == mode
+
+
+@pytest.mark.parametrize("mode, expected", [("model", None), ("none", "none"), ("dihedral", "dihedral")])
+def test_the_predict_tta_field_maps_to_its_flag_or_the_models_own(mode, expected):
+    source = get_tool_source(os.path.join(ROOT, "image_learner_predict.xml"), macro_paths=[ROOT])
+    context = {"__tool_directory__": ROOT, "model": "/d/model.zip", "image_zip": "/d/new.zip",
+               "metadata": {"has_table": "no"}, "abstain_above_set_size": None, "tta": mode}
+    argv = _without_thread_setting(shlex.split(fill_template(source.parse_command(), context=context)))
+    assert image_learner_cli.build_predict_parser().parse_args(argv[3:]).tta == expected

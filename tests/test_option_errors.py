@@ -37,7 +37,7 @@ def test_a_bad_value_exits_2_naming_the_option_and_leaves_nothing(tmp_path, caps
 
 @pytest.mark.parametrize("flag, value", [
     ("--task", "ordinal"), ("--validation-metric", "precision"), ("--threshold-metric", "accuracy"),
-    ("--distributed", "ray"), ("--cross-validation", "five"), ("--threshold", "half"),
+    ("--distributed", "ray"), ("--cross-validation", "five"), ("--threshold", "half"), ("--tta", "rotations"),
 ])
 def test_an_unknown_choice_or_a_non_number_exits_2_naming_the_option(tmp_path, capsys, flag, value):
     out = tmp_path / "out"

@@ -1,7 +1,7 @@
 """Every training option that reaches the saved model gives a model its own predict accepts, and predict
 reproduces the training run's predictions of the same images (issue 20, finding 0: every model trained with
 --class-weights balanced was refused). Options are combined so that six trainings (1 epoch, timm's tiny
-test_efficientnet at 32 px) cover class weights, the binary positive weight, each task, the cosine schedule,
+test_efficientnet at 32 px) cover class weights, test-time augmentation (flips, dihedral), the binary positive weight, each task, the cosine schedule,
 every augmentation, mixed precision off and auto, fixed threshold, frozen backbone, and cross-validation's
 final model. DDP: tests/test_data_parallel.py predicts with a model trained under --distributed ddp.
 Also: a model that passes our checks but that Ludwig cannot load is exit 2 with one line naming the model
@@ -63,21 +63,23 @@ CASES = {
     "multiclass balanced, cross-validation's final model": (
         lambda d: _unequal(SPLIT_CSV, d / "meta.csv", {"akiec": 4, "bcc": 5, "bkl": 6, "df": 7, "mel": 8, "nv": 7,
                                                        "vasc": 6}),
-        ["--class-weights", "balanced", "--cross-validation", "2", "--sample-id-column", "lesion_id"], []),
+        ["--class-weights", "balanced", "--cross-validation", "2", "--sample-id-column", "lesion_id", "--tta",
+         "dihedral"], []),
     "binary balanced (positive weight), cosine, f1 threshold": (
         lambda d: _unequal(BINARY_CSV, d / "meta.csv", {"mel": 6, "nv": 10}),
         ["--class-weights", "balanced", "--lr-schedule", "cosine", "--threshold-metric", "f1"], []),
     "binary fixed threshold, frozen backbone, mixed precision auto": (
         lambda d: BINARY_CSV,
         ["--threshold", "0.3", "--no-fine-tune", "--augmentation", "random_rotate,random_blur",
-         "--mixed-precision", "auto", "--validation-metric", "loss"], []),
+         "--mixed-precision", "auto", "--validation-metric", "loss", "--tta", "flips"], []),
     "binary balanced, cross-validation's final model": (
         lambda d: _binary_with_split(d / "meta.csv"), ["--class-weights", "balanced", "--cross-validation", "2",
                              "--sample-id-column", "lesion_id"], []),
     "regression, cosine, augmentations": (
         lambda d: AGE_CSV,
         ["--target-column", "age", "--sample-id-column", "lesion_id", "--lr-schedule", "cosine",
-         "--augmentation", "random_horizontal_flip,random_brightness,random_contrast", "--validation-metric", "rmse"],
+         "--augmentation", "random_horizontal_flip,random_brightness,random_contrast", "--validation-metric", "rmse",
+         "--tta", "flips"],
         ["--target-column", "age"]),
 }
 

@@ -107,6 +107,15 @@ def resample_weights(n: int, groups=None, n_resamples: int = N_RESAMPLES, seed: 
         yield multiplicity.T[group_of_row].astype(float)
 
 
+def mean_samples(values, groups=None, n_resamples: int = N_RESAMPLES, seed: int = 42) -> np.ndarray:
+    """The mean of ``values`` (e.g. 1.0 for a row whose prediction set covers its label) in each resample,
+    groups drawn whole: the same resamples as every other interval of the run (same seed, same groups)."""
+    values = np.asarray(values, dtype=float)
+    parts = [values @ weights / weights.sum(axis=0)
+             for weights in resample_weights(len(values), groups, n_resamples, seed)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
 def resample_rows(n: int, groups=None, n_resamples: int = N_RESAMPLES, seed: int = 42) -> Iterator[np.ndarray]:
     """The slow, explicit form of the same resamples: per resample, the row indices of every drawn group
     concatenated in draw order (the reference the weighted computation is checked against)."""

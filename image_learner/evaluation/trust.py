@@ -92,13 +92,12 @@ def add_columns(table: pd.DataFrame, task: str, classes, outputs, record: dict |
 
 
 def _coverage_interval(covered: np.ndarray, part: pd.DataFrame, seed: int) -> dict:
-    """Empirical coverage and its cluster-bootstrap 95% interval (metrics.bootstrap_ci's accuracy of
-    "covered" against an all-"covered" prediction: the share covered, groups drawn whole)."""
+    """Empirical coverage and its cluster-bootstrap 95% interval (the share covered in each resample,
+    groups drawn whole)."""
     groups = bootstrap.cluster_ids(part)
-    truth = np.where(covered, "covered", "missed")
-    ci = metrics.bootstrap_ci(truth, np.tile([0.0, 1.0], (len(truth), 1)), ["missed", "covered"],
-                              np.full(len(truth), "covered"), metric_names=("accuracy",), seed=seed, groups=groups)
-    return {"empirical": float(covered.mean()), "ci95": ci["accuracy"], "ci95_basis": bootstrap.basis(part, groups)}
+    samples = bootstrap.mean_samples(covered, groups, seed=seed)
+    ci = metrics.percentile_intervals({"coverage": samples})["coverage"]
+    return {"empirical": float(covered.mean()), "ci95": ci, "ci95_basis": bootstrap.basis(part, groups)}
 
 
 def has_sets(part: pd.DataFrame) -> bool:

@@ -19,13 +19,14 @@ from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, 
                             TrainingOptions)
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
+from image_learner.evaluation.tta import MODES as TTA_MODES
 from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 
 MANIFEST = "image_learner.json"
 METADATA = "training_set_metadata.json"
 FORMAT = "image-learner-model"
-FORMAT_VERSION = 4  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
-# 4: trust (temperature, conformal quantile)
+FORMAT_VERSION = 5  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
+# 4: trust (temperature, conformal quantile); 5: test-time augmentation (training.options.tta)
 
 
 def is_int(value, low=None, high=None) -> bool:
@@ -82,6 +83,7 @@ OPTION_RULES = {
     "validation_metric": (lambda v: any(v in names for names in VALIDATION_METRICS.values()), "a metric name"),
     "threshold_metric": (lambda v: v in THRESHOLD_POLICIES, " or ".join(map(repr, THRESHOLD_POLICIES))),
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
+    "tta": (lambda v: v in TTA_MODES, " or ".join(map(repr, TTA_MODES))),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
                    "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")

@@ -19,6 +19,7 @@ from image_learner.evaluation import calibration
 from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
+from image_learner.evaluation import tta
 from image_learner.model import model_archive
 from image_learner.data import task_choice
 from image_learner.data.image_check import check_images, unreadable_images_note
@@ -44,6 +45,7 @@ class PredictRequest:
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in prediction_log.txt
     abstain_above_set_size: int | None = None  # rows whose conformal set is larger: "abstain"
     workers: int = 1  # processes that check the images (training's pool, image_check.check_images)
+    tta: str | None = None  # test-time augmentation views (evaluation/tta.py); None: the model's own
 
 
 def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
@@ -114,8 +116,9 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
                                 request.workers)
     for note in notes:
         log(f"WARNING: {note}")
+    tta_mode = tta_of(request.tta, manifest)
     model, predictions = _predict_table(model_dir, manifest, table, request.batch_size,
-                                        f"model {os.path.basename(request.model_zip)!r}", timer)
+                                        f"model {os.path.basename(request.model_zip)!r}", timer, tta_mode, work)
     if "ood" in predictions:
         record = manifest["ood"]
         log(f"out-of-distribution: {int(predictions['ood'].sum())} of {len(predictions)} images flagged (top-class "
@@ -158,7 +161,8 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
         "split": {"method": "none: a saved model applied to new images (all evaluated as test)",
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
-                  "weights_source": f"trained model {os.path.basename(request.model_zip)}"},
+                  "weights_source": f"trained model {os.path.basename(request.model_zip)}",
+                  "tta": tta.describe(request.tta or manifest["training"]["options"]["tta"])},
         "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
         "ood": ood.describe(manifest.get("ood"), predictions["ood"].to_numpy(bool) if "ood" in predictions else None),
@@ -203,27 +207,46 @@ def _checked_images(table: pd.DataFrame, images_dir: str, converted_dir: str, no
     return kept[kept["read_path"].notna()].reset_index(drop=True)
 
 
+def tta_of(requested: str | None, manifest: dict) -> str:
+    """The test-time augmentation predict runs: the user's --tta, else the one training evaluated with
+    (its temperature, threshold and prediction sets were fitted on those averaged probabilities)."""
+    trained = manifest["training"]["options"]["tta"]
+    mode = requested or trained
+    if mode != trained:
+        log(f"WARNING: --tta {mode} differs from the model's {trained!r}: its temperature, threshold and "
+            "prediction sets were fitted on probabilities averaged over the model's own views")
+    log(f"test-time augmentation: {tta.describe(mode)}")
+    return mode
+
+
 def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, batch_size: int, source: str,
-                   timer: StageTimer | None = None):
-    """``source``: how errors name the model file; ``timer`` times loading and predicting apart."""
+                   timer: StageTimer | None = None, tta_mode: str = "none", scratch_dir: str | None = None):
+    """``source``: how errors name the model file; ``timer`` times loading and predicting apart;
+    ``tta_mode``: the views averaged (their files are written below ``scratch_dir``)."""
+    import tempfile
     from contextlib import nullcontext
 
     from image_learner.training import ludwig_trainer
 
     stage = timer.stage if timer else (lambda name: nullcontext())
-    ludwig_table = pd.DataFrame({"image_path": table["read_path"].to_numpy()})
-    classes = manifest["classes"]
+    classes, paths = manifest["classes"], table["read_path"].tolist()
     with model_archive.offline_hub():  # the config is validated; nothing may come from the hub either
         with stage("loading the model"):
             model = ludwig_trainer.load_model(model_dir, source)
-        with stage(f"predicting {len(table)} images"):
-            if manifest["task"] == "regression":
-                scaling = manifest["target_scaling"]
-                values = ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"],
-                                                       scaling["std"])
-            else:
-                proba = ludwig_trainer.predict_probabilities(model, ludwig_table, classes, manifest["task"],
-                                                             batch_size)
+        with stage(f"predicting {len(table)} images"), tempfile.TemporaryDirectory(dir=scratch_dir) as views_dir:
+            per_view = []
+            for i, view in enumerate(tta.views(tta_mode)):
+                view_paths = tta.view_copies(paths, view, os.path.join(views_dir, str(i)))
+                ludwig_table = pd.DataFrame({"image_path": view_paths})
+                if manifest["task"] == "regression":
+                    scaling = manifest["target_scaling"]
+                    per_view.append(ludwig_trainer.predict_values(model, ludwig_table, batch_size, scaling["mean"],
+                                                                  scaling["std"]))
+                else:
+                    per_view.append(ludwig_trainer.predict_probabilities(model, ludwig_table, classes,
+                                                                         manifest["task"], batch_size))
+            # a regression's values or the class probabilities, before the temperature (as training averaged)
+            values = proba = tta.averaged(per_view) if len(per_view) > 1 else per_view[0]
     out = table.drop(columns=["read_path"])
     record = manifest["trust"]
     if manifest["task"] == "regression":

@@ -91,7 +91,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         with timer.stage(f"fold {fold} of {k}: training {opts.model_name} for up to {opts.epochs} epochs"):
             fit = model_fit.fit(data, rows, opts, fold_dir, os.path.join(fold_dir, "model"), ddp_workers)
         with timer.stage(f"fold {fold} of {k}: predicting"):
-            scored = model_fit.outputs(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts)
+            scored = model_fit.outputs(data, fit, pd.concat([table[target], rows[rows["split"] == 1]]), opts, fold_dir)
         oof, validation = scored[:target.sum()], scored[target.sum():]
         threshold = None
         kept_why, epoch_warning = provenance.kept_epoch_choice(fit.trained.history, data.task, opts.validation_metric,
@@ -134,7 +134,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     test = ~in_folds
     if test.any():
         with timer.stage("final model: predicting the held-out test images"):
-            proba[test] = model_fit.outputs(data, final, table[test], opts)
+            proba[test] = model_fit.outputs(data, final, table[test], opts, work)
         predicted[test] = evaluation.predicted_labels(data.task, model_fit.class_order(data), proba[test], threshold)
     history = pd.concat(histories, ignore_index=True)
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,

@@ -61,6 +61,8 @@ class TrainingOptions:
     # binary tasks: metrics.THRESHOLD_POLICIES, tuned on the validation split, unless ``threshold`` is fixed
     threshold_metric: str = "youden"
     threshold: float | None = None
+    # evaluation/tta.MODES: the views whose probabilities are averaged, in evaluation and in predict
+    tta: str = "none"
 
 
 # The validation metric that picks the kept epoch and drives early stopping, per task: the user's name ->

@@ -115,9 +115,27 @@ def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_di
     return Fit(trained, config, class_weights, positive_weight, train_rows, scaling)
 
 
-def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
+def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions, scratch_dir: str | None = None) -> np.ndarray:
     """What the fitted model says of ``rows``: class probabilities (rows x classes, in ``class_order``), or
-    a regression's predicted values in the target's unit (rows x 1)."""
+    a regression's predicted values in the target's unit (rows x 1). With ``opts.tta`` the mean over the
+    views (evaluation/tta.py), whose files are written below ``scratch_dir`` and removed after."""
+    import tempfile
+
+    from image_learner.evaluation import tta
+
+    views = tta.views(opts.tta)
+    if len(views) == 1:
+        return _outputs_of(data, model, rows, opts)
+    paths = rows["read_path"].tolist()
+    per_view = []
+    with tempfile.TemporaryDirectory(prefix="tta-", dir=scratch_dir) as views_dir:
+        for i, view in enumerate(views):
+            view_rows = rows.assign(read_path=tta.view_copies(paths, view, os.path.join(views_dir, str(i))))
+            per_view.append(_outputs_of(data, model, view_rows, opts))
+    return tta.averaged(per_view)
+
+
+def _outputs_of(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
     from image_learner.training import ludwig_trainer
 
     table = pd.DataFrame({ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy()})
