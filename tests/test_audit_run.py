@@ -58,11 +58,15 @@ def test_no_audit_writes_neither_file(tmp_path):
     assert json.loads((out / "run_summary.json").read_text())["audit"] == {"skipped": "--no-audit"}
 
 
-def test_a_bad_audit_value_exits_2_naming_the_option(tmp_path, capsys):
+@pytest.mark.parametrize("bad", ["--audit=yes", "--no-audit=1", "--audit=no"])
+def test_a_bad_audit_value_exits_2_naming_the_option(tmp_path, capsys, bad):
+    """--audit and --no-audit take no value: a value is refused, naming the option, before anything runs."""
     with pytest.raises(SystemExit) as stop:
         image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir",
-                                str(tmp_path / "o"), "--audit=yes"])
-    assert stop.value.code == 2 and "--audit" in capsys.readouterr().err
+                                str(tmp_path / "o"), bad])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --audit/--no-audit: ignored explicit argument" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
 def test_the_map_marks_unhealthy_images_and_duplicates_from_data_health():
