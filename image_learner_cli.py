@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--verbose", action="store_true",
                     help="also show Ludwig's tables, progress bars and the libraries' warnings on the console "
                          "(always in training_log.txt in --output-dir)")
+    io.add_argument("--audit", action=argparse.BooleanOptionalAction, default=True,
+                    help="label_issues.csv (suspected label errors, classification) and embeddings.csv (each "
+                         "image's features), with their report sections; costs one more pass over the images "
+                         "(--no-audit: skip)")
     io.add_argument("--no-report", action="store_true",
                     help="skip report.html (sweeps and benchmarks; every table is still written)")
     io.add_argument("--max-missing-fraction", type=float, default=0.1,
@@ -276,7 +280,7 @@ def request_from_args(args: argparse.Namespace):
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
                                data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
-                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage)
+                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit)
 
 
 class Stopped(BaseException):

@@ -21,6 +21,7 @@ from image_learner.data.input_utils import read_output_csv
 from image_learner.evaluation import bootstrap
 from image_learner.evaluation import metrics
 from image_learner.evaluation import regression_metrics
+from image_learner.report import report_audit
 from image_learner.report import report_health
 from image_learner.report import report_images
 from image_learner.report import report_plots
@@ -278,7 +279,8 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
                   health=report_health.health_section(output_dir, summary, images_dir),
                   straddling=report_health.straddling_groups(summary, None, images_dir),
                   subgroups=subgroup_section,
-                  trust=report_trust.section(trust_found, predictions, classes, summary.get("task")))
+                  trust=report_trust.section(trust_found, predictions, classes, summary.get("task")),
+                  audit=report_audit.audit_section(output_dir, summary, predictions, images_dir))
     if summary.get("task") == "regression":
         gallery, gallery_reason = report_images.largest_errors_gallery(predictions, images_dir)
         html = _environment().get_template("report_regression.html.j2").render(

@@ -21,6 +21,7 @@ from image_learner import fit_and_score
 from image_learner.training import data_parallel
 from image_learner.data import dataset_prep, image_health, tabular
 from image_learner.training import devices
+from image_learner.evaluation import audit
 from image_learner.training import ludwig_config
 from image_learner.evaluation import metrics
 from image_learner.evaluation import ood
@@ -54,6 +55,7 @@ class RunRequest:
     num_workers: int = 1
     data_licence: str = model_card.NOT_STATED  # as the user states it, for MODEL_CARD.md
     export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
+    audit: bool = True  # label_issues.csv and embeddings.csv (image_learner/evaluation/audit.py)
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
     ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
     coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
@@ -249,6 +251,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         yaml.safe_dump(fit.config, handle, sort_keys=False)
     trained = fit.trained
     write_json(os.path.join(out, "metrics.json"), all_metrics)
+    audit_facts = audit.run(data, fit.trained.ludwig_model, opts, out, timer) if request.audit \
+        else {"skipped": "--no-audit"}
     versions = library_versions()
     model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
@@ -284,6 +288,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "best_epoch_chosen_by": outcome.epoch_provenance,
                      "selection": _selection(data, opts.validation_metric, bool(outcome.cross_validation))},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
+        "audit": audit_facts,
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "ood": ood.describe(outcome.ood, outcome.ood_test_flags),
         "device": trained.device, "versions": versions, "metrics": all_metrics,

@@ -142,7 +142,7 @@ def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version()}
-    for package in ("ludwig", "torch", "timm", "scikit-learn", "pandas", "numpy", "Pillow", "plotly"):
+    for package in ("ludwig", "torch", "timm", "scikit-learn", "pandas", "numpy", "Pillow", "plotly", "cleanlab"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:

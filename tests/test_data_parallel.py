@@ -125,7 +125,8 @@ def test_one_command_trains_in_two_processes_and_the_model_predicts_locally(tmp_
     assert "MULTI_CPU" not in done.stdout + done.stderr
     # rank 0's epoch lines reach the console, once each
     assert re.findall(r"\[image-learner\] epoch (\d)/2:", done.stdout) == ["1", "2"], done.stdout
-    assert sorted(os.listdir(out)) == sorted(["config.yaml", "metrics.json", "model", "predictions.csv",
+    assert sorted(os.listdir(out)) == sorted(["config.yaml", "embeddings.csv", "label_issues.csv", "metrics.json",
+                                              "model", "predictions.csv",
                                               "report.html", "run_summary.json", "split.csv",
                                               "trained_model.zip", "training_history.csv", "training_log.txt",
                                               "data_health.csv"])

@@ -20,7 +20,8 @@ from conftest import DEMO_CSV, DEMO_ZIP, ROOT, TEST_DATA
 TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "2",
         "--batch-size", "16", "--preprocessing-workers", "1"]
 OUTPUTS = ["predictions.csv", "training_history.csv", "metrics.json", "config.yaml", "split.csv",
-           "run_summary.json", "trained_model.zip", "report.html", "training_log.txt", "data_health.csv", "model"]
+           "run_summary.json", "trained_model.zip", "report.html", "training_log.txt", "data_health.csv", "model",
+           "label_issues.csv", "embeddings.csv"]
 
 
 def _train(out, *extra, csv=DEMO_CSV):

@@ -38,6 +38,7 @@ def _form(**changes):
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
         "data_licence": "not stated",
         "data_health": {"drop_unhealthy": None, "output_csv": False},
+        "audit": {"audit": "--audit", "output_label_issues": False, "output_embeddings": False},
     }
     for key, value in changes.items():
         if isinstance(value, dict):
@@ -240,6 +241,32 @@ def test_the_abstain_field_maps_to_its_predict_flag(k, expected):
     args = image_learner_cli.build_predict_parser().parse_args(argv[3:])
     assert args.abstain_above_set_size == expected
     assert ("--abstain-above-set-size" in argv) == (k is not None)
+
+
+@pytest.mark.parametrize("value, expected", [("--audit", True), ("--no-audit", False)])
+def test_the_audit_field_maps_to_its_flag(source, value, expected):
+    args, argv = _cli_args(source, audit={"audit": value})
+    assert args.audit is expected and value in argv
+
+
+def test_the_audit_tables_are_outputs_filtered_by_the_form_and_tested(source):
+    """label_issues.csv and embeddings.csv come out only when asked for, and only while --audit runs
+    (label issues: not for a regression, which writes none); a Galaxy test asks for both."""
+    outputs = {d.get("name"): d for d in source.root.find("outputs").iter("data")}
+    for name, path, switch in (("output_label_issues", "outputs/label_issues.csv", "output_label_issues"),
+                               ("output_embeddings", "outputs/embeddings.csv", "output_embeddings")):
+        data = outputs[name]
+        assert data.get("from_work_dir") == path and data.get("format") == "csv"
+        condition = data.find("filter").text
+        assert f"audit['{switch}']" in condition and "audit['audit']" in condition
+        context = {"audit": {"audit": True, switch: True}, "task": "auto"}
+        assert eval(condition, {}, context)  # noqa: S307 (the XML's own filter expression)
+        assert not eval(condition, {}, {**context, "audit": {"audit": False, switch: True}})
+        assert not eval(condition, {}, {**context, "audit": {"audit": True, switch: False}})
+    assert not eval(outputs["output_label_issues"].find("filter").text, {},
+                    {"audit": {"audit": True, "output_label_issues": True}, "task": "regression"})
+    tested = {o.get("name") for test in source.root.find("tests") for o in test.iter("output")}
+    assert {"output_label_issues", "output_embeddings"} <= tested
 
 
 @pytest.mark.parametrize("mode", ["none", "flips", "dihedral"])
