@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="local timm state dict (.safetensors/.pth) instead of a download")
     model.add_argument("--image-size", type=int, default=None,
                        help="square side images are resized to (default: the backbone's pretraining size)")
+    model.add_argument("--tabular-columns", default="",
+                       help="comma-separated CSV columns (names or 1-based indices), e.g. age,sex,localization: "
+                            "model inputs beside the image (Ludwig's concat combiner). Numbers (every non-missing "
+                            "value numeric) are z-scored with the training rows' mean/std, a missing one gets the "
+                            "training mean; categories (at most 200 values) are one-hot over the training rows' "
+                            "values, missing or unseen ones in one unknown slot. predict needs the same columns")
 
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=30)
@@ -246,6 +252,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner.training import ludwig_config
     from image_learner import pipeline
     from image_learner.evaluation import subgroups
+    from image_learner.data import tabular
 
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
@@ -257,7 +264,8 @@ def request_from_args(args: argparse.Namespace):
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
         cross_validation=args.cross_validation, task=args.task,
         drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
-        subgroup_columns=subgroups.parse_spec(args.subgroup_columns))
+        subgroup_columns=subgroups.parse_spec(args.subgroup_columns),
+        tabular_columns=tabular.parse_spec(args.tabular_columns))
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,

@@ -19,7 +19,7 @@ import yaml
 
 from image_learner import fit_and_score
 from image_learner.training import data_parallel
-from image_learner.data import dataset_prep, image_health
+from image_learner.data import dataset_prep, image_health, tabular
 from image_learner.training import devices
 from image_learner.evaluation import audit
 from image_learner.training import ludwig_config
@@ -97,6 +97,9 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.threshold is not None and not 0 < opts.threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
     request.data_licence = model_card.check_licence(request.data_licence)
+    if request.export_onnx and request.data.tabular_columns:
+        raise InputError("--export-onnx takes the image alone as the model's input; a model with --tabular-columns "
+                         "cannot be exported to ONNX yet: drop one of the two")
     if request.export_onnx:
         from image_learner.model import onnx_export
 
@@ -206,6 +209,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     check_task_options_early(request)
     if request.data.subgroup_columns:  # decided before the images are unpacked
         request.data = replace(request.data, subgroup_columns=_subgroup_columns(request))
+    if request.data.tabular_columns:  # names -> (column, kind), checked before the images are unpacked
+        request.data = replace(request.data, tabular_columns=_tabular_columns(request))
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
@@ -222,6 +227,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         + ", ".join(f"{k} {n}" for k, n in data.dataset["split_counts"].items())
         + f"; {data.leakage['duplicate_groups']} duplicate/flip groups found")
     log(f"split: {data.split['method']}")
+    if data.tabular:
+        log("tabular inputs beside the image: " + ", ".join(f"{c} ({k})" for c, k in data.tabular.items())
+            + "; scaled / one-hot from each fit's training rows only")
     if not data.split.get("folds"):  # before training: an untuned 0.5 is refused, not reported as a choice
         provenance.require_threshold_rows(data.task, data.table["split"], opts.threshold,
                                           request.data.split_probabilities, data.columns["split"])
@@ -250,7 +258,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
-        "target_scaling": fit.target_scaling, "ood": outcome.ood, "trust": outcome.trust},
+        "target_scaling": fit.target_scaling, "ood": outcome.ood, "trust": outcome.trust,
+        **({"tabular": fit.tabular} if fit.tabular else {})},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
 
     summary = {
@@ -269,7 +278,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         **({"data_health": data.health_summary} if data.health_summary else {}),
         "model": {"name": opts.model_name, "pretrained": opts.use_pretrained,
                   "weights_source": _weights_source(opts), "fine_tune": opts.fine_tune,
-                  "image_size": opts.image_size, "tta": tta.describe(opts.tta)},
+                  "image_size": opts.image_size, "tta": tta.describe(opts.tta),
+                  **({"tabular": fit.tabular, "tabular_description": tabular.describe(fit.tabular)}
+                     if fit.tabular else {})},
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size", "tta")},
                      "pretrained_weights": weights_record,
                      "class_weights_used": fit.class_weights or fit.positive_weight,
@@ -335,6 +346,22 @@ def _subgroup_columns(request: RunRequest) -> tuple[str, ...]:
     label = resolve_column(raw, request.data.target_column, "label", "--target-column")
     image = resolve_column(raw, request.data.image_column, "image", "--image-column")
     return subgroups.resolve_columns(raw, request.data.subgroup_columns, label, image)
+
+
+def _tabular_columns(request: RunRequest) -> tuple[tuple[str, str], ...]:
+    """--tabular-columns as (CSV column, kind) pairs, checked against the CSV (data/tabular.py): never the
+    image, label, split or sample id column."""
+    raw = read_metadata_csv(request.csv_file)
+    options = request.data
+    reserved = {"image": resolve_column(raw, options.image_column, "image", "--image-column"),
+                "label": resolve_column(raw, options.target_column, "label", "--target-column"),
+                "sample id": (resolve_column(raw, options.sample_id_column, "sample id", "--sample-id-column")
+                              if options.sample_id_column else None),
+                "split": (resolve_column(raw, options.split_column, "split", "--split-column")
+                          if options.split_column else
+                          next((c for c in raw.columns if c.strip().lower() == "split"), None))}
+    names = [name if isinstance(name, str) else name[0] for name in options.tabular_columns]
+    return tabular.resolve_columns(raw, names, reserved)
 
 
 def _selection(data, validation_metric: str, cross_validated: bool) -> dict:

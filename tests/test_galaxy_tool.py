@@ -26,7 +26,7 @@ def _form(**changes):
     values = {
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
         "image_column": "1", "target_column": "2", "task": "auto", "sample_id_column": None,
-        "subgroup_columns": None,
+        "subgroup_columns": None, "tabular_columns": None,
         "data_split": {"method": "random"}, "cross_validation": {"enabled": "no"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
@@ -282,3 +282,19 @@ def test_the_predict_tta_field_maps_to_its_flag_or_the_models_own(mode, expected
                "metadata": {"has_table": "no"}, "abstain_above_set_size": None, "tta": mode}
     argv = _without_thread_setting(shlex.split(fill_template(source.parse_command(), context=context)))
     assert image_learner_cli.build_predict_parser().parse_args(argv[3:]).tta == expected
+
+
+def test_tabular_columns_map_to_their_flag(source):
+    """Metadata fusion (issue 25): the form's columns reach --tabular-columns as 1-based indices, which the CLI
+    resolves to the CSV's names and kinds; none by default."""
+    args, argv = _cli_args(source)
+    assert args.tabular_columns == "" and "--tabular-columns" not in argv
+    args, argv = _cli_args(source, tabular_columns="5,4,6")
+    assert args.tabular_columns == "5,4,6" and "--tabular-columns" in argv
+    import pandas as pd
+    from image_learner.data import tabular
+
+    raw = pd.DataFrame({"image_path": ["a.png", "b.png"], "label": ["x", "y"], "lesion_id": ["1", "2"],
+                        "sex": ["male", ""], "age": ["40", "55.5"], "localization": ["back", "face"]})
+    assert tabular.resolve_columns(raw, tabular.parse_spec(args.tabular_columns), {"image": "image_path"}) == (
+        ("age", "number"), ("sex", "category"), ("localization", "category"))

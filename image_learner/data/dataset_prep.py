@@ -42,6 +42,9 @@ class DataOptions:
     # --subgroup-columns, resolved to CSV names (subgroups.resolve_columns): copied into the table as
     # subgroup_<name> for evaluation only; model_fit never passes them to Ludwig
     subgroup_columns: tuple[str, ...] = ()
+    # --tabular-columns, resolved (tabular.resolve_columns): ((CSV column, "number"|"category"), ...), copied
+    # into the table as tabular_<name> (raw text); model_fit encodes them per fit from its training rows
+    tabular_columns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -63,6 +66,7 @@ class PreparedData:
     task_reason: str = ""  # why this task (task_choice), for the log
     health: pd.DataFrame | None = None  # data_health.csv: one row per readable image (dropped ones too)
     health_summary: dict | None = None  # run_summary.json's data_health
+    tabular: dict = field(default_factory=dict)  # --tabular-columns: CSV column -> kind (tabular.py)
 
 
 def prepare(csv_path: str, image_root: str, image_files: list[str], options: DataOptions,
@@ -154,6 +158,8 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     })
     for column in options.subgroup_columns:  # evaluation only: model_fit never passes them to Ludwig
         table["subgroup_" + column] = matched[column].astype(str).str.strip().to_numpy()
+    for column, _ in options.tabular_columns:  # model inputs: encoded per fit from its training rows (model_fit)
+        table["tabular_" + column] = matched[column].astype(str).str.strip().to_numpy()
     table["duplicate_group"] = dup_groups
     sample_groups = None
     if sample_col:
@@ -229,7 +235,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
                                      for k, name in enumerate(split_utils.SPLIT_NAMES)}
     columns = {"image": image_col, "label": label_col, "sample_id": sample_col, "split": split_col}
     return PreparedData(table, classes, task, positive, columns, dataset, split_info, leakage, warnings, task_reason,
-                        health, health_summary)
+                        health, health_summary, dict(options.tabular_columns))
 
 
 def _duplicate_groups(matched: pd.DataFrame, options: DataOptions) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from image_learner.data import tabular
 from image_learner.errors import InputError
 from image_learner.model import model_weights
 from image_learner.training import timm_backbone
@@ -65,10 +66,12 @@ class InferenceNetwork(torch.nn.Module):
     ``backbone`` is the timm model (Grad-CAM hooks its last feature map, report_images)."""
 
     def __init__(self, backbone: torch.nn.Module, width: int, outputs: int, task: str,
-                 loss: dict[str, int] | None = None):
+                 loss: dict[str, int] | None = None, tabular_width: int = 0):
         super().__init__()
         self.backbone = backbone
-        self.head = torch.nn.Linear(width, outputs)
+        # --tabular-columns: the concat combiner puts the tabular features (passthrough) after the image's
+        self.tabular_width = tabular_width
+        self.head = torch.nn.Linear(width + tabular_width, outputs)
         self.loss = torch.nn.Module()  # the training loss's tensors (loss_tensors), held as Ludwig holds them
         for name, length in (loss or {}).items():
             self.loss.register_buffer(name, torch.zeros(length))
@@ -77,8 +80,14 @@ class InferenceNetwork(torch.nn.Module):
         self.register_buffer("pixel_std", std, persistent=False)
         self.task = task
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, tabular: torch.Tensor | None = None) -> torch.Tensor:
+        """``tabular``: a fused model's N x tabular_width inputs (data/tabular.py's encoding); None: zeros (the
+        training mean, no category: Grad-CAM, whose map they cannot change through the linear head)."""
         features = timm_backbone.normalised_features(self.backbone, self.pixel_mean, self.pixel_std, images)
+        if self.tabular_width:
+            if tabular is None:
+                tabular = torch.zeros(len(features), self.tabular_width, device=features.device)
+            features = torch.cat([features, tabular.to(features.dtype)], dim=-1)
         return torch.squeeze(self.head(features), dim=-1)  # Ludwig's Dense squeezes a last dimension of 1
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
@@ -100,7 +109,8 @@ def build(manifest: dict, device: str | torch.device = "cpu") -> InferenceNetwor
         backbone.eval()
         with torch.no_grad():
             width = int(backbone(torch.zeros(1, 3, side, side)).shape[-1])
-        network = InferenceNetwork(backbone, width, head_outputs(manifest), manifest["task"], loss_tensors(manifest))
+        network = InferenceNetwork(backbone, width, head_outputs(manifest), manifest["task"], loss_tensors(manifest),
+                                   sum(tabular.width(r) for r in manifest.get("tabular") or []))
     return network.eval()
 
 
@@ -148,13 +158,15 @@ def class_columns(probabilities: np.ndarray, manifest: dict) -> np.ndarray:
                             for c in manifest["classes"]])
 
 
-def run(network: InferenceNetwork, batch: np.ndarray) -> np.ndarray:
+def run(network: InferenceNetwork, batch: np.ndarray, tabular_inputs: np.ndarray | None = None) -> np.ndarray:
     """Ludwig's predictions for a uint8 N x S x S x 3 batch: pixels / 255 as float32 (as Ludwig's image
-    decoding scales them), no gradients; back on the host."""
+    decoding scales them), no gradients; back on the host. ``tabular_inputs``: a fused model's N x width
+    inputs (data/tabular.matrix)."""
     device = network.pixel_mean.device
     pixels = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2).to(torch.float32) / 255
+    extra = None if tabular_inputs is None else torch.from_numpy(np.asarray(tabular_inputs, np.float32)).to(device)
     with torch.inference_mode():
-        return network.predictions(network(pixels)).float().cpu().numpy()
+        return network.predictions(network(pixels, extra)).float().cpu().numpy()
 
 
 def image_pixels(path: str, side: int) -> tuple[np.ndarray, list[str]]:

@@ -19,6 +19,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import replace
 
+from image_learner.data import tabular
 from image_learner.model import model_weights
 from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely, zip_member_sizes
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
@@ -159,7 +160,7 @@ def expected_config(manifest: dict) -> dict:
     training = manifest["training"]
     options = TrainingOptions(**training["options"])
     config = build_ludwig_config(options, manifest["task"], training["class_weights"], training["positive_weight"],
-                                 training["train_rows"])
+                                 training["train_rows"], manifest.get("tabular"))
     loss = config["output_features"][0].get("loss", {})
     if isinstance(loss.get("class_weights"), dict):
         loss["class_weights"] = saved_class_weights(loss["class_weights"], manifest["label_vocabulary"])
@@ -274,6 +275,10 @@ def _training_fills(config: dict, manifest: dict) -> dict:
              ("trainer", "gradient_accumulation_steps"): (lambda v: is_int(v, 1, 1), "1"),
              ("output_features", 0, "input_size"): (lambda v: is_int(v, 1), "a positive integer"),
              ("output_features", 0, "decoder", "input_size"): (lambda v: v == width, f"{width!r} (its input_size)")}
+    for k, record in enumerate(manifest.get("tabular") or [], start=1):  # after the image: the tabular features
+        size = tabular.width(record)
+        fills[("input_features", k, "encoder", "saved_weights_in_checkpoint")] = (lambda v: v is True, "true")
+        fills[("input_features", k, "encoder", "input_size")] = (lambda v, n=size: is_int(v, n, n), f"{size}")
     if manifest["task"] == "multiclass":
         n = len(manifest["label_vocabulary"])
         for path in (("output_features", 0, "num_classes"), ("output_features", 0, "decoder", "num_classes")):
@@ -328,7 +333,8 @@ def check_metadata(metadata, config: dict, manifest: dict, exact: bool = True) -
                      vocab_size=len(vocabulary), str2freq=counts if isinstance(counts, dict) else {})
     checksum = metadata.get("checksum")
     expect(isinstance(checksum, str), METADATA, "checksum", checksum, "a string")
-    expected = {"checksum": checksum, IMAGE_FEATURE: image, LABEL_FEATURE: label}
+    expected = {"checksum": checksum, IMAGE_FEATURE: image, LABEL_FEATURE: label,
+                **_tabular_metadata(config, manifest.get("tabular") or [])}
     _compare(metadata, expected, METADATA, "", exact=exact)
     if vocabulary is not None:  # str2freq: counts in the training table, by which Ludwig sorted the vocabulary
         # Ludwig writes the file with sorted keys, so the counts are compared in idx2str order, not file order.
@@ -337,6 +343,18 @@ def check_metadata(metadata, config: dict, manifest: dict, exact: bool = True) -
         expect(set(saved) == set(vocabulary) and all(is_int(n, 1) for n in counts)
                and counts == sorted(counts, reverse=True), METADATA, f"{LABEL_FEATURE}.str2freq", saved,
                "a count of at least 1 per class, decreasing in idx2str order")
+
+
+def _tabular_metadata(config: dict, records: list[dict]) -> dict:
+    """What Ludwig derives for each --tabular-columns feature: its preprocessing, and a vector's size."""
+    expected = {}
+    for k, record in enumerate(records, start=1):
+        feature = config["input_features"][k]
+        entry = {"preprocessing": feature["preprocessing"]}
+        if record["kind"] == "category":
+            entry["vector_size"] = tabular.width(record)
+        expected[feature["name"]] = entry
+    return expected
 
 
 def _compare(saved, expected, file: str, path: str, exact: bool) -> None:

@@ -179,6 +179,8 @@ def _model_section(summary: dict, onnx: dict | None) -> list[str]:
            f"- Files: model_weights.safetensors with Ludwig {md_text((summary.get('versions') or {}).get('ludwig'))}"
            f"'s config (predict with Image Learner {md_text((summary.get('tool') or {}).get('version'))})"
            + (f"; model.onnx ({onnx['description']})" if onnx else "")]
+    if model.get("tabular_description"):  # --tabular-columns: predict needs these columns in its CSV
+        out.append(f"- Model inputs: {md_text(model['tabular_description'])}; predict needs these columns in its CSV")
     if summary.get("task") != "regression":
         out.append("- Classes, in the order of the probability columns: "
                    + ", ".join(md_text(c) for c in summary.get("classes") or []))

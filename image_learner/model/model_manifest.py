@@ -17,6 +17,7 @@ from dataclasses import asdict
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
                             TrainingOptions)
+from image_learner.data import tabular
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
 from image_learner.evaluation.tta import MODES as TTA_MODES
@@ -87,8 +88,9 @@ OPTION_RULES = {
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
                    "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
-# written by training since the OOD flag; absent in models made before, which then flag nothing
-OPTIONAL_FIELDS = ("ood",)
+# written by training since the OOD flag; absent in models made before, which then flag nothing;
+# "tabular": only in a model trained with --tabular-columns (its columns, kinds, training statistics)
+OPTIONAL_FIELDS = ("ood", "tabular")
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
 
 
@@ -134,6 +136,9 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     expect(task in ("multiclass", "binary", "regression"), MANIFEST, "task", task,
            "'multiclass', 'binary' or 'regression'")
     ood.check_record(manifest.get("ood"), task, len(classes) if isinstance(classes, list) else 0, MANIFEST)
+    if "tabular" in manifest:  # the saved config must then have exactly these features (model_archive)
+        wrong = tabular.check_records(manifest["tabular"])
+        expect(wrong is None, MANIFEST, "tabular", manifest["tabular"], wrong)
     vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
     if task == "regression":
         for field, value in (("classes", []), ("positive_label", None), ("threshold", None),

@@ -26,7 +26,7 @@ from image_learner.evaluation import trust
 from image_learner.evaluation import tta
 from image_learner.model import inference_network
 from image_learner.model import model_archive
-from image_learner.data import task_choice
+from image_learner.data import tabular, task_choice
 from image_learner.data.image_check import unreadable_images_note
 from image_learner.data.input_utils import (InputError, ZipLimits, extract_images, label_text, match_rows_to_images,
                          read_metadata_csv, resolve_column, write_output_csv)
@@ -53,9 +53,16 @@ class PredictRequest:
     tta: str | None = None  # test-time augmentation views (evaluation/tta.py); None: the model's own
 
 
-def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass"):
-    """Table of image / image_file (/ true_label, or true_value for a regression) rows: the CSV's rows, or
-    every image of the ZIP."""
+def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str], task: str = "multiclass",
+                       tabular_records: list[dict] | None = None):
+    """Table of image / image_file (/ true_label, or true_value for a regression; / tabular_<column> for a
+    model trained with --tabular-columns) rows: the CSV's rows, or every image of the ZIP."""
+    if tabular_records and not request.csv_file:
+        raise InputError("this model uses the tabular columns " + ", ".join(r["column"] for r in tabular_records)
+                         + " beside the image: pass --csv-file with them")
+    if tabular_records:
+        tabular.require_columns(read_metadata_csv(request.csv_file), tabular_records,
+                                os.path.basename(request.csv_file))
     if not request.csv_file:
         table = match_rows_to_images(pd.DataFrame({"image": files}), "image", files).table
         if table.empty:
@@ -74,6 +81,7 @@ def _images_to_predict(request: PredictRequest, images_dir: str, files: list[str
     notes = ([f"{len(match.unmatched_rows)} CSV rows have no image in the ZIP and were skipped"]
              if match.unmatched_rows else [])
     table = pd.DataFrame({"image": match.table[image_col], "image_file": match.table["image_file"]})
+    table = _with_tabular_columns(table, match.table, tabular_records)
     if label_col:
         labels = label_text(match.table[label_col], label_col, match.table["csv_line"])
         if task == "regression":
@@ -113,7 +121,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     with timer.stage("unpacking images"):
         unpacked = extract_images(request.image_zip, images_dir, request.zip_limits)
     log_skipped_members(unpacked)
-    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"])
+    table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"],
+                                                 manifest.get("tabular"))
     model, predictions = _predict_table(model_dir, manifest, table, images_dir, notes, request, timer,
                                         tta_of(request.tta, manifest))
     for note in notes:
@@ -161,7 +170,8 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
                   "weights_source": f"trained model {os.path.basename(request.model_zip)}",
-                  "tta": tta.describe(request.tta or manifest["training"]["options"]["tta"])},
+                  "tta": tta.describe(request.tta or manifest["training"]["options"]["tta"]),
+                  "tabular_description": tabular.describe(manifest.get("tabular"))},
         "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
         "ood": ood.describe(manifest.get("ood"), predictions["ood"].to_numpy(bool) if "ood" in predictions else None),
@@ -208,7 +218,7 @@ def _decoded_batches(paths: list[str], side: int, batch_size: int, workers: int)
 
 
 def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, batch_size: int, workers: int,
-                    notes: list[str], tta_mode: str = "none"):
+                    notes: list[str], tta_mode: str = "none", tabular_inputs=None):
     """(rows kept, Ludwig's predictions for them): the training's image rules, in memory (odd images
     converted the same way; unreadable ones skipped and named, by training's rule,
     image_check.unreadable_images_note at its default limit), progress logged. With ``tta_mode`` the mean
@@ -220,7 +230,7 @@ def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, ba
     started = time.time()
     batches = _decoded_batches([os.path.join(images_dir, f) for f in files], side, batch_size, workers)
     for number, (start, decoded) in enumerate(batches, 1):
-        good = []
+        good, rows = [], []
         for k, (pixels, changes, reason) in enumerate(decoded, start):
             if reason is not None:
                 bad[files[k]] = reason
@@ -228,13 +238,15 @@ def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, ba
             if changes:
                 converted[files[k]] = "; ".join(changes)
             kept.append(k)
+            rows.append(k)
             good.append(pixels)
         try:
             if good:
                 batch = np.stack(good)
-                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view))
+                extra = () if tabular_inputs is None else (tabular_inputs[rows],)  # --tabular-columns' inputs
+                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view), *extra)
                                              for view in views]) if len(views) > 1
-                               else inference_network.run(network, batch))
+                               else inference_network.run(network, batch, *extra))
         except (MemoryError, RuntimeError) as err:
             if devices.is_out_of_memory(err):
                 raise devices.OutOfMemory(devices.oom_message("predicting", devices.describe(), batch_size, side,
@@ -290,7 +302,8 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
             network = _load_network(manifest, model_dir, device, os.path.basename(request.model_zip))
         with timer.stage(f"predicting {len(table)} images"):
             out, raw = _predict_images(network, table, images_dir, side, request.batch_size, request.workers, notes,
-                                       tta_mode)
+                                       tta_mode, _tabular_matrix(table, manifest))
+    out = out.drop(columns=[c for c in out if c.startswith(tabular.PREFIX)])  # the inputs, not outputs
     record = manifest["trust"]
     if task == "regression":
         scaling = manifest["target_scaling"]
@@ -309,6 +322,22 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
         out["ood_score"] = ood.scores(proba)
         out["ood"] = ood.flags(proba, manifest["ood"])
     return network, trust.add_columns(out, task, classes, proba, record)
+
+
+def _with_tabular_columns(table: pd.DataFrame, matched: pd.DataFrame, records: list[dict] | None) -> pd.DataFrame:
+    """The raw text of the model's tabular columns (--tabular-columns at training) beside each row, as
+    tabular_<column>; the CSV's columns were checked by tabular.require_columns."""
+    for record in records or []:
+        table[tabular.PREFIX + record["column"]] = matched[record["column"]].astype(str).str.strip().to_numpy()
+    return table
+
+
+def _tabular_matrix(table: pd.DataFrame, manifest: dict):
+    """The model's tabular inputs for every row of ``table`` (N x width, float32, in the config's feature
+    order), encoded with the training rows' statistics and vocabularies the manifest records (never anything
+    computed from the rows predicted); None for an image-only model."""
+    records = manifest.get("tabular")
+    return tabular.matrix(table.reset_index(drop=True), records) if records else None
 
 
 def _check_abstain(k: int | None, manifest: dict) -> None:

@@ -115,6 +115,17 @@ def _saliency_item(row, task: str) -> dict:
             "confidence": float(row[f"prob_{row['predicted_label']}"])}
 
 
+def _neutral_tabular_inputs(ecd, device) -> dict:
+    """Zeros for a fused model's tabular features (--tabular-columns: the training mean of a number, no
+    category slot set). Under the concat combiner without hidden layers (ludwig_config) the head is linear
+    in the concatenation, so a tabular value only shifts the logits: the gradient with respect to the
+    image's feature maps, and so the Grad-CAM map, is the same whatever values are fed here."""
+    import torch
+
+    return {name: torch.zeros((1, *feature.input_shape), device=device)
+            for name, feature in ecd.input_features.items() if name != "image_path"}
+
+
 def saliency_network(model):
     """What Grad-CAM needs of a trained model: a torch module with ``backbone`` (the timm model) whose call
     on N x 3 x S x S pixels in [0, 1] returns Ludwig's logits of the output. Predict's network
@@ -130,7 +141,9 @@ def saliency_network(model):
             self.backbone = ecd.input_features.get("image_path").encoder_obj.model
 
         def forward(self, images):
-            return self.ecd({"image_path": images})["label::logits"]
+            # a fused model's tabular inputs at zero (_neutral_tabular_inputs: the map does not depend on them)
+            return self.ecd({"image_path": images, **_neutral_tabular_inputs(self.ecd, images.device)})[
+                "label::logits"]
 
     return LudwigLogits(model.model)
 

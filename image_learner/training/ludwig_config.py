@@ -156,12 +156,16 @@ def learning_rate_scheduler(schedule: str, epochs: int, train_rows: int, batch_s
 
 
 def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict[str, float] | None = None,
-                        positive_weight: float | None = None, train_rows: int = 0) -> dict:
+                        positive_weight: float | None = None, train_rows: int = 0,
+                        tabular_records: list[dict] | None = None) -> dict:
     """The Ludwig config for ``task`` ("multiclass", "binary" or "regression").
 
     ``class_weights`` (multiclass) and ``positive_weight`` (binary) come from the train split when the
-    user asked for balanced weights; ``train_rows`` (the train split's size) sets the schedule's length.
+    user asked for balanced weights; ``train_rows`` (the train split's size) sets the schedule's length;
+    ``tabular_records``: --tabular-columns' encodings (data/tabular.py), one input feature each after the image.
     """
+    from image_learner.data import tabular
+
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, not {task!r}")
     if task == "regression" and (class_weights or positive_weight is not None or options.class_weights != "none"):
@@ -219,7 +223,7 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
 
     return {
         "model_type": "ecd",
-        "input_features": [image_feature],
+        "input_features": [image_feature, *tabular.ludwig_features(tabular_records)],
         "output_features": [output],
         "combiner": {"type": "concat"},
         "preprocessing": {"split": {"type": "fixed", "column": SPLIT_COLUMN}},

@@ -25,7 +25,7 @@ import pandas as pd
 from image_learner import console
 from image_learner.training import devices
 from image_learner.errors import InputError
-from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS
+from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, VALIDATION_METRICS  # noqa: F401 (tests)
 from image_learner.run_files import log
 
 # Ludwig's names for its per-epoch metrics -> honest names (Ludwig's multiclass "accuracy" is
@@ -259,7 +259,9 @@ def _predict_chunks(model, table: pd.DataFrame, batch_size: int) -> pd.DataFrame
         warnings.filterwarnings("ignore", message="column: 'split' is required by the dataset splitter")
         for start in range(0, len(table), chunk):
             try:
-                part, _ = model.predict(dataset=table[[IMAGE_FEATURE]].iloc[start:start + chunk],
+                # the image and any tabular features (--tabular-columns), never a label or split
+                part, _ = model.predict(dataset=table.drop(columns=[LABEL_FEATURE, "split"], errors="ignore")
+                                        .iloc[start:start + chunk],
                                         batch_size=batch_size)
             except (MemoryError, RuntimeError) as err:
                 if devices.is_out_of_memory(err):
@@ -333,6 +335,17 @@ def load_model(model_dir: str, source: str = "the model"):
                          f"({type(err).__name__}: {detail})") from err
 
 
+def _with_vector_widths(config_object, config: dict):
+    """A vector input's width (--tabular-columns' one-hot categories) on its passthrough encoder, as Ludwig's
+    training sets it (VectorInputFeature.update_config_with_metadata). The passthrough encoder's schema has no
+    such field, so a config rebuilt from the saved file would give every vector width 1 and the head would not
+    fit its weights; the saved width was checked against the manifest's vocabulary (model_archive)."""
+    for feature, saved in zip(config_object.input_features, config["input_features"]):
+        if saved.get("type") == "vector":
+            feature.encoder.input_size = saved["encoder"]["input_size"]
+    return config_object
+
+
 def _load_validating_once(model_dir: str):
     """LudwigModel.load's steps, with the saved config schema-validated once (by LudwigModel's constructor)
     instead of twice (LudwigModel.load validates it, then hands the rendering to the constructor, which
@@ -343,7 +356,9 @@ def _load_validating_once(model_dir: str):
     from ludwig.data.preprocessing import load_metadata
     from ludwig.utils.misc_utils import set_saved_weights_in_checkpoint_flag
 
-    model = LudwigModel(load_json(os.path.join(model_dir, MODEL_HYPERPARAMETERS_FILE_NAME)), backend="local")
+    saved = load_json(os.path.join(model_dir, MODEL_HYPERPARAMETERS_FILE_NAME))
+    model = LudwigModel(saved, backend="local")
+    _with_vector_widths(model.config_obj, saved)
     set_saved_weights_in_checkpoint_flag(model.config_obj)
     model._get_or_create_model(model.config_obj)
     model.load_weights(model_dir)

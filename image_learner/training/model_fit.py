@@ -27,6 +27,7 @@ class Fit:
     positive_weight: float | None
     train_rows: int
     target_scaling: dict | None = None  # regression: the training rows' {"mean", "std"} (Ludwig sees z-scores)
+    tabular: list | None = None  # --tabular-columns' encodings from this fit's training rows (data/tabular.py)
 
 
 def class_order(data) -> list[str]:
@@ -87,13 +88,36 @@ def ludwig_inputs(data, rows: pd.DataFrame, opts: TrainingOptions):
     return table, class_weights, positive_weight, None
 
 
+def tabular_records(data, rows: pd.DataFrame) -> list[dict] | None:
+    """--tabular-columns' encodings (means, stds, vocabularies) from ``rows``' TRAINING rows only (split 0):
+    each fold and the final model compute their own; None without the option."""
+    if not getattr(data, "tabular", None):
+        return None
+    from image_learner.data import tabular
+
+    return tabular.fit(rows[rows["split"] == 0], data.tabular)
+
+
+def with_tabular(table: pd.DataFrame, rows: pd.DataFrame, records: list[dict] | None) -> pd.DataFrame:
+    """``table`` plus the encoded tabular features of ``rows`` (same order), when the model has any."""
+    if not records:
+        return table
+    from image_learner.data import tabular
+
+    encoded = tabular.encode(rows, records)
+    return pd.concat([table.reset_index(drop=True), encoded.reset_index(drop=True)], axis=1)
+
+
 def config_for(data, rows: pd.DataFrame, opts: TrainingOptions):
-    """(Ludwig table, config, class weights, positive weight, train rows, target scaling) of one fit,
-    without training."""
+    """(Ludwig table, config, class weights, positive weight, train rows, target scaling, tabular records) of
+    one fit, without training."""
     table, class_weights, positive_weight, scaling = ludwig_inputs(data, rows, opts)
+    records = tabular_records(data, rows)
+    table = with_tabular(table, rows, records)
     train_rows = int((rows["split"] == 0).sum())
-    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight, train_rows=train_rows)
-    return table, config, class_weights, positive_weight, train_rows, scaling
+    config = ludwig_config.build_ludwig_config(opts, data.task, class_weights, positive_weight, train_rows=train_rows,
+                                               tabular_records=records)
+    return table, config, class_weights, positive_weight, train_rows, scaling, records
 
 
 def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_dir: str, ddp_workers: int = 0) -> Fit:
@@ -101,7 +125,7 @@ def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_di
     train data-parallel in that many processes (data_parallel); 0: in this process."""
     from image_learner.training import ludwig_trainer  # imports Ludwig (slow): only once the inputs are known to be good
 
-    table, config, class_weights, positive_weight, train_rows, scaling = config_for(data, rows, opts)
+    table, config, class_weights, positive_weight, train_rows, scaling, records = config_for(data, rows, opts)
     os.makedirs(work_dir, exist_ok=True)
     target_std = scaling["std"] if scaling else None
     if ddp_workers:
@@ -112,7 +136,7 @@ def fit(data, rows: pd.DataFrame, opts: TrainingOptions, work_dir: str, model_di
     else:
         trained = ludwig_trainer.train(table, config, work_dir, model_dir, opts.random_seed, data.task,
                                        opts.validation_metric, target_std=target_std)
-    return Fit(trained, config, class_weights, positive_weight, train_rows, scaling)
+    return Fit(trained, config, class_weights, positive_weight, train_rows, scaling, records)
 
 
 def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions, scratch_dir: str | None = None) -> np.ndarray:
@@ -138,7 +162,8 @@ def outputs(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions, scratch
 def _outputs_of(data, model: Fit, rows: pd.DataFrame, opts: TrainingOptions) -> np.ndarray:
     from image_learner.training import ludwig_trainer
 
-    table = pd.DataFrame({ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy()})
+    table = with_tabular(pd.DataFrame({ludwig_config.IMAGE_FEATURE: rows["read_path"].to_numpy()}), rows,
+                         model.tabular)
     if data.task == "regression":
         scaling = model.target_scaling
         return ludwig_trainer.predict_values(model.trained.ludwig_model, table, opts.batch_size, scaling["mean"],
