@@ -182,7 +182,6 @@ def check_config(config, manifest: dict, render=None) -> None:
     for field, wanted in (("model_type", "ecd"), ("backend", {"type": "local"})):
         expect(config.get(field) == wanted, CONFIG, field, config.get(field), repr(wanted))
     expected = expected_config(manifest)
-    _accept_earlier_prefetch(config, expected)  # before rendering: Ludwig hashes preprocessing into proc_column
     fills = _training_fills(config, manifest)
     if render is None:  # predict: what our builder writes, and what the network is built with
         _compare(config, expected, CONFIG, "", exact=False)
@@ -237,22 +236,6 @@ def _check_network_fields(config: dict, task: str) -> None:
             raise InputError(f"{CONFIG}: {_where(path)} is missing") from None
         expect(value == wanted and type(value) is type(wanted), CONFIG, _where(path), value,
                short(wanted).replace("None", "null"))
-
-
-_PREFETCH = ("input_features", 0, "preprocessing", "prefetch_size")
-
-
-def _accept_earlier_prefetch(config: dict, expected: dict) -> None:
-    """Models trained with augmentations before the same-seed fix (ludwig_config.py) saved prefetch_size
-    null where the builder now writes 0: accepted, as it only steered how training batches were loaded,
-    never the model or what it predicts."""
-    features = config.get("input_features")
-    pre = features[0].get("preprocessing") if isinstance(features, list) and features and isinstance(
-        features[0], dict) else None
-    wanted = _at(expected, _PREFETCH[:-1])
-    if isinstance(pre, dict) and _PREFETCH[-1] in pre and pre[_PREFETCH[-1]] is None and wanted.get(
-            _PREFETCH[-1]) == 0:
-        del wanted[_PREFETCH[-1]]  # as the builder made it then: Ludwig renders the missing field as null
 
 
 _FILLED = object()  # in an expected config: a value Ludwig fills in while training, checked on its own
