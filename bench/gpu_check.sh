@@ -29,29 +29,29 @@ mode=${1:-}
 py=${PYTHON:-python3}
 carry=.gpu_carry
 
+# A CPU rehearsal: the carried overlay in the scratch folder $scratch, and every package the GPU machine
+# lacks made unimportable (bench/gpu_env.py blocker), then "$py" with the given arguments.
+scratch=""
+as_on_the_gpu_machine() {
+    [ -f "$carry/overlay.tar.gz" ] || "$py" bench/gpu_env.py prepare
+    mkdir -p "$scratch/site"
+    tar -xzf "$carry/overlay.tar.gz" -C "$scratch/site"
+    "$py" bench/gpu_env.py blocker "$scratch/block"
+    PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
+        "$py" "$@"
+}
+
 case "$mode" in
 prepare)
     "$py" bench/gpu_env.py prepare
     ;;
 smoke)
-    [ -f "$carry/overlay.tar.gz" ] || "$py" bench/gpu_env.py prepare
-    scratch=$(mktemp -d)
-    trap 'rm -rf "$scratch"' EXIT
-    mkdir -p "$scratch/site"
-    tar -xzf "$carry/overlay.tar.gz" -C "$scratch/site"
-    "$py" bench/gpu_env.py blocker "$scratch/block"
-    PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
-        "$py" bench/gpu_check.py --smoke --work "$scratch/work"
+    scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
+    as_on_the_gpu_machine bench/gpu_check.py --smoke --work "$scratch/work"
     ;;
 ablation-smoke)
-    [ -f "$carry/overlay.tar.gz" ] || "$py" bench/gpu_env.py prepare
-    scratch=$(mktemp -d)
-    trap 'rm -rf "$scratch"' EXIT
-    mkdir -p "$scratch/site"
-    tar -xzf "$carry/overlay.tar.gz" -C "$scratch/site"
-    "$py" bench/gpu_env.py blocker "$scratch/block"
-    PYTHONPATH="$scratch/block:$scratch/site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TMPDIR="$scratch" \
-        "$py" bench/gpu_ablation.py --smoke
+    scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
+    as_on_the_gpu_machine bench/gpu_ablation.py --smoke
     ;;
 run|profile|ablation)
     if [ ! -f "$carry/overlay.tar.gz" ]; then
