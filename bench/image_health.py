@@ -14,7 +14,8 @@ recall = flagged among planted; two blanked images whose colours differ by at mo
 over R, G, B) are near duplicates of each other by definition, and count as planted ones. Also the
 recall of blur radius 3 and 2 px, for the note.
 
-cost: the image check (decode, hashes, thumbnail, resized PNG copy at 224 px: what a run does) of the
+cost: the image check (decode, hashes, thumbnail, resized PNG copy at 224 px at the level a run writes:
+stored, image_check.copy_png_level) of the
 7,347 images, serially in one process, with and without the health properties, alternating, plus the
 data-set scoring (health_table) in the "with" time; CPU seconds (process time), as the shared machine's
 wall time measures its neighbours.
@@ -152,6 +153,7 @@ def cost(limit: int, workers: int = 1, repeats: int = 2) -> dict:
 
     meta = pd.read_csv(os.path.join(HAM, "metadata.csv")).head(limit)
     files = meta["image_path"].tolist()
+    png_level = image_check.copy_png_level(len(files), 224)  # the copies a training run writes
     times = {"without": [], "with": []}
     walls = {"without": [], "with": []}
     for attempt in range(repeats):
@@ -159,7 +161,7 @@ def cost(limit: int, workers: int = 1, repeats: int = 2) -> dict:
             with tempfile.TemporaryDirectory() as work:
                 started, wall = time.process_time(), time.perf_counter()
                 checked = image_check.check_images(HAM, files, work, workers, resize_to=224,
-                                                   health=mode == "with")
+                                                   health=mode == "with", png_level=png_level)
                 seconds, wall = time.process_time() - started, time.perf_counter() - wall
                 if mode == "with":  # the data-set scoring; the guard's groups are computed either way
                     groups = duplicate_groups(np.stack(checked.hashes), np.stack(checked.thumbs))
@@ -171,7 +173,7 @@ def cost(limit: int, workers: int = 1, repeats: int = 2) -> dict:
             print(json.dumps({"attempt": attempt, "mode": mode, "cpu_s": times[mode][-1], "wall_s": walls[mode][-1]}),
                   file=sys.stderr, flush=True)
     best = {mode: min(values) for mode, values in times.items()}
-    return {"images": len(files), "workers": workers, "cpu_seconds": times, "wall_seconds": walls,
+    return {"images": len(files), "workers": workers, "png_level": png_level, "cpu_seconds": times, "wall_seconds": walls,
             "best_cpu_s": best, "added_fraction": best["with"] / best["without"] - 1}
 
 
