@@ -29,7 +29,7 @@ def test_planted_flips_ranked_first():
     predictions, flipped = _planted()
     table, facts = label_issues.label_issue_table(predictions, ["a", "b", "c"])
     assert len(table) == 300 and facts["basis"].startswith("out-of-fold")
-    assert label_issues.auroc_of_flips(table, flipped) > 0.9
+    assert _auroc_of_flips(table, flipped) > 0.9
     top = set(table["image"].head(len(flipped)))
     assert len(top & flipped) / len(flipped) >= 0.6  # precision at k = number flipped
     assert table["flagged"].sum() > 0 and table.loc[table["image"].isin(flipped), "flagged"].mean() >= 0.6
@@ -59,3 +59,10 @@ def test_small_classes_fall_back_to_argmax_rule():
     table, facts = label_issues.label_issue_table(predictions, ["a", "b", "c"])
     assert "differs" in facts["flag_rule"]
     assert (table["flagged"] == (table["given_label"] != table["predicted_label"])).all()
+
+
+def _auroc_of_flips(table, flipped: set) -> float:
+    """AUROC of (1 - quality score) for telling the ``flipped`` images from the rest."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(table["image"].isin(flipped), 1 - table["quality_score"]))

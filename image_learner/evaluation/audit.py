@@ -13,6 +13,7 @@ import os
 
 import pandas as pd
 
+from image_learner.data.input_utils import read_output_csv
 from image_learner.evaluation import embeddings, label_issues
 from image_learner.run_files import log
 
@@ -43,8 +44,8 @@ def run(data, ludwig_model, opts, out: str, timer) -> dict:
     """Both files for a finished fit (predictions.csv already written); their facts for run_summary.json."""
     from image_learner.training import model_fit
 
-    predictions = pd.read_csv(os.path.join(out, "predictions.csv"), keep_default_na=False,
-                              dtype={"true_label": str, "predicted_label": str, "split": str, "image": str})
+    # as written, less write_output_csv's spreadsheet guard: a class named "=1+1" is that class again
+    predictions = read_output_csv(os.path.join(out, "predictions.csv"))
     with timer.stage("auditing the labels and mapping the images"):
         facts = {"label_issues": write_label_issues(predictions, model_fit.class_order(data), data.task, out),
                  "embeddings": write_embeddings(ludwig_model, data.table, predictions["split"], opts.image_size,

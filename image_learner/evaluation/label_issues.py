@@ -77,10 +77,3 @@ def label_issue_table(predictions: pd.DataFrame, classes: list[str]) -> tuple[pd
     table = table.sort_values(["quality_score", "image"], kind="stable").reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
     return table, {**facts, "flagged": int(table["flagged"].sum()), "flag_rule": rule, "reason": None}
-
-
-def auroc_of_flips(table: pd.DataFrame, flipped: set) -> float:
-    """AUROC of (1 - quality score) for telling the ``flipped`` images from the rest (measurements, tests)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(table["image"].isin(flipped), 1 - table["quality_score"]))
