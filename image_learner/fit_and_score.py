@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.data.input_utils import OUTPUT_TEXT_COLUMNS, write_output_csv
-from image_learner.evaluation import calibration, evaluation, ood, subgroups, trust
+from image_learner.evaluation import bootstrap, calibration, evaluation, ood, subgroups, trust
 from image_learner.run_files import log
 from image_learner.training import cross_validation, ludwig_config, model_fit, provenance
 
@@ -181,7 +181,8 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
                        "trust": trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)}
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
         if cv.ensemble:
-            all_metrics["ensemble"] = _ensemble_comparison(data, cv, temperature, threshold, fold, score)
+            all_metrics["ensemble"] = _ensemble_comparison(data, cv, temperature, threshold, fold, score,
+                                                            opts.random_seed)
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
@@ -195,7 +196,7 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
                    trust_record)
 
 
-def _ensemble_comparison(data, cv, temperature, threshold, fold, score) -> dict:
+def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: int) -> dict:
     """metrics.json's "ensemble": the delivered fold ensemble and the refit on the same held-out test rows,
     each scaled by the one temperature and cut by the one threshold (both fitted on the pooled out-of-fold
     rows of single fold models: the ensemble has no out-of-fold rows of its own)."""
@@ -209,7 +210,7 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score) -> dict:
     if not test.any():
         return {**record, "ensemble_test": None, "refit_test": None,
                 "note": "no held-out test rows (a split column's test rows): nothing to compare on"}
-    outputs = {}
+    outputs, predicted = {}, {}
     for name, test_outputs in (("ensemble_test", cv.proba[test]), ("refit_test", cv.refit_test)):
         raw = np.array(cv.proba, dtype=float)
         raw[test] = test_outputs
@@ -217,4 +218,8 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score) -> dict:
         labels = evaluation.predicted_labels(data.task, classes, proba, threshold)
         table = evaluation.predictions_table(data, proba, labels, classes, np.where(test, "test", "cv"))
         outputs[name] = score(table, ("test",))["test"]
-    return {**record, **outputs}
+        predicted[name] = np.asarray(labels)[test]
+    truth = table["true_value" if data.task == "regression" else "true_label"].to_numpy()[test]
+    paired = fold_ensemble.paired_difference(truth, predicted["ensemble_test"], predicted["refit_test"],
+                                             bootstrap.cluster_ids(table[test]), data.task, seed=seed)
+    return {**record, **outputs, "paired_difference": paired}

@@ -107,6 +107,22 @@ def test_averaging_weighs_each_member_the_same_and_refuses_mismatched_members():
         fold_ensemble.averaged([a, np.array([0.5])])
 
 
+def test_the_paired_difference_is_the_difference_of_the_metrics_on_the_same_resamples():
+    truth = np.array(["a", "a", "a", "b", "b", "c"])
+    ensemble = np.array(["a", "a", "b", "b", "b", "c"])  # recalls 2/3, 1, 1
+    refit = np.array(["a", "b", "b", "b", "a", "a"])  # recalls 1/3, 1/2, 0
+    groups = np.arange(6)
+    paired = fold_ensemble.paired_difference(truth, ensemble, refit, groups, "multiclass", n_resamples=200)
+    assert paired["ensemble_minus_refit"] == pytest.approx((2 / 3 + 1 + 1) / 3 - (1 / 3 + 1 / 2 + 0) / 3)
+    assert paired["ci95"][0] <= paired["ensemble_minus_refit"] <= paired["ci95"][1] and paired["groups"] == 6
+    same = fold_ensemble.paired_difference(truth, ensemble, ensemble, groups, "multiclass", n_resamples=200)
+    assert same["ensemble_minus_refit"] == 0 and same["ci95"] == [0.0, 0.0]  # paired: no spread of its own
+    values = fold_ensemble.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 3.0]),
+                                             np.array([2.0, 2.0, 1.0]), np.array([0, 0, 1]), "regression")
+    assert values["metric"] == "mae" and values["ensemble_minus_refit"] == pytest.approx(0.5 / 3 - 3 / 3)
+    assert values["groups"] == 2
+
+
 def test_the_fold_manifest_takes_the_folds_class_order_and_scaling():
     manifest = {**_manifest("regression"), "ensemble": _record("regression"), "target_scaling": {"mean": 0, "std": 1}}
     assert fold_ensemble.fold_manifest(manifest, 2)["target_scaling"] == {"mean": 50.0, "std": 10.0}
@@ -156,8 +172,15 @@ def test_the_metrics_compare_the_ensemble_with_the_refit_on_the_test_rows_only(e
     assert len(test) == 28
     accuracy = (test["predicted_label"] == test["true_label"]).mean()
     assert comparison["ensemble_test"]["accuracy"] == pytest.approx(accuracy)
+    # the paired difference's point is the two balanced accuracies' difference; its interval holds it
+    paired = comparison["paired_difference"]
+    assert paired["metric"] == "balanced_accuracy" and paired["resamples"] == 1000
+    assert paired["ensemble_minus_refit"] == pytest.approx(comparison["ensemble_test"]["balanced_accuracy"]
+                                                           - comparison["refit_test"]["balanced_accuracy"])
+    assert paired["ci95"][0] <= paired["ensemble_minus_refit"] <= paired["ci95"][1]
+    assert paired["groups"] == test["sample_id"].nunique() < 28  # lesions drawn whole
     report = (ensemble_run / "report.html").read_text()
-    assert "fold ensemble" in report and "refit" in report
+    assert "fold ensemble" in report and "refit" in report and "paired 95% interval" in report
 
 
 def test_predict_averages_the_fold_models_as_training_did(ensemble_run, tmp_path):
@@ -240,6 +263,8 @@ def test_a_regression_fold_ensemble_predicts_the_mean_of_its_folds_values(tmp_pa
     comparison = json.loads((out / "metrics.json").read_text())["ensemble"]
     assert comparison["members"] == 2 and comparison["ensemble_test"]["n"] == comparison["refit_test"]["n"] == 28
     assert comparison["ensemble_test"]["mae"] != pytest.approx(comparison["refit_test"]["mae"])
+    assert comparison["paired_difference"]["ensemble_minus_refit"] == pytest.approx(
+        comparison["ensemble_test"]["mae"] - comparison["refit_test"]["mae"])
     test_csv = tmp_path / "test.csv"
     table[table["split"] == "test"].to_csv(test_csv, index=False)
     assert image_learner_cli.main(["predict", "--model", str(out / "trained_model.zip"), "--image-zip", DEMO_ZIP,
