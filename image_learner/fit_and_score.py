@@ -222,4 +222,10 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: in
     truth = table["true_value" if data.task == "regression" else "true_label"].to_numpy()[test]
     paired = fold_ensemble.paired_difference(truth, predicted["ensemble_test"], predicted["refit_test"],
                                              bootstrap.cluster_ids(table[test]), data.task, seed=seed)
+    metric, low_high = paired["metric"], paired["ci95"]
+    values = [outputs[side].get(metric) for side in ("ensemble_test", "refit_test")]
+    ensemble_value, refit_value = (float("nan") if v is None else v for v in values)
+    log(f"fold ensemble vs refit on the {record['test_rows']} test images: {metric.replace('_', ' ')} "
+        f"{ensemble_value:.3f} vs {refit_value:.3f} (difference {paired['ensemble_minus_refit']:+.3f}, "
+        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f})")
     return {**record, **outputs, "paired_difference": paired}

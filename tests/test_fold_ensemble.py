@@ -135,8 +135,9 @@ def test_the_fold_manifest_takes_the_folds_class_order_and_scaling():
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ensemble") / "run"
+    # 2 epochs: a fold may keep epoch 1 or 2; its file must be the weights that predicted in training
     assert image_learner_cli.main(["--csv-file", SPLIT_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
-                                   "--sample-id-column", "lesion_id", "--cross-validation", "2",
+                                   "--epochs", "2", "--sample-id-column", "lesion_id", "--cross-validation", "2",
                                    "--ensemble", "folds+refit"]) == 0
     return out
 
@@ -158,6 +159,8 @@ def test_the_model_zip_holds_the_fold_models_and_the_manifest_counts_them(ensemb
     assert record["mode"] == "folds+refit" and record["k"] == 2 and len(record["folds"]) == 2
     assert all(sorted(f["label_vocabulary"]) == CLASSES for f in record["folds"])
     assert "an ensemble of 3 models" in members["model/MODEL_CARD.md"].decode()
+    kept = json.loads((ensemble_run / "run_summary.json").read_text())["cross_validation"]["kept_epochs"]
+    assert len(kept) == 2 and set(kept) <= {1, 2}
 
 
 def test_the_metrics_compare_the_ensemble_with_the_refit_on_the_test_rows_only(ensemble_run):
