@@ -135,6 +135,8 @@ def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, 
     rendering of a config, ``ludwig_trainer.rendered_config``); (manifest, config)."""
     manifest = _read_json(model_dir, MANIFEST)
     check_manifest(manifest, tool_version, ludwig_version)
+    if "ensemble" in manifest:  # once the task, classes and scaling are known good; the members: unpack_model
+        fold_ensemble.check_record(manifest["ensemble"], manifest, MANIFEST)
     config = _read_json(model_dir, CONFIG)
     check_config(config, manifest, render)
     check_metadata(_read_json(model_dir, METADATA), config, manifest)

@@ -123,14 +123,8 @@ def target_scaling_ok(scaling) -> bool:
 
 
 def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
-    _check_core(manifest, tool_version, ludwig_version)
-    if "ensemble" in manifest:  # once the task, classes and scaling are known good; the members: model_archive
-        from image_learner.model import fold_ensemble
-
-        fold_ensemble.check_record(manifest["ensemble"], manifest, MANIFEST)
-
-
-def _check_core(manifest, tool_version: str, ludwig_version: str) -> None:
+    """Every field but the optional ``ensemble`` record, which model_archive checks next (fold_ensemble imports
+    this module's helpers, so this module does not import it)."""
     expect(isinstance(manifest, dict), MANIFEST, "the file", manifest, "an object")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{MANIFEST}: format {manifest.get('format')!r} format_version "
