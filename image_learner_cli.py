@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "by the validation share of --split-probabilities) and predicts its fold; the "
                             "delivered model is retrained on all non-test images for the median kept epoch. A "
                             "split column's test rows stay a held-out test set")
+    split.add_argument("--ensemble", choices=("refit", "folds", "folds+refit"), default="refit",
+                       help="with --cross-validation: what predict uses. refit: the model retrained on all "
+                            "non-test images; folds: the mean of the K fold models' outputs; folds+refit: the mean "
+                            "of the K fold models and the refit. The model ZIP then holds every fold model; the "
+                            "report compares the ensemble with the refit on the held-out test rows")
     split.add_argument("--leakage-guard", action=argparse.BooleanOptionalAction, default=True,
                        help="keep images that are the same picture up to flips/rotations in one split")
     split.add_argument("--leakage-max-distance", type=int, default=leakage_guard.DEFAULT_MAX_DISTANCE,
@@ -280,7 +285,8 @@ def request_from_args(args: argparse.Namespace):
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
                                data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
-                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit)
+                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
+                               ensemble=args.ensemble)
 
 
 class Stopped(BaseException):

@@ -215,9 +215,10 @@ CV_COLUMNS = ("balanced_accuracy", "accuracy", "macro_f1", "roc_auc_macro")
 CV_REGRESSION_COLUMNS = ("mae", "rmse", "r2", "spearman_r")
 
 
-def _cross_validation_section(summary, cv_metrics, predictions, classes) -> dict | None:
+def _cross_validation_section(summary, cv_metrics, predictions, classes, ensemble=None) -> dict | None:
     """The cross-validation section: fold table with mean ± sd, pooled out-of-fold metrics with
-    intervals, the spread of the headline metric across folds and, for classes, the pooled confusion matrix."""
+    intervals, the spread of the headline metric across folds and, for classes, the pooled confusion matrix;
+    with --ensemble folds / folds+refit, the ensemble against the refit on the held-out test rows."""
     if not cv_metrics:
         return None
     regression = summary.get("task") == "regression"
@@ -234,7 +235,21 @@ def _cross_validation_section(summary, cv_metrics, predictions, classes) -> dict
                             for key, label in labels.items() if key in pooled],
             "interval_basis": _interval_basis(pooled, "out-of-fold images"),
             "confusion": None if regression else _confusion_table(predictions, classes, "cross_validation"),
-            "spread": report_plots.fold_spread(cv_metrics["folds"], spread[0], spread[1], pooled.get(spread[0]))}
+            "spread": report_plots.fold_spread(cv_metrics["folds"], spread[0], spread[1], pooled.get(spread[0])),
+            "ensemble": _ensemble_rows(ensemble, labels, keys)}
+
+
+def _ensemble_rows(ensemble: dict | None, labels: dict, keys) -> dict | None:
+    """The fold ensemble and the refit on the same test rows: per metric, each value with its interval."""
+    if not ensemble:
+        return None
+    rows = []
+    for key in keys:
+        cells = [((ensemble.get(side) or {}).get(key), ((ensemble.get(side) or {}).get("ci95") or {}).get(key))
+                 for side in ("ensemble_test", "refit_test")]
+        if any(value is not None for value, _ in cells):
+            rows.append({"label": labels[key], "cells": cells})
+    return {**ensemble, "rows": rows}
 
 
 def _interval_basis(split_metrics: dict, what: str) -> str:
@@ -266,6 +281,7 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
     classes = _class_order(predictions)
     per_split = _per_split(output_dir, summary, predictions, classes)
     cv_metrics = per_split.pop("cross_validation", None)
+    ensemble = per_split.pop("ensemble", None)  # --ensemble: shown in the cross-validation section
     subgroup_section = report_subgroups.section(per_split.pop("subgroups", None))
     trust_found = per_split.pop("trust", None)
     saliency, saliency_reason = _saliency(summary, predictions, classes, images_dir, ludwig_model)
@@ -288,7 +304,7 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
             gallery_reason=gallery_reason, target=summary.get("target_column") or "value",
             baseline=per_split.get("train", per_split.get("test", {})).get("baseline_median"),
             value_summary=report_plots_regression.value_summary(predictions), build_seconds=time.time() - started,
-            cv=_cross_validation_section(summary, cv_metrics, predictions, classes))
+            cv=_cross_validation_section(summary, cv_metrics, predictions, classes, ensemble))
     else:
         gallery, gallery_reason = report_images.misclassified_gallery(predictions, classes, images_dir)
         html = _environment().get_template("report.html.j2").render(
@@ -299,7 +315,7 @@ def build_report(output_dir: str, images_dir: str | None = None, ludwig_model=No
             figures=dict(_figures(summary, predictions, history, classes)), gallery=gallery,
             gallery_reason=gallery_reason, build_seconds=time.time() - started,
             class_totals=predictions["true_label"].value_counts().to_dict(),
-            cv=_cross_validation_section(summary, cv_metrics, predictions, classes))
+            cv=_cross_validation_section(summary, cv_metrics, predictions, classes, ensemble))
     path = os.path.join(output_dir, "report.html")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(html)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.data.input_utils import OUTPUT_TEXT_COLUMNS, write_output_csv
-from image_learner.evaluation import evaluation, ood, subgroups, trust
+from image_learner.evaluation import bootstrap, calibration, evaluation, ood, subgroups, trust
 from image_learner.run_files import log
 from image_learner.training import cross_validation, ludwig_config, model_fit, provenance
 
@@ -131,9 +131,13 @@ class Outcome:
 
 
 def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, ddp_workers: int = 0,
-                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE, coverage: float = trust.DEFAULT_COVERAGE) -> Outcome:
-    """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``)."""
-    cv = cross_validation.run(data, opts, split_probabilities, work, os.path.join(out, "model"), timer, ddp_workers)
+                   ood_keep_rate: float = ood.DEFAULT_KEEP_RATE, coverage: float = trust.DEFAULT_COVERAGE,
+                   ensemble: str = "refit") -> Outcome:
+    """The folds, then the final model; predictions.csv holds the out-of-fold predictions (``fold``). With
+    ``ensemble`` (fold_ensemble.MODES) other than "refit", the test rows are the fold ensemble's and
+    metrics.json's "ensemble" compares it with the refit on them."""
+    cv = cross_validation.run(data, opts, split_probabilities, work, os.path.join(out, "model"), timer, ddp_workers,
+                              ensemble)
     log(f"device: {cv.final.trained.device}; kept epochs per fold {cv.kept_epochs}; final model "
         f"{cv.final_options.epochs} epochs")
     # the delivered model's epochs first (fold "final"), as the report's learning curves read them, then each fold's
@@ -176,13 +180,52 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
                                                                       cv.fold_thresholds),
                        "trust": trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)}
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
+        if cv.ensemble:
+            all_metrics["ensemble"] = _ensemble_comparison(data, cv, temperature, threshold, fold, score,
+                                                            opts.random_seed)
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
-             "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines}
+             "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines,
+             "ensemble": {k: v for k, v in cv.ensemble.items() if k != "test_outputs"} if cv.ensemble else None}
     record, test_flags = _ood_record(data.task, proba, fold > 0, fold == 0, ood_keep_rate, "out-of-fold")
     return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, threshold_provenance,
                    "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags,
                    trust_record)
+
+
+def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: int) -> dict:
+    """metrics.json's "ensemble": the delivered fold ensemble and the refit on the same held-out test rows,
+    each scaled by the one temperature and cut by the one threshold (both fitted on the pooled out-of-fold
+    rows of single fold models: the ensemble has no out-of-fold rows of its own)."""
+    from image_learner.model import fold_ensemble
+
+    classes = model_fit.class_order(data)
+    test = fold == 0
+    record = {"mode": cv.ensemble["mode"], "members": cv.ensemble["k"] + (cv.ensemble["mode"] == "folds+refit"),
+              "description": fold_ensemble.describe(cv.ensemble), "test_rows": int(test.sum()),
+              "calibrated_on": fold_ensemble.CALIBRATED_ON}
+    if not test.any():
+        return {**record, "ensemble_test": None, "refit_test": None,
+                "note": "no held-out test rows (a split column's test rows): nothing to compare on"}
+    outputs, predicted = {}, {}
+    for name, test_outputs in (("ensemble_test", cv.proba[test]), ("refit_test", cv.refit_test)):
+        raw = np.array(cv.proba, dtype=float)
+        raw[test] = test_outputs
+        proba = raw if temperature is None else calibration.apply_temperature(raw, temperature)
+        labels = evaluation.predicted_labels(data.task, classes, proba, threshold)
+        table = evaluation.predictions_table(data, proba, labels, classes, np.where(test, "test", "cv"))
+        outputs[name] = score(table, ("test",))["test"]
+        predicted[name] = np.asarray(labels)[test]
+    truth = table["true_value" if data.task == "regression" else "true_label"].to_numpy()[test]
+    paired = fold_ensemble.paired_difference(truth, predicted["ensemble_test"], predicted["refit_test"],
+                                             bootstrap.cluster_ids(table[test]), data.task, seed=seed)
+    metric, low_high = paired["metric"], paired["ci95"]
+    values = [outputs[side].get(metric) for side in ("ensemble_test", "refit_test")]
+    ensemble_value, refit_value = (float("nan") if v is None else v for v in values)
+    log(f"fold ensemble vs refit on the {record['test_rows']} test images: {metric.replace('_', ' ')} "
+        f"{ensemble_value:.3f} vs {refit_value:.3f} (difference {paired['ensemble_minus_refit']:+.3f}, "
+        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f})")
+    return {**record, **outputs, "paired_difference": paired}

@@ -28,7 +28,7 @@ from image_learner.evaluation import ood
 from image_learner.evaluation import subgroups
 from image_learner.evaluation import trust
 from image_learner.evaluation import tta
-from image_learner.model import model_card, model_manifest
+from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import provenance
 import split_utils
@@ -59,6 +59,7 @@ class RunRequest:
     verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
     ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
     coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
+    ensemble: str = "refit"  # --ensemble: what a cross-validation delivers (model/fold_ensemble.py)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -150,6 +151,7 @@ def run(request: RunRequest) -> dict:
     ood.check_keep_rate(request.ood_keep_rate)
     if request.data.cross_validation and request.data.cross_validation < 2:
         raise InputError(f"--cross-validation needs at least 2 folds (0: off), got {request.data.cross_validation}")
+    fold_ensemble.check_mode(request.ensemble, request.data.cross_validation, bool(request.data.tabular_columns))
     prepare_output_dir(out, request.overwrite)
     try:
         with console.library_output_to(os.path.join(out, TRAINING_LOG), request.verbose), \
@@ -241,7 +243,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
 
     if data.split.get("folds"):
         outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
-                                               _ddp_workers(request), request.ood_keep_rate, request.coverage)
+                                               _ddp_workers(request), request.ood_keep_rate, request.coverage,
+                                               request.ensemble)
     else:
         outcome = fit_and_score.single_split(data, opts, out, work, timer, _ddp_workers(request),
                                              request.ood_keep_rate, request.coverage)
@@ -259,7 +262,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
         "target_scaling": fit.target_scaling, "ood": outcome.ood, "trust": outcome.trust,
-        **({"tabular": fit.tabular} if fit.tabular else {})},
+        **({"tabular": fit.tabular} if fit.tabular else {}),
+        **({"ensemble": outcome.cross_validation["ensemble"]} if (outcome.cross_validation or {}).get("ensemble")
+           else {})},
         outcome.options, fit.class_weights, fit.positive_weight, train_rows=fit.train_rows)
 
     summary = {
@@ -329,6 +334,9 @@ def _package_model(request: RunRequest, summary: dict, model_dir: str, timer) ->
 
         with timer.stage("exporting the model to ONNX"):
             onnx = onnx_export.export(model_dir, os.path.join(model_dir, onnx_export.ONNX_FILE))
+        if request.ensemble != "refit":  # one network per file: the refit's weights (model_weights.safetensors)
+            log(f"WARNING: model.onnx is the refit alone, not the --ensemble {request.ensemble} that predict uses")
+            onnx = {**onnx, "description": f"{onnx['description']}; the refit alone, not the fold ensemble"}
     with open(os.path.join(model_dir, model_card.CARD), "w", encoding="utf-8") as handle:
         handle.write(model_card.build_card(summary, request.data_licence, onnx))
     with timer.stage("zipping the model"):

@@ -106,8 +106,8 @@ def test_default_form_is_the_tutorial_run(source):
 
 
 def test_cross_validation_maps_to_its_flag(source):
-    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 4})
-    assert args.cross_validation == 4 and args.random_split
+    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 4, "ensemble": "refit"})
+    assert args.cross_validation == 4 and args.random_split and args.ensemble == "refit"
 
 
 def test_every_other_field_maps_to_its_flag(source):
@@ -298,3 +298,10 @@ def test_tabular_columns_map_to_their_flag(source):
                         "sex": ["male", ""], "age": ["40", "55.5"], "localization": ["back", "face"]})
     assert tabular.resolve_columns(raw, tabular.parse_spec(args.tabular_columns), {"image": "image_path"}) == (
         ("age", "number"), ("sex", "category"), ("localization", "category"))
+
+
+@pytest.mark.parametrize("ensemble", ["folds", "folds+refit"])
+def test_the_fold_ensemble_maps_to_its_flag(source, ensemble):
+    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 3, "ensemble": ensemble})
+    assert args.cross_validation == 3 and args.ensemble == ensemble
+    assert _cli_args(source)[0].ensemble == "refit"  # without cross-validation: no flag, the default

@@ -158,6 +158,16 @@ def class_columns(probabilities: np.ndarray, manifest: dict) -> np.ndarray:
                             for c in manifest["classes"]])
 
 
+def delivered(raw: np.ndarray, manifest: dict) -> np.ndarray:
+    """One network's outputs as predictions.csv gives them: class probabilities in ``classes`` order
+    (``class_columns``: its own class order mapped), or a regression's values in the target's unit (its own
+    target scaling). A fold ensemble's members each have their own (fold_ensemble.fold_manifest)."""
+    if manifest["task"] == "regression":
+        scaling = manifest["target_scaling"]
+        return np.asarray(raw, dtype=float).reshape(-1) * scaling["std"] + scaling["mean"]
+    return class_columns(raw, manifest)
+
+
 def run(network: InferenceNetwork, batch: np.ndarray, tabular_inputs: np.ndarray | None = None) -> np.ndarray:
     """Ludwig's predictions for a uint8 N x S x S x 3 batch: pixels / 255 as float32 (as Ludwig's image
     decoding scales them), no gradients; back on the host. ``tabular_inputs``: a fused model's N x width

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 from image_learner.data import tabular
-from image_learner.model import model_weights
+from image_learner.model import fold_ensemble, model_weights
 from image_learner.data.input_utils import InputError, ZipLimits, extract_zip_safely, zip_member_sizes
 from image_learner.training.ludwig_config import IMAGE_FEATURE, LABEL_FEATURE, TrainingOptions, build_ludwig_config
 from image_learner.model.model_card import CARD
@@ -41,14 +41,16 @@ OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # size is checked from the archive's claim before anything is written and again while it is written:
 # genuine ones are ~1-30 KB (the metadata grows ~100 bytes per class), 4 MiB parses in well under a second.
 MAX_JSON_BYTES = 4 * 1024**2
+# --ensemble folds: up to fold_ensemble.MAX_FOLDS more weights files, each held to its network's size on its own
+FOLD_WEIGHTS_BYTES = fold_ensemble.MAX_FOLDS * (4 * model_weights.MAX_PARAMETERS + 8 + model_weights.MAX_HEADER_BYTES)
 MODEL_LIMITS = ZipLimits(
-    # the four files, the card, model.onnx, with some room for the folder entries ZIP tools add
-    max_members=16,
+    # the four files, the card, model.onnx, the fold weights, with some room for the folder entries ZIP tools add
+    max_members=16 + fold_ensemble.MAX_FOLDS,
     # everything: the JSON files and the largest weights file this tool loads (model_weights.MAX_PARAMETERS
     # float32 values and a header); the weights file is held to its architecture's size on its own
     # (+ the card and model.onnx at their caps, OPTIONAL_FILES)
     max_total_bytes=3 * MAX_JSON_BYTES + 4 * model_weights.MAX_PARAMETERS + 8 + model_weights.MAX_HEADER_BYTES
-    + (1 << 20) + (2 << 30),
+    + (1 << 20) + (2 << 30) + FOLD_WEIGHTS_BYTES,
     kind="model ZIP", hint="")
 
 # Config keys that make Ludwig load code or remote resources (LLM models, adapters, quantised hub
@@ -69,18 +71,22 @@ def unpack_model(model_zip: str, dest: str, tool_version: str) -> tuple[str, dic
     name = os.path.basename(model_zip)
     try:
         members = zip_member_sizes(model_zip, MODEL_LIMITS)
+        inside = {m[len("model/"):] for m in members if m.startswith("model/")}
         unexpected = sorted(m for m in members
-                            if not (m.startswith("model/") and m[len("model/"):] in MODEL_FILES | set(OPTIONAL_FILES)))
+                            if not (m.startswith("model/") and (m[len("model/"):] in MODEL_FILES | set(OPTIONAL_FILES)
+                                                                or fold_ensemble.is_member(m[len("model/"):]))))
         if unexpected:
             raise InputError(f"it holds files an Image Learner model never has ({', '.join(unexpected[:5])}); "
                              "refusing to load it")
         missing = sorted(MODEL_FILES - {m[len("model/"):] for m in members})
         if missing:
             raise InputError(f"it is not an Image Learner model ZIP (missing {', '.join(missing)})")
-        largest = MODEL_LIMITS.max_total_bytes - 3 * MAX_JSON_BYTES - sum(OPTIONAL_FILES.values())
-        if members[f"model/{WEIGHTS}"] > largest:  # the claim, before anything is written
-            raise InputError(f"{WEIGHTS} has {members[f'model/{WEIGHTS}']:,} bytes, more than the {largest:,} "
-                             "of the largest model this tool loads")
+        largest = (MODEL_LIMITS.max_total_bytes - 3 * MAX_JSON_BYTES - sum(OPTIONAL_FILES.values())
+                   - FOLD_WEIGHTS_BYTES)
+        for weights in [WEIGHTS, *sorted(filter(fold_ensemble.is_member, inside))]:  # the claims, before writing
+            if members[f"model/{weights}"] > largest:
+                raise InputError(f"{weights} has {members[f'model/{weights}']:,} bytes, more than the {largest:,} "
+                                 "of the largest model this tool loads")
         for optional, cap in OPTIONAL_FILES.items():  # the claims, before anything is written
             if members.get(f"model/{optional}", 0) > cap:
                 raise InputError(f"{optional} is {members[f'model/{optional}']:,} bytes; an Image Learner "
@@ -95,9 +101,13 @@ def unpack_model(model_zip: str, dest: str, tool_version: str) -> tuple[str, dic
         with offline_hub():  # the first import of timm (and the hub) may happen here
             manifest, config = validate_json_files(model_dir, tool_version, version("ludwig"))
             expected = model_tensors(manifest, config)
+        # the fold ensemble's files: exactly those its checked record names, before any is written
+        fold_ensemble.check_members(inside, manifest.get("ensemble"), MANIFEST)
+        folds = fold_ensemble.members(manifest.get("ensemble"))
         extract_zip_safely(model_zip, dest, replace(MODEL_LIMITS, max_member_bytes=expected.max_file_bytes()),
-                           keep=[f"model/{WEIGHTS}"])
-        model_weights.check_weights(os.path.join(model_dir, WEIGHTS), expected)
+                           keep=[f"model/{w}" for w in (WEIGHTS, *folds)])
+        for weights in (WEIGHTS, *folds):  # a fold's network is the delivered one's (same width: fold_ensemble)
+            model_weights.check_weights(os.path.join(model_dir, weights), expected, weights)
     except RecursionError as err:
         raise InputError(f"model {name!r}: a JSON file is nested too deeply") from err
     except InputError as err:
@@ -125,6 +135,8 @@ def validate_json_files(model_dir: str, tool_version: str, ludwig_version: str, 
     rendering of a config, ``ludwig_trainer.rendered_config``); (manifest, config)."""
     manifest = _read_json(model_dir, MANIFEST)
     check_manifest(manifest, tool_version, ludwig_version)
+    if "ensemble" in manifest:  # once the task, classes and scaling are known good; the members: unpack_model
+        fold_ensemble.check_record(manifest["ensemble"], manifest, MANIFEST)
     config = _read_json(model_dir, CONFIG)
     check_config(config, manifest, render)
     check_metadata(_read_json(model_dir, METADATA), config, manifest)

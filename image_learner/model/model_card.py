@@ -179,6 +179,12 @@ def _model_section(summary: dict, onnx: dict | None) -> list[str]:
            f"- Files: model_weights.safetensors with Ludwig {md_text((summary.get('versions') or {}).get('ludwig'))}"
            f"'s config (predict with Image Learner {md_text((summary.get('tool') or {}).get('version'))})"
            + (f"; model.onnx ({onnx['description']})" if onnx else "")]
+    ensemble = (summary.get("cross_validation") or {}).get("ensemble")
+    if ensemble:  # --ensemble folds / folds+refit: predict averages these networks (fold_<k>_weights.safetensors)
+        from image_learner.model import fold_ensemble
+
+        out.append(f"- Predictions: {md_text(fold_ensemble.describe(ensemble))} (files fold_1_weights.safetensors "
+                   f"to fold_{ensemble['k']}_weights.safetensors)")
     if model.get("tabular_description"):  # --tabular-columns: predict needs these columns in its CSV
         out.append(f"- Model inputs: {md_text(model['tabular_description'])}; predict needs these columns in its CSV")
     if summary.get("task") != "regression":

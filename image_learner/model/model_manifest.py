@@ -90,7 +90,8 @@ MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes"
                    "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
 # written by training since the OOD flag; absent in models made before, which then flag nothing;
 # "tabular": only in a model trained with --tabular-columns (its columns, kinds, training statistics)
-OPTIONAL_FIELDS = ("ood", "tabular")
+# "ensemble": only in a model trained with --ensemble folds / folds+refit (model/fold_ensemble.py)
+OPTIONAL_FIELDS = ("ood", "tabular", "ensemble")
 TRAINING_FIELDS = ("options", "class_weights", "positive_weight", "train_rows")
 
 
@@ -122,6 +123,8 @@ def target_scaling_ok(scaling) -> bool:
 
 
 def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
+    """Every field but the optional ``ensemble`` record, which model_archive checks next (fold_ensemble imports
+    this module's helpers, so this module does not import it)."""
     expect(isinstance(manifest, dict), MANIFEST, "the file", manifest, "an object")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{MANIFEST}: format {manifest.get('format')!r} format_version "

@@ -69,7 +69,7 @@ def expected_tensors(state_dict: dict) -> ExpectedTensors:
     return ExpectedTensors(tensors, [names for names in groups.values() if len(names) > 1], data_bytes, parameters)
 
 
-def read_header(path: str) -> dict:
+def read_header(path: str, file_name: str = WEIGHTS) -> dict:
     """The safetensors header as a dict, its length capped; the layout (offsets tiling the data, nothing
     else in the file) is checked by safetensors itself, which reads no tensor either."""
     from safetensors import SafetensorError, safe_open
@@ -79,7 +79,7 @@ def read_header(path: str) -> dict:
         head = handle.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
         if length is None or length > min(MAX_HEADER_BYTES, size - 8):
-            raise InputError(f"{WEIGHTS} is not a valid safetensors file (its header length is "
+            raise InputError(f"{file_name} is not a valid safetensors file (its header length is "
                              f"{length}, expected at most {min(MAX_HEADER_BYTES, max(size - 8, 0))})")
         raw = handle.read(length)
     try:
@@ -87,43 +87,44 @@ def read_header(path: str) -> dict:
             pass
         header = json.loads(raw)
     except (SafetensorError, OSError, ValueError) as err:  # json.JSONDecodeError, UnicodeDecodeError included
-        raise InputError(f"{WEIGHTS} is not a valid safetensors file ({err})") from err
+        raise InputError(f"{file_name} is not a valid safetensors file ({err})") from err
     if not isinstance(header, dict):
-        raise InputError(f"{WEIGHTS} is not a valid safetensors file (its header is not an object)")
+        raise InputError(f"{file_name} is not a valid safetensors file (its header is not an object)")
     return header
 
 
-def check_weights(path: str, expected: ExpectedTensors) -> None:
+def check_weights(path: str, expected: ExpectedTensors, file_name: str = WEIGHTS) -> None:
     """The header lists exactly the expected tensors (one name of each tied group), each with its shape
-    and dtype; the file is no larger than they need."""
+    and dtype; the file is no larger than they need. ``file_name``: the file's name in messages (a fold's weights,
+    fold_ensemble)."""
     if os.path.getsize(path) > expected.max_file_bytes():
-        raise InputError(f"{WEIGHTS} has {os.path.getsize(path):,} bytes, more than the {expected.max_file_bytes():,} "
-                         "the model its config describes can take")
-    header = read_header(path)
+        raise InputError(f"{file_name} has {os.path.getsize(path):,} bytes, more than the "
+                         f"{expected.max_file_bytes():,} the model its config describes can take")
+    header = read_header(path, file_name)
     metadata = header.pop("__metadata__", None) or {}
     saved = {name: (entry.get("dtype"), entry.get("shape")) for name, entry in header.items()
              if isinstance(entry, dict)}
     foreign = sorted(name for name in saved if not name.startswith(WEIGHT_PREFIXES))
     if foreign:
-        raise InputError(f"{WEIGHTS} holds tensors of no Image Learner model ({', '.join(foreign[:3])})")
+        raise InputError(f"{file_name} holds tensors of no Image Learner model ({', '.join(foreign[:3])})")
     misfit = "does not fit the model its config describes"
     extra = sorted(set(saved) - set(expected.tensors))
     if extra:
-        raise InputError(f"{WEIGHTS} {misfit}: it holds {len(extra)} tensor(s) the model has not ({extra[0]} …)")
+        raise InputError(f"{file_name} {misfit}: it holds {len(extra)} tensor(s) the model has not ({extra[0]} …)")
     tied = {name: names for names in expected.tied for name in names}
     missing = sorted(n for n in expected.tensors if n not in saved and not any(m in saved for m in tied.get(n, ())))
     if missing:
-        raise InputError(f"{WEIGHTS} {misfit}: {len(missing)} of its {len(expected.tensors)} tensors are "
+        raise InputError(f"{file_name} {misfit}: {len(missing)} of its {len(expected.tensors)} tensors are "
                          f"missing ({missing[0]} …)")
     doubled = [names for names in expected.tied if sum(n in saved for n in names) > 1]
     if doubled:
-        raise InputError(f"{WEIGHTS} {misfit}: the tied tensors {', '.join(doubled[0])} are stored more than once")
+        raise InputError(f"{file_name} {misfit}: the tied tensors {', '.join(doubled[0])} are stored more than once")
     for name, (dtype, shape) in saved.items():
         wanted_dtype, wanted_shape = expected.tensors[name]
         if shape != wanted_shape:
-            raise InputError(f"{WEIGHTS} {misfit}: {name} has shape {shape}, expected {wanted_shape}")
+            raise InputError(f"{file_name} {misfit}: {name} has shape {shape}, expected {wanted_shape}")
         if dtype != wanted_dtype:
-            raise InputError(f"{WEIGHTS} {misfit}: {name} has dtype {dtype}, expected {wanted_dtype}")
+            raise InputError(f"{file_name} {misfit}: {name} has dtype {dtype}, expected {wanted_dtype}")
     # safetensors' own metadata: only which name a tied tensor was stored under
     if not (isinstance(metadata, dict) and all(tied.get(k) is not None and v in tied[k] for k, v in metadata.items())):
-        raise InputError(f"{WEIGHTS}: its __metadata__ is {str(metadata)[:80]!r}, expected only tied tensor names")
+        raise InputError(f"{file_name}: its __metadata__ is {str(metadata)[:80]!r}, expected only tied tensor names")

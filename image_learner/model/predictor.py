@@ -14,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
 from image_learner.evaluation import tta
+from image_learner.model import fold_ensemble
 from image_learner.model import inference_network
 from image_learner.model import model_archive
 from image_learner.data import tabular, task_choice
@@ -244,9 +246,9 @@ def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, ba
             if good:
                 batch = np.stack(good)
                 extra = () if tabular_inputs is None else (tabular_inputs[rows],)  # --tabular-columns' inputs
-                outputs.append(tta.averaged([inference_network.run(network, tta.batch_view(batch, view), *extra)
-                                             for view in views]) if len(views) > 1
-                               else inference_network.run(network, batch, *extra))
+                run = network if isinstance(network, _Members) else partial(inference_network.run, network)
+                outputs.append(tta.averaged([run(tta.batch_view(batch, view), *extra) for view in views])
+                               if len(views) > 1 else run(batch, *extra))
         except (MemoryError, RuntimeError) as err:
             if devices.is_out_of_memory(err):
                 raise devices.OutOfMemory(devices.oom_message("predicting", devices.describe(), batch_size, side,
@@ -276,11 +278,12 @@ def tta_of(requested: str | None, manifest: dict) -> str:
     return mode
 
 
-def _load_network(manifest: dict, model_dir: str, device: str, name: str):
-    """inference_network.load of a checked model; anything a checked file still makes fail is that file's
-    fault (an InputError of one line naming it), running out of memory stays what it is."""
+def _load_network(manifest: dict, model_dir: str, device: str, name: str, weights: str = model_archive.WEIGHTS):
+    """inference_network.load of a checked model (``weights``: its file, or a fold's); anything a checked file
+    still makes fail is that file's fault (an InputError of one line naming it), running out of memory stays
+    what it is."""
     try:
-        return inference_network.load(manifest, os.path.join(model_dir, model_archive.WEIGHTS), device)
+        return inference_network.load(manifest, os.path.join(model_dir, weights), device)
     except MemoryError:
         raise
     except Exception as err:
@@ -299,18 +302,20 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as Ludwig's predictor (devices.select hides GPUs)
     with model_archive.offline_hub():  # the manifest is checked; nothing may come from the hub either
         with timer.stage("loading the model"):
-            network = _load_network(manifest, model_dir, device, os.path.basename(request.model_zip))
+            members = _Members.load(manifest, model_dir, device, os.path.basename(request.model_zip))
+        network = members.networks[0]  # Grad-CAM's (the refit's, or fold 1's in a folds-only ensemble)
         with timer.stage(f"predicting {len(table)} images"):
-            out, raw = _predict_images(network, table, images_dir, side, request.batch_size, request.workers, notes,
-                                       tta_mode, _tabular_matrix(table, manifest))
+            out, raw = _predict_images(members if manifest.get("ensemble") else network, table, images_dir, side,
+                                       request.batch_size, request.workers, notes, tta_mode,
+                                       _tabular_matrix(table, manifest))
     out = out.drop(columns=[c for c in out if c.startswith(tabular.PREFIX)])  # the inputs, not outputs
     record = manifest["trust"]
+    delivered = raw if manifest.get("ensemble") or raw is None else inference_network.delivered(raw, manifest)
     if task == "regression":
-        scaling = manifest["target_scaling"]
-        values = (raw.astype(float) if raw is not None else np.zeros(0)) * scaling["std"] + scaling["mean"]
+        values = delivered.astype(float) if delivered is not None else np.zeros(0)
         out["predicted_value"] = values
         return network, trust.add_columns(out, "regression", classes, values, record)
-    proba = inference_network.class_columns(raw, manifest) if raw is not None else np.zeros((0, len(classes)))
+    proba = delivered if delivered is not None else np.zeros((0, len(classes)))
     # the training's temperature first: the threshold and the sets were set on scaled probabilities
     proba = calibration.apply_temperature(proba, record["temperature"])
     out["predicted_label"] = evaluation.predicted_labels(task, classes, proba, manifest["threshold"])
@@ -322,6 +327,29 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
         out["ood_score"] = ood.scores(proba)
         out["ood"] = ood.flags(proba, manifest["ood"])
     return network, trust.add_columns(out, task, classes, proba, record)
+
+
+@dataclass
+class _Members:
+    """The networks whose outputs predict averages (fold_ensemble): the refit alone, or the fold models (and
+    the refit), each with its own manifest (class order, target scaling). All are held at once: memory is the
+    number of members times one network's weights (a batch's activations once per member, in turn)."""
+
+    networks: list
+    manifests: list
+
+    @classmethod
+    def load(cls, manifest: dict, model_dir: str, device: str, name: str) -> "_Members":
+        record = manifest.get("ensemble")
+        chosen = [(model_archive.WEIGHTS, manifest)] if fold_ensemble.uses_refit(manifest) else []
+        chosen += [(fold_ensemble.member_name(k), fold_ensemble.fold_manifest(manifest, k))
+                   for k in range(1, (record or {"k": 0})["k"] + 1)]
+        return cls([_load_network(m, model_dir, device, name, weights) for weights, m in chosen],
+                   [m for _, m in chosen])
+
+    def __call__(self, batch: np.ndarray, *extra) -> np.ndarray:
+        return fold_ensemble.averaged([inference_network.delivered(inference_network.run(n, batch, *extra), m)
+                                       for n, m in zip(self.networks, self.manifests)])
 
 
 def _with_tabular_columns(table: pd.DataFrame, matched: pd.DataFrame, records: list[dict] | None) -> pd.DataFrame:

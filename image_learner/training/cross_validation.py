@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.evaluation import evaluation
-from image_learner.training import model_fit
+from image_learner.training import ludwig_config, model_fit
 from image_learner.training import provenance
 import split_utils
 from image_learner.run_files import log
@@ -51,6 +51,8 @@ class CrossValidation:
     fold_provenance: list | None = None  # per fold: why its kept epoch, and (binary) how its threshold was set
     warnings: list | None = None  # per fold validation parts that cannot choose well, an untuned threshold
     fold_baselines: list | None = None  # regression: each fold's training-row median (its out-of-fold baseline)
+    ensemble: dict | None = None  # --ensemble folds / folds+refit: fold_ensemble.make_record, and "weights" (paths)
+    refit_test: np.ndarray | None = None  # with an ensemble: the refit's outputs on the test rows (its comparison)
 
 
 def final_epochs(kept_epochs) -> int:
@@ -69,14 +71,19 @@ def fold_rows(data, fold: int, validation_share, seed: int) -> pd.DataFrame:
     return rows
 
 
-def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_workers: int = 0) -> CrossValidation:
-    """Train and predict every fold, then the final model (into ``model_dir``); ``ddp_workers``: see model_fit.fit."""
+def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_workers: int = 0,
+        ensemble: str = "refit") -> CrossValidation:
+    """Train and predict every fold, then the final model (into ``model_dir``); ``ddp_workers``: see model_fit.fit.
+    ``ensemble`` (fold_ensemble.MODES) other than "refit": each fold's kept-epoch weights are kept (copied into
+    ``model_dir``) and each fold also predicts the test rows; the test rows' outputs are then the ensemble's."""
     table = data.table
     k = int(table["fold"].max())
     in_folds = (table["split"] == 0).to_numpy()
     proba = np.full((len(table), model_fit.n_outputs(data)), np.nan)
     predicted = np.empty(len(table), dtype=object)
     kept, sizes, thresholds, histories, why, warnings, baselines = [], [], [], [], [], [], []
+    test = ~in_folds
+    members = []  # with an ensemble: per fold, its weights file, class order, scaling and test-row outputs
     for fold in range(1, k + 1):
         rows = fold_rows(data, fold, split_probabilities, opts.random_seed)
         target = (table["fold"] == fold).to_numpy() & in_folds
@@ -115,6 +122,9 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
                       "validation": int((rows["split"] == 1).sum()), "predicted": int(target.sum())})
         histories.append(fit.trained.history.assign(fold=fold))
         log(f"fold {fold} of {k}: kept epoch {fit.trained.best_epoch} of {len(fit.trained.history)}")
+        if ensemble != "refit":
+            with timer.stage(f"fold {fold} of {k}: keeping its model for the ensemble"):
+                members.append(_keep_member(data, fit, table[test], opts, fold_dir, work, fold))
         _release(fit, fold_dir)
 
     final_opts = replace(opts, epochs=final_epochs(kept), early_stop=0)
@@ -131,15 +141,55 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         if choice.warning:
             log(f"WARNING: {choice.warning}")
             warnings.append(choice.warning)
-    test = ~in_folds
+    record = refit_test = None
     if test.any():
         with timer.stage("final model: predicting the held-out test images"):
             proba[test] = model_fit.outputs(data, final, table[test], opts, work)
+    if members:
+        record, refit_test = _ensemble(ensemble, members, model_dir, proba[test] if test.any() else None)
+        if test.any():  # the delivered model's test outputs: the ensemble's
+            proba[test] = record["test_outputs"]
+    if test.any():
         predicted[test] = evaluation.predicted_labels(data.task, model_fit.class_order(data), proba[test], threshold)
     history = pd.concat(histories, ignore_index=True)
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,
                            history[["fold", *[c for c in history.columns if c != "fold"]]],
-                           choice.provenance if choice else None, why, warnings, baselines or None)
+                           choice.provenance if choice else None, why, warnings, baselines or None,
+                           record, refit_test)
+
+
+def _keep_member(data, fit, test_rows: pd.DataFrame, opts, fold_dir: str, work: str, fold: int) -> dict:
+    """A fold model kept for the ensemble: its kept-epoch weights (Ludwig's best model, saved in the fold's
+    model folder) copied out of the scratch folder the fold drops, its class order and target scaling, and
+    its outputs on the test rows (computed now, while it is loaded: the ensemble's test evaluation)."""
+    import json
+
+    from image_learner.model import model_weights
+
+    kept = os.path.join(work, "ensemble", f"fold-{fold}.safetensors")
+    os.makedirs(os.path.dirname(kept), exist_ok=True)
+    shutil.copyfile(os.path.join(fit.trained.model_dir, model_weights.WEIGHTS), kept)
+    with open(os.path.join(fit.trained.model_dir, "training_set_metadata.json")) as handle:
+        vocabulary = json.load(handle)[ludwig_config.LABEL_FEATURE].get("idx2str")
+    outputs = model_fit.outputs(data, fit, test_rows, opts, fold_dir) if len(test_rows) else None
+    return {"weights": kept, "label_vocabulary": vocabulary if data.task == "multiclass" else None,
+            "target_scaling": fit.target_scaling, "test_outputs": outputs}
+
+
+def _ensemble(mode: str, members: list[dict], model_dir: str, refit_test):
+    """(the manifest's ensemble record plus "test_outputs", the members' mean on the test rows (None without
+    test rows); the refit's test outputs): the fold weights copied into ``model_dir`` as fold_ensemble names them."""
+    from image_learner.model import fold_ensemble
+
+    for k, member in enumerate(members, 1):
+        shutil.copyfile(member["weights"], os.path.join(model_dir, fold_ensemble.member_name(k)))
+    record = fold_ensemble.make_record(mode, members)
+    outputs = None
+    if refit_test is not None:
+        outputs = fold_ensemble.averaged([m["test_outputs"] for m in members]
+                                         + ([refit_test] if mode == "folds+refit" else []))
+    log(f"ensemble: {fold_ensemble.describe(record)}")
+    return {**record, "test_outputs": outputs}, refit_test
 
 
 def _release(fit, fold_dir: str) -> None:
