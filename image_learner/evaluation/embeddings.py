@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 MAP_CAP = 3000  # points in the report's map (embeddings.csv has every image)
 PCA_FIRST = 50  # t-SNE runs on the first principal components (its authors' advice; faster)
@@ -24,6 +23,8 @@ def encoder_features(ludwig_model, paths: list[str], image_size: int, batch_size
     stays where Ludwig left it and is put back in its own train/eval mode)."""
     import torch
 
+    from image_learner.model.inference_network import image_pixels
+
     ecd = ludwig_model.model
     encoder = ecd.input_features.get("image_path").encoder_obj
     device = next(ecd.parameters()).device
@@ -33,11 +34,9 @@ def encoder_features(ludwig_model, paths: list[str], image_size: int, batch_size
     try:
         with torch.no_grad():
             for start in range(0, len(paths), batch_size):
-                batch = []
-                for path in paths[start:start + batch_size]:
-                    with Image.open(path) as img:
-                        picture = img.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
-                    batch.append(np.asarray(picture, dtype=np.float32) / 255.0)
+                # the pixels the model read in training (EXIF orientation, RGB, the same resize): one decoder
+                batch = [image_pixels(path, image_size)[0].astype(np.float32) / 255.0
+                         for path in paths[start:start + batch_size]]
                 x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
                 out = encoder(x)["encoder_output"]
                 chunks.append(out.reshape(len(batch), -1).float().cpu().numpy())

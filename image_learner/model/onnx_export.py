@@ -49,18 +49,11 @@ def describe(manifest: dict) -> str:
 
 def image_tensor(paths: list[str], image_size: int) -> np.ndarray:
     """The ONNX input for image files, as training and predict prepare them (data.image_check: EXIF
-    orientation, 8-bit RGB, then a bilinear resize to the model's square size): float32 N×3×S×S in [0, 1].
-    (A plain JPEG already S×S is read by Ludwig's own decoder, which may differ from Pillow's by a grey level.)"""
-    from PIL import Image
+    orientation, 8-bit RGB, then a bilinear resize to the model's square size): float32 N×3×S×S in [0, 1],
+    from inference_network.image_pixels (so a plain JPEG already S×S is decoded as Ludwig decoded it)."""
+    from image_learner.model.inference_network import image_pixels  # the one decoder of training's pixels
 
-    from image_learner.data.image_check import check_image
-
-    batch = []
-    for path in paths:
-        img, _ = check_image(path)
-        if img.size != (image_size, image_size):
-            img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        batch.append(np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0)
+    batch = [image_pixels(path, image_size)[0].astype(np.float32).transpose(2, 0, 1) / 255.0 for path in paths]
     return np.stack(batch) if batch else np.zeros((0, 3, image_size, image_size), np.float32)
 
 

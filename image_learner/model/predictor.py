@@ -125,8 +125,8 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     log_skipped_members(unpacked)
     table, label_col, notes = _images_to_predict(request, images_dir, unpacked.files, manifest["task"],
                                                  manifest.get("tabular"))
-    model, predictions = _predict_table(model_dir, manifest, table, images_dir, notes, request, timer,
-                                        tta_of(request.tta, manifest))
+    tta_mode = tta_of(request.tta, manifest)  # decided (and logged) once; the summary says the same
+    model, predictions = _predict_table(model_dir, manifest, table, images_dir, notes, request, timer, tta_mode)
     for note in notes:
         log(f"WARNING: {note}")
     if "ood" in predictions:
@@ -142,7 +142,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
             found = _evaluate(predictions, manifest)
         write_json(os.path.join(out, "metrics.json"), found)
     timings = with_rates({**timer.seconds, "total": round(time.time() - started, 2)}, len(table))
-    summary = _summary(request, manifest, predictions, unpacked, notes, found, timings)
+    summary = _summary(request, manifest, predictions, unpacked, notes, found, timings, tta_mode)
     write_json(os.path.join(out, SUMMARY_FILE), {**summary, "target_column": label_col})
     if label_col:
         import report_builder  # the training report's builder, test section only
@@ -152,7 +152,7 @@ def _predict_in(request: PredictRequest, out: str, work: str, started: float) ->
     return predictions
 
 
-def _summary(request, manifest, predictions, unpacked, notes, found_metrics, timings) -> dict:
+def _summary(request, manifest, predictions, unpacked, notes, found_metrics, timings, tta_mode: str) -> dict:
     """run_summary.json of a prediction run, shaped like training's so the same report reads it."""
     labelled = "true_label" in predictions
     counts = predictions["true_label"].value_counts().to_dict() if labelled else {}
@@ -172,7 +172,7 @@ def _summary(request, manifest, predictions, unpacked, notes, found_metrics, tim
                   "seed": 42, "probabilities": [], "grouped_by": []},
         "model": {"name": manifest["model_name"], "image_size": manifest["image_size"],
                   "weights_source": f"trained model {os.path.basename(request.model_zip)}",
-                  "tta": tta.describe(request.tta or manifest["training"]["options"]["tta"]),
+                  "tta": tta.describe(tta_mode),
                   "tabular_description": tabular.describe(manifest.get("tabular"))},
         "training": {}, "device": devices.describe(), "versions": library_versions(),
         "metrics": found_metrics, "timings_s": timings,
