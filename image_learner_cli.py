@@ -37,6 +37,11 @@ def add_device_options(parser: argparse.ArgumentParser, mixed_precision: bool = 
                                 "off on the CPU")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # a preset's option says its default itself
+        return action.help if "set by --preset" in (action.help or "") else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from image_learner.data import image_check
     from image_learner.data import image_health
@@ -46,10 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     from image_learner.training.ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
     from image_learner.evaluation.metrics import THRESHOLD_POLICIES
     from image_learner.evaluation.tta import MODES as TTA_MODES
+    from image_learner.training.presets import DEFAULT_PRESET, PRESETS
+
+    def _from_preset(option: str, text: str = "") -> str:  # "(default: None)" would hide the preset's value
+        values = ", ".join(f"{name} {preset[option]}" for name, preset in PRESETS.items())
+        return f"{text}{' ' if text else ''}(default: set by --preset: {values})"
 
     parser = argparse.ArgumentParser(
-        prog="image-learner", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="image-learner", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter)
     io = parser.add_argument_group("inputs and outputs")
     io.add_argument("--csv-file", required=True, help="metadata CSV/TSV: one row per image")
     io.add_argument("--image-zip", required=True, help="ZIP archive of the images")
@@ -138,9 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                             "values, missing or unseen ones in one unknown slot. predict needs the same columns")
 
     train = parser.add_argument_group("training")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--early-stop", type=int, default=5,
-                       help="stop after this many epochs without improvement of the --validation-metric (0: never)")
+    train.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                       help="settings for the options below that name it; an option you type wins. fast: the "
+                            "long-standing defaults; best: the levers measured to help (BENCHMARKS.md, Presets)")
+    train.add_argument("--epochs", type=int, default=None, help=_from_preset("epochs"))
+    train.add_argument("--early-stop", type=int, default=None,
+                       help=_from_preset("early_stop", "stop after this many epochs without improvement of the "
+                                          "--validation-metric (0: never)"))
     train.add_argument("--validation-metric", choices=("auto", *ALL_VALIDATION_METRICS), default="auto",
                        help="validation metric that picks the kept epoch and drives early stopping; auto: "
                             "balanced_accuracy (multiclass), roc_auc (binary), mae (regression). Classification: "
@@ -148,18 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "accuracy and macro F1 at P >= 0.5, as the threshold is tuned after training); "
                             "regression: mae, rmse, r2, loss")
     train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=0.001)
-    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
-                       help="constant, or cosine: one epoch of warm-up, then cosine decay to 0 by the last epoch")
+    train.add_argument("--learning-rate", type=float, default=None, help=_from_preset("learning_rate"))
+    train.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
+                       help=_from_preset("lr_schedule", "constant, or cosine: one epoch of warm-up, then cosine decay "
+                                          "to 0 by the last epoch"))
     train.add_argument("--random-seed", type=int, default=42, help="seeds the split and the training")
-    train.add_argument("--augmentation", default="random_horizontal_flip",
-                       help="comma-separated, or 'none': " + ", ".join(AUGMENTATIONS))
-    train.add_argument("--class-weights", choices=("none", "balanced"), default="none",
-                       help="'balanced' weighs the loss by inverse class frequency (classification only)")
-    train.add_argument("--tta", choices=TTA_MODES, default="none",
-                       help="test-time augmentation: average the model's outputs over the image and its "
+    train.add_argument("--augmentation", default=None,
+                       help=_from_preset("augmentation", "comma-separated, or 'none': " + ", ".join(AUGMENTATIONS)))
+    train.add_argument("--class-weights", choices=("none", "balanced"), default=None,
+                       help=_from_preset("class_weights", "'balanced' weighs the loss by inverse class frequency "
+                                          "(classification only)"))
+    train.add_argument("--tta", choices=TTA_MODES, default=None,
+                       help=_from_preset("tta", "test-time augmentation: average the model's outputs over the image and its "
                             "left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
-                            "evaluation and, recorded in the model, in predict; none: each image once")
+                            "evaluation and, recorded in the model, in predict; none: each image once"))
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
                      help="binary tasks: the decision threshold maximises this on the validation split "
@@ -254,7 +269,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner.data import dataset_prep
     from image_learner.data import image_health
     from image_learner.data import input_utils
-    from image_learner.training import ludwig_config
+    from image_learner.training import ludwig_config, presets
     from image_learner import pipeline
     from image_learner.evaluation import subgroups
     from image_learner.data import tabular
@@ -271,22 +286,20 @@ def request_from_args(args: argparse.Namespace):
         drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
         subgroup_columns=subgroups.parse_spec(args.subgroup_columns),
         tabular_columns=tabular.parse_spec(args.tabular_columns))
+    chosen, from_preset = presets.resolve(args.preset, {o: getattr(args, o) for o in presets.PRESET_OPTIONS})
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
-        fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, epochs=args.epochs,
-        early_stop=args.early_stop, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        random_seed=args.random_seed, augmentation=args.augmentation, class_weights=args.class_weights,
-        lr_schedule=args.lr_schedule,
-        preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
+        fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, batch_size=args.batch_size,
+        random_seed=args.random_seed, preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
         mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
-        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, tta=args.tta)
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                                overwrite=args.overwrite, make_report=not args.no_report,
                                distributed=args.distributed, num_workers=args.num_workers,
                                data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
                                ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
-                               ensemble=args.ensemble)
+                               ensemble=args.ensemble, preset=(args.preset, from_preset))
 
 
 class Stopped(BaseException):

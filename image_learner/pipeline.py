@@ -30,7 +30,7 @@ from image_learner.evaluation import trust
 from image_learner.evaluation import tta
 from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
-from image_learner.training import provenance
+from image_learner.training import presets, provenance
 import split_utils
 from image_learner.data import task_choice
 from image_learner.training import timm_backbone
@@ -60,6 +60,7 @@ class RunRequest:
     ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
     coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
     ensemble: str = "refit"  # --ensemble: what a cross-validation delivers (model/fold_ensemble.py)
+    preset: tuple = ("fast", ())  # --preset and the options it set (training/presets.py): ("best", ("epochs", ...))
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -125,6 +126,9 @@ def check_task_options_early(request: RunRequest) -> None:
     early = task_choice.task_from_csv(request.csv_file, request.data.target_column, request.data.task)
     if early is None:  # the CSV's own problem: dataset_prep names it, in its place
         return
+    note = presets.fit_to_task(request.training, request.preset[1], early[0])  # fewer classes never make a regression
+    if note:
+        log(f"note: {note}")
     try:
         check_task_options(request.training, early[0])
     except InputError as err:
@@ -239,7 +243,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     if data.health is not None:
         image_health.write_csv(data.health, data.table, os.path.join(out, image_health.CSV_NAME))
         log(image_health.log_line(data.health_summary))
-    log(f"validation metric (kept epoch, early stop): {opts.validation_metric}")
+    log(f"validation metric (kept epoch, early stop): {opts.validation_metric}; "
+        + presets.describe(request.preset[0], request.preset[1], asdict(opts)))
 
     if data.split.get("folds"):
         outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
@@ -287,7 +292,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                   **({"tabular": fit.tabular, "tabular_description": tabular.describe(fit.tabular)}
                      if fit.tabular else {})},
         "training": {**{k: v for k, v in asdict(opts).items() if k not in ("model_name", "image_size", "tta")},
-                     "pretrained_weights": weights_record,
+                     "pretrained_weights": weights_record, "preset": request.preset[0],
+                     "options_from_preset": list(request.preset[1]),
                      "class_weights_used": fit.class_weights or fit.positive_weight,
                      "epochs_run": len(trained.history), "best_epoch": trained.best_epoch,
                      "best_epoch_chosen_by": outcome.epoch_provenance,

@@ -30,11 +30,12 @@ def _form(**changes):
         "data_split": {"method": "random"}, "cross_validation": {"enabled": "no"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
-        "augmentation": "random_horizontal_flip",
-        "training": {"epochs": 30, "early_stop": 5, "batch_size": 32, "learning_rate": 0.001, "random_seed": 42,
-                     "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "none",
+        "preset": "fast", "augmentation": None,
+        "training": {"epochs": None, "early_stop": None, "batch_size": 32, "learning_rate": None, "random_seed": 42,
+                     "lr_schedule": "preset",
+                     "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "preset",
                      "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
-                     "validation_metric": "auto", "coverage": 0.9, "tta": "none",
+                     "validation_metric": "auto", "coverage": 0.9, "tta": "preset",
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
         "data_licence": "not stated",
         "data_health": {"drop_unhealthy": None, "output_csv": False},
@@ -95,11 +96,16 @@ def test_default_form_is_the_tutorial_run(source):
     assert args.random_split and args.split_column is None  # the form's default: random, as its help says
     assert args.model_name == "caformer_s18_384" and args.use_pretrained and args.fine_tune
     assert args.image_size is None  # the backbone's own size
-    assert args.augmentation == "random_horizontal_flip"
-    assert (args.epochs, args.early_stop, args.batch_size) == (30, 5, 32)
-    assert (args.learning_rate, args.random_seed) == (0.001, 42)
+    # the preset's options are left to --preset (the form's default: fast, the long-standing defaults)
+    assert args.preset == "fast"
+    assert (args.augmentation, args.epochs, args.early_stop, args.learning_rate, args.lr_schedule,
+            args.class_weights, args.tta) == (None,) * 7
+    request = image_learner_cli.request_from_args(args)
+    assert (request.training.epochs, request.training.early_stop, request.training.learning_rate) == (30, 5, 0.001)
+    assert (request.training.augmentation, request.training.class_weights) == ("random_horizontal_flip", "none")
+    assert (args.batch_size, args.random_seed) == (32, 42)
     assert args.split_probabilities == [0.7, 0.1, 0.2]
-    assert args.class_weights == "none" and args.leakage_guard and args.positive_label is None
+    assert args.leakage_guard and args.positive_label is None
     assert args.max_missing_fraction == 0.1
     assert (args.validation_metric, args.threshold_metric, args.threshold) == ("auto", "youden", None)
     assert args.cross_validation == 0  # off by default
@@ -114,16 +120,19 @@ def test_every_other_field_maps_to_its_flag(source):
     args, _ = _cli_args(
         source, sample_id_column="3", task="regression", data_split={"method": "column", "split_column": "5"},
         backbone={"source": "custom", "model_name": "resnet18.a1_in1k"},
-        use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation=None,
+        use_pretrained="--no-use-pretrained", fine_tune="--no-fine-tune", image_size=96, augmentation="none",
+        preset="best",
         training={"epochs": 2, "early_stop": 0, "batch_size": 8, "learning_rate": 0.0005, "random_seed": 7,
+                  "lr_schedule": "constant", "tta": "flips",
                   "train_split": 0.6, "validation_split": 0.2, "test_split": 0.2, "class_weights": "balanced",
                   "leakage_guard": "--no-leakage-guard", "positive_label": "malignant", "max_missing_fraction": 0.5,
                   "validation_metric": "loss", "decision_threshold": {"mode": "fixed", "threshold": 0.3}})
     assert (args.sample_id_column, args.split_column, args.random_split) == ("3", "5", False)
     assert args.task == "regression"
     assert args.model_name == "resnet18.a1_in1k" and not args.use_pretrained and not args.fine_tune
-    assert args.image_size == 96 and args.augmentation == "none"
+    assert args.image_size == 96 and args.augmentation == "none" and args.preset == "best"
     assert (args.epochs, args.early_stop, args.batch_size, args.learning_rate, args.random_seed) == (2, 0, 8, 0.0005, 7)
+    assert (args.lr_schedule, args.tta) == ("constant", "flips")
     assert args.split_probabilities == [0.6, 0.2, 0.2]
     assert args.class_weights == "balanced" and not args.leakage_guard and args.positive_label == "malignant"
     assert args.max_missing_fraction == 0.5

@@ -65,7 +65,8 @@ def check_options(distributed: str, num_workers: int, lr_schedule: str, device: 
     if lr_schedule != "constant":
         # The schedule's length is counted in single-process steps (ludwig_config.learning_rate_scheduler);
         # with N workers an epoch has N times fewer steps, so the decay would stop a fraction of the way.
-        raise InputError("--lr-schedule cosine is not supported with --distributed ddp; use constant")
+        raise InputError("--lr-schedule cosine (also --preset best's) is not supported with --distributed ddp; "
+                         "add --lr-schedule constant")
     if device == "cuda":
         import torch
 

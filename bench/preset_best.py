@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""The ``best`` preset against the defaults on the full shared HAM10000 set (issue 25 item 5), paired.
+
+All 7,347 images of ../shared/data/ham10000/ham10000_200x150 (HAM10000: Tschandl et al., Sci. Data 5, 180161
+(2018), CC BY-NC-SA 4.0), split at random by lesion (seed 42, 70/10/20: the same 1,471 test images for every
+arm, as the split depends on the seed and the data only), tf_efficientnet_lite0 from the offline ImageNet
+weights, both arms at --image-size 128 (the CPU budget here; the preset itself keeps the backbone's size).
+Each arm is one run of the tool (``--no-audit``: training and evaluation only); each arm's test predictions
+are then compared, paired, over the same lesion resamples (1,000, the split's groups drawn whole):
+balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - defaults).
+
+    python bench/preset_best.py --arm defaults|best [--threads 1] [--work DIR]   # one arm (resumable)
+    python bench/preset_best.py --compare [--work DIR]                             # the paired table
+
+Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
+tens of minutes here.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, build_ham, lite0_weights  # noqa: E402
+from image_learner.evaluation import bootstrap, metrics  # noqa: E402
+
+ARMS = {"defaults": [], "best": ["--preset", "best"]}
+COMMON = ["--model-name", "tf_efficientnet_lite0", "--image-size", "128", "--sample-id-column", "lesion_id",
+          "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
+
+
+def run_arm(name: str, work: str, threads: int) -> dict:
+    data = os.path.join(work, "data")
+    os.makedirs(data, exist_ok=True)
+    csv, zip_path = os.path.join(data, "ham_7347.csv"), os.path.join(data, "ham_7347.zip")
+    if not os.path.exists(csv):
+        csv, zip_path = build_ham(7347, data)
+    out = os.path.join(work, f"run-{name}")
+    cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
+           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON, *ARMS[name],
+           "--preprocessing-workers", str(threads)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    load_before, started = os.getloadavg(), time.time()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    record = {"arm": name, "command": cmd[1:], "threads": threads, "wall_s": round(time.time() - started, 1),
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_before": load_before,
+              "load_after": os.getloadavg()}
+    with open(os.path.join(work, f"arm-{name}.json"), "w") as handle:
+        json.dump(record, handle, indent=2)
+    return record
+
+
+def test_rows(out: str) -> tuple[pd.DataFrame, list[str]]:
+    table = pd.read_csv(os.path.join(out, "predictions.csv"))
+    classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
+    return table[table["split"] == "test"].sort_values("image").reset_index(drop=True), classes
+
+
+def compare(work: str, n: int = 1000) -> dict:
+    csv = os.path.join(work, "data", "ham_7347.csv")
+    arms, tables, classes = {}, {}, None
+    for name in ARMS:
+        tables[name], classes = test_rows(os.path.join(work, f"run-{name}"))
+    assert tables["defaults"]["image"].tolist() == tables["best"]["image"].tolist(), "the arms' test rows differ"
+    first = tables["defaults"]
+    lesions = pd.read_csv(csv).set_index("image_path").loc[first["image"], "lesion_id"].to_numpy()
+    groups = pd.factorize(lesions)[0]
+    resamples = list(bootstrap.resample_rows(len(first), groups, n, 42))
+    out = {"test_images": len(first), "test_lesions": int(len(set(lesions)))}
+    for name, part in tables.items():
+        y, p = part["true_label"].astype(str).to_numpy(), part[[f"prob_{c}" for c in classes]].to_numpy()
+        predicted = part["predicted_label"].astype(str).to_numpy()
+        point = metrics.split_metrics(y, p, classes, predicted)
+        samples = metrics.bootstrap_samples(y, p, classes, predicted, ("balanced_accuracy", "accuracy",
+                                                                       "roc_auc_macro"), n, 42, groups)
+        samples["ece"] = np.array([metrics.expected_calibration_error(y[rows], p[rows], classes)[0]
+                                   for rows in resamples])
+        values = {k: point.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro")}
+        values["ece"] = metrics.expected_calibration_error(y, p, classes)[0]
+        values["ci95"] = metrics.percentile_intervals(samples)
+        summary = json.load(open(os.path.join(work, f"run-{name}", "run_summary.json")))
+        values["run_summary"] = {k: summary.get(k) for k in ("best_epoch", "epochs_trained", "training_seconds")
+                                 if k in summary}
+        arm_file = os.path.join(work, f"arm-{name}.json")
+        if os.path.exists(arm_file):
+            values["arm"] = json.load(open(arm_file))
+        arms[name] = (values, samples)
+        out[name] = values
+    for metric in ("balanced_accuracy", "accuracy", "roc_auc_macro", "ece"):
+        delta = arms["best"][1][metric] - arms["defaults"][1][metric]
+        out[f"delta_{metric}"] = {"point": out["best"][metric] - out["defaults"][metric],
+                                  "ci95": metrics.percentile_intervals({"d": delta})["d"]}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arm", choices=tuple(ARMS))
+    parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--work", default="/tmp/preset_best_bench")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    if args.arm:
+        print(json.dumps(run_arm(args.arm, args.work, args.threads), indent=2))
+    if args.compare:
+        print(json.dumps(compare(args.work), indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""--preset: the bundles, what the command line overrides, and how a run records it (no training here
+but one tiny run)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import image_learner_cli
+from image_learner.errors import InputError
+from image_learner.training import ludwig_config, presets
+from conftest import ROOT
+
+
+def _request(*extra):
+    args = image_learner_cli.build_parser().parse_args(
+        ["--csv-file", "m.csv", "--image-zip", "i.zip", "--output-dir", "out", *extra])
+    return image_learner_cli.request_from_args(args)
+
+
+def test_fast_is_the_long_standing_defaults():
+    request = _request()
+    opts = request.training
+    assert (opts.epochs, opts.early_stop, opts.learning_rate, opts.lr_schedule) == (30, 5, 0.001, "constant")
+    assert (opts.augmentation, opts.class_weights, opts.tta) == ("random_horizontal_flip", "none", "none")
+    assert request.preset == ("fast", presets.PRESET_OPTIONS)
+
+
+def test_best_sets_its_options_and_typed_ones_win():
+    request = _request("--preset", "best", "--epochs", "3", "--tta", "flips")
+    opts = request.training
+    assert (opts.epochs, opts.tta) == (3, "flips")  # typed
+    assert (opts.early_stop, opts.learning_rate, opts.lr_schedule, opts.class_weights) == (0, 0.0003, "cosine",
+                                                                                           "balanced")
+    assert ludwig_config.parse_augmentation(opts.augmentation) == [
+        "random_horizontal_flip", "random_vertical_flip", "random_rotate"]
+    assert request.preset[0] == "best"
+    assert "epochs" not in request.preset[1] and "tta" not in request.preset[1]
+    assert "learning_rate" in request.preset[1]
+
+
+def test_a_typed_value_equal_to_the_presets_still_counts_as_typed():
+    values, from_preset = presets.resolve("best", {"early_stop": 0, "augmentation": "none"})
+    assert values["early_stop"] == 0 and values["augmentation"] == "none"  # 0 and "none" are values, not unset
+    assert "early_stop" not in from_preset and "augmentation" not in from_preset
+
+
+def test_every_preset_sets_every_option_and_each_value_is_valid():
+    for name, settings in presets.PRESETS.items():
+        assert tuple(settings) == presets.PRESET_OPTIONS, name
+        ludwig_config.parse_augmentation(settings["augmentation"])  # raises on an unknown name
+        assert settings["lr_schedule"] in ludwig_config.LR_SCHEDULES
+        assert settings["class_weights"] in ("none", "balanced")
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(InputError, match="--preset 'huge' is unknown; choose from fast, best"):
+        presets.resolve("huge", {})
+
+
+def test_the_presets_class_weights_leave_a_regression_but_typed_ones_do_not():
+    opts = ludwig_config.TrainingOptions("m", 32, class_weights="balanced")
+    assert presets.fit_to_task(opts, ("class_weights",), "multiclass") is None and opts.class_weights == "balanced"
+    assert "classification only" in presets.fit_to_task(opts, ("class_weights",), "regression")
+    assert opts.class_weights == "none"
+    typed = ludwig_config.TrainingOptions("m", 32, class_weights="balanced")
+    assert presets.fit_to_task(typed, (), "regression") is None and typed.class_weights == "balanced"
+
+
+def test_describe_names_the_presets_values_and_the_typed_options():
+    values, from_preset = presets.resolve("best", {"epochs": 2})
+    values["augmentation"] = ludwig_config.parse_augmentation(values["augmentation"])
+    line = presets.describe("best", from_preset, values)
+    assert line.startswith("preset best: early_stop 0, learning_rate 0.0003, lr_schedule cosine, augmentation "
+                           "random_horizontal_flip,random_vertical_flip,random_rotate, class_weights balanced")
+    assert line.endswith("; from the command line: epochs")
+
+
+def test_help_states_each_presets_value_instead_of_none():
+    text = image_learner_cli.build_parser().format_help()
+    assert "(default: set by --preset: fast 30, best 12)" in text
+    assert "(default: None)" not in text.split("--epochs EPOCHS")[1].split("--validation-metric")[0]
+
+
+def test_best_on_a_regression_runs_without_class_weights_and_records_the_preset(tmp_path):
+    """A tiny regression run with --preset best: no class weights (the preset's are for classes), the log
+    line and run_summary.json say which options came from the preset."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file",
+         os.path.join(ROOT, "test-data", "ham10000_demo_age.csv"), "--image-zip",
+         os.path.join(ROOT, "test-data", "ham10000_demo_images.zip"), "--output-dir", str(out),
+         "--target-column", "age", "--task", "regression", "--model-name", "test_efficientnet",
+         "--no-use-pretrained", "--image-size", "32", "--preset", "best", "--epochs", "1", "--no-audit",
+         "--no-report", "--preprocessing-workers", "1"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "run_summary.json").read_text())
+    training = summary["training"]
+    assert training["preset"] == "best" and "epochs" not in training["options_from_preset"]
+    assert training["class_weights"] == "none" and training["lr_schedule"] == "cosine"
+    assert training["learning_rate"] == 0.0003
+    log = (out / "training_log.txt").read_text()
+    assert "the preset's class weights apply to classification only" in log
+    assert "preset best: early_stop 0, learning_rate 0.0003" in log
