@@ -2,7 +2,7 @@
 trials is search_run.py).
 
 What is searched: the learning rate, log-uniform over LR_RANGE; the image size, one of --search-image-sizes
-(default: DEFAULT_SIZE_SHARES of the run's image size, multiples of 8); the backbone, one of --search-models.
+(default: the run's image size, and half and three quarters of it in multiples of 8); the backbone, one of --search-models.
 A parameter not searched keeps the run's value (with 'model' searched and not 'image_size', every backbone
 trains at the run's --image-size, or the --model-name's pretraining size).
 
@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search-models", default=None, metavar="A,B",
                        help="timm backbones to choose from when 'model' is searched (at least 2)")
     group.add_argument("--search-image-sizes", default=None, metavar="S1,S2",
-                       help="image sizes to choose from when 'image_size' is searched (default: half, three "
-                            "quarters and all of --image-size, multiples of 8)")
+                       help="image sizes to choose from when 'image_size' is searched (default: --image-size, or "
+                            "the backbone's, and half and three quarters of it in multiples of 8)")
     group.add_argument("--search-storage", default=None, metavar="URL",
                        help="Optuna storage, e.g. sqlite:///search.db or postgresql://host/db: the trials are "
                             "kept there, and runs on several machines naming the same storage and study share them")
@@ -131,8 +131,10 @@ def _sizes(text: str | None) -> tuple[int, ...]:
 
 
 def default_sizes(side: int) -> tuple[int, ...]:
-    """DEFAULT_SIZE_SHARES of ``side``, rounded to multiples of 8, at least 16: 224 -> (112, 168, 224)."""
-    return tuple(sorted({max(16, int(round(side * share / 8)) * 8) for share in DEFAULT_SIZE_SHARES}))
+    """DEFAULT_SIZE_SHARES of ``side``: ``side`` itself and the smaller shares rounded to multiples of 8, at
+    least 16: 224 -> (112, 168, 224)."""
+    return tuple(sorted({side} | {max(16, int(round(side * share / 8)) * 8) for share in DEFAULT_SIZE_SHARES
+                                  if share < 1}))
 
 
 def space(spec: SearchSpec, image_size: int) -> dict:
