@@ -206,6 +206,55 @@ def test_the_fingerprint_changes_with_the_folds_and_the_fixed_options():
     assert base != search_run.fingerprint(data, folds, spec, {"lr": (1e-5, 3e-3)}, TrainingOptions("m", 64, epochs=2))
 
 
+def _driver(tmp_path, monkeypatch, fails, trials=6):
+    """search_run.run with model_fit.fit replaced by a stand-in (no training): a fold's score is a function of
+    the learning rate, and ``fails(lr)`` raises an out-of-memory error; returns (record, options, rows seen)."""
+    from types import SimpleNamespace
+
+    from image_learner.run_files import StageTimer
+    from image_learner.training.ludwig_config import TrainingOptions
+
+    seen = []
+
+    def fake_fit(data, rows, opts, work_dir, model_dir, ddp_workers=0):
+        seen.append(rows)
+        if fails(opts.learning_rate):
+            raise MemoryError(f"out of memory at lr {opts.learning_rate:g}")
+        score = 1 - abs(np.log10(opts.learning_rate) + 4) / 2  # best at 1e-4
+        history = pd.DataFrame({"epoch": [1, 2], "test_balanced_accuracy": [0.0, score]})
+        return SimpleNamespace(trained=SimpleNamespace(history=history, best_epoch=2, ludwig_model=object()))
+
+    monkeypatch.setattr(search_run.model_fit, "fit", fake_fit)
+    table = _table().assign(image=lambda t: t["image_file"])
+    data = SimpleNamespace(table=table, task="multiclass", warnings=[])
+    opts = TrainingOptions("m", 32, validation_metric="balanced_accuracy")
+    request = SimpleNamespace(search=search.parse_spec("lr", trials, 2), training=opts,
+                              data=SimpleNamespace(split_probabilities=(0.7, 0.1, 0.2)))
+    record = search_run.run(request, data, str(tmp_path), str(tmp_path), StageTimer(), 0, str(tmp_path))
+    return record, opts, seen, table
+
+
+def test_failed_trials_are_recorded_and_the_best_complete_one_wins(tmp_path, monkeypatch):
+    record, opts, seen, table = _driver(tmp_path, monkeypatch, fails=lambda lr: lr > 3e-4)
+    states = [t["state"] for t in record["trials"]]
+    assert "fail" in states and "complete" in states and len(states) == 6
+    failed = [t for t in record["trials"] if t["state"] == "fail"]
+    assert all(t["error"].startswith("MemoryError: out of memory at lr") and t["score"] is None for t in failed)
+    complete = [t for t in record["trials"] if t["state"] == "complete"]
+    best = max(complete, key=lambda t: t["score"])
+    assert record["winner"]["trial"] == best["trial"] and opts.learning_rate == best["lr"] <= 3e-4
+    assert record["chosen"] == {"learning_rate": best["lr"]} and record["test_rows"] == 12
+    csv = pd.read_csv(tmp_path / "search_trials.csv")
+    assert list(csv["state"]) == states and csv["error"].notna().sum() == len(failed)
+    test_images = set(table.loc[table["split"] == 2, "image_file"])
+    assert seen and all(not test_images & set(rows["image_file"]) for rows in seen)
+
+
+def test_when_every_trial_fails_the_run_stops_with_the_error(tmp_path, monkeypatch):
+    with pytest.raises(MemoryError, match="out of memory at lr"):
+        _driver(tmp_path, monkeypatch, fails=lambda lr: True, trials=2)
+
+
 # --- the command line ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [

@@ -17,6 +17,7 @@ scored on other rows.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -103,6 +104,7 @@ class SizedCopies:
 
     def __init__(self, data, images_dir: str, work: str, prepared_size: int, workers: int):
         self.table, self.images_dir, self.work, self.workers = data.table, images_dir, work, workers
+        self.prepared_size = prepared_size
         self.paths = {prepared_size: dict(zip(self.table["image_file"], self.table["read_path"]))}
 
     def read_paths(self, size: int, rows) -> np.ndarray:
@@ -187,11 +189,12 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
                                          opts.validation_metric))
                 cross_validation._release(fit, fold_dir)  # one fold's model and files at a time
         except Exception as err:
-            failures.append(err)
+            failures.append(err.with_traceback(None))  # its frames (a model, batches) freed before the next trial
+            gc.collect()
             trial.set_user_attr("error", f"{type(err).__name__}: {err}")
             log(f"search trial {trial.number + 1}: {search.describe_params(params)}: failed ({type(err).__name__}: "
                 f"{str(err).splitlines()[0][:200] if str(err) else ''})")
-            raise
+            raise failures[-1] from None
         finally:
             trial.set_user_attr("fold_scores", scores)
             trial.set_user_attr("seconds", round(time.time() - started, 1))
@@ -217,7 +220,7 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
     chosen = search.overrides({p: winner[p] for p in searched})
     for field_name, value in chosen.items():
         setattr(opts, field_name, value)
-    if opts.image_size != next(iter(copies.paths)):  # every image at the winner's size, as its own run reads it
+    if opts.image_size != copies.prepared_size:  # every image at the winner's size, as its own run reads it
         table["read_path"] = copies.read_paths(opts.image_size, table)
     groups = int(table.loc[non_test, "group"].nunique())
     record = {"params": list(spec.params), "space": searched, "trials_budget": spec.trials,
