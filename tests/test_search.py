@@ -72,8 +72,9 @@ def test_space_and_overrides():
 
 
 def _sampled(seed: int, n: int = 6) -> list[dict]:
-    searched = search.space(search.parse_spec("lr,image_size,model", models="a,b"), 128)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed), direction="maximize")
+    spec = search.parse_spec("lr,image_size,model", n, models="a,b")
+    searched = search.space(spec, 128)
+    study = optuna.create_study(sampler=search_run.sampler(optuna, spec, seed), direction="maximize")
     drawn = []
 
     def objective(trial):
@@ -87,7 +88,9 @@ def _sampled(seed: int, n: int = 6) -> list[dict]:
 
 def test_the_same_seed_draws_the_same_trials_and_every_value_is_in_the_space():
     first, again, other = _sampled(42), _sampled(42), _sampled(7)
-    assert first == again and first != other
+    assert first == again and first != other  # 3 random draws, then 3 of TPE: both repeat with the seed
+    assert search_run.sampler(optuna, search.parse_spec("lr", 8), 1)._n_startup_trials == 4
+    assert search_run.sampler(optuna, search.parse_spec("lr", 100), 1)._n_startup_trials == 10
     for params in first:
         assert 1e-5 <= params["lr"] <= 3e-3 and params["image_size"] in (64, 96, 128) and params["model"] in "ab"
 

@@ -2,7 +2,8 @@
 trials is search_run.py).
 
 What is searched: the learning rate, log-uniform over LR_RANGE; the image size, one of --search-image-sizes
-(default: the run's image size, and half and three quarters of it in multiples of 8); the backbone, one of --search-models.
+(default: the run's image size, and half and three quarters of it in multiples of 8); the backbone, one of
+--search-models.
 A parameter not searched keeps the run's value (with 'model' searched and not 'image_size', every backbone
 trains at the run's --image-size, or the --model-name's pretraining size).
 

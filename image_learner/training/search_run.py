@@ -116,7 +116,8 @@ class SizedCopies:
                                    self.workers, size, health=False, fingerprints=False,
                                    png_level=copy_png_level(len(missing), size))
             if checked.bad:  # read once already by dataset_prep: only a file changed under the run
-                raise InputError(f"image {next(iter(checked.bad))} could not be read again: {next(iter(checked.bad.values()))}")
+                name, why = next(iter(checked.bad.items()))
+                raise InputError(f"image {name} could not be read again: {why}")
             known.update(zip(missing, checked.paths))
         return np.asarray([known[f] for f in rows["image_file"]], dtype=object)
 
@@ -131,17 +132,24 @@ def fingerprint(data, folds: np.ndarray, spec, searched: dict, opts) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sampler(optuna, spec, seed: int):
+    """TPE, its first half of the budget (2 to 10 trials) drawn at random (Optuna's default of 10 random
+    trials would leave a budget of 8 a random search); seeded by ``seed``, or per machine with a shared
+    storage (else every machine would draw the same settings)."""
+    if spec.storage is not None:
+        seed += int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:6], 16)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.trials // 2)))
+
+
 def _study(optuna, spec, direction: str, seed: int, print_: str):
-    sampler_seed = seed if spec.storage is None else (  # machines sharing a study draw different settings
-        seed + int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:6], 16))
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
     try:
         study = optuna.create_study(storage=spec.storage, study_name=spec.study, direction=direction,
-                                    sampler=sampler, load_if_exists=True)
+                                    sampler=sampler(optuna, spec, seed), load_if_exists=True)
     except ValueError as err:  # e.g. an existing study of the other direction
         raise InputError(f"--search-study {spec.study!r}: {err}") from err
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors: a URL it cannot open
-        raise InputError(f"--search-storage cannot be opened ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise InputError(f"--search-storage cannot be opened ({type(err).__name__}: {first})") from err
     found = study.user_attrs.get(FINGERPRINT)
     if found is None:
         study.set_user_attr(FINGERPRINT, print_)
@@ -228,7 +236,7 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
               "higher_is_better": higher, "non_test_rows": int(non_test.sum()), "groups": groups,
               "test_rows": int((~non_test).sum()),
               "scored_on": search.scored_on(opts.validation_metric, spec.folds, int(non_test.sum()), groups),
-              "sampler": f"Optuna {optuna.__version__} TPE" + (f", seed {opts.random_seed}" if spec.storage is None
+              "sampler": f"Optuna {optuna.__version__} TPE (the first {min(10, max(2, spec.trials // 2))} trials random)" + (f", seed {opts.random_seed}" if spec.storage is None
                                                                   else ", seeded per machine"),
               "storage": search.storage_kind(spec.storage), "study": spec.study,
               "trials": records, "winner": {"trial": winner["trial"], "score": winner["score"],
