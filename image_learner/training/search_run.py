@@ -187,6 +187,7 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
         params = search.suggest(trial, searched)
         trial_opts = replace(opts, **search.overrides(params))
         started, scores = time.time(), []
+        log(f"search trial {trial.number + 1}: {search.describe_params(params)}: training {spec.folds} folds")
         try:
             for fold, rows in enumerate(fold_tables, 1):
                 rows = rows.copy()
