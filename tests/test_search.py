@@ -63,6 +63,10 @@ def test_default_sizes_are_the_runs_own_and_half_and_three_quarters_of_it():
     assert search.default_sizes(32) == (16, 24, 32)
 
 
+def test_parameters_in_words_skip_those_not_searched():
+    assert search.describe_params({"model": "m", "lr": 0.000423, "image_size": None}) == "lr 0.000423, model m"
+
+
 def test_space_and_overrides():
     spec = search.parse_spec("lr,image_size,model", models="a,b")
     assert search.space(spec, 224) == {"lr": (1e-5, 3e-3), "image_size": [112, 168, 224], "model": ["a", "b"]}
@@ -341,3 +345,5 @@ def test_a_tiny_search_trains_the_winner_and_no_trial_sees_a_test_row(tmp_path, 
     assert "chosen by a search" in (out / "model" / "MODEL_CARD.md").read_text()
     report = (out / "report.html").read_text()
     assert 'id="search"' in report and "<b>chosen</b>" in report
+    assert f"<b>{found['winner']['text']}</b>" in report and "The 28 held-out test rows were in no trial" in report
+    assert found["winner"]["text"] == search.describe_params({"lr": best["lr"], "image_size": best["image_size"]})

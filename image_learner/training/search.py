@@ -165,9 +165,9 @@ def overrides(params: dict) -> dict:
 
 
 def describe_params(params: dict) -> str:
-    """``lr 0.00042, image_size 128``, in PARAMS order."""
+    """``lr 0.00042, image_size 128``, in PARAMS order (a parameter absent or None: not searched)."""
     return ", ".join(f"{name} {params[name]:.3g}" if name == "lr" else f"{name} {params[name]}"
-                     for name in PARAMS if name in params)
+                     for name in PARAMS if params.get(name) is not None)
 
 
 def trial_record(number: int, state: str, params: dict, fold_scores, seconds: float | None,

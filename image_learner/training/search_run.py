@@ -241,7 +241,8 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
                                                                   else ", seeded per machine"),
               "storage": search.storage_kind(spec.storage), "study": spec.study,
               "trials": records, "winner": {"trial": winner["trial"], "score": winner["score"],
-                                            "params": {p: winner[p] for p in searched}},
+                                            "params": {p: winner[p] for p in searched},
+                                            "text": search.describe_params(winner)},
               "chosen": chosen}
     record["description"] = search.describe_choice(record)
     log(f"search: {record['description']}")
