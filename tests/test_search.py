@@ -93,6 +93,7 @@ def _sampled(seed: int, n: int = 6) -> list[dict]:
 def test_the_same_seed_draws_the_same_trials_and_every_value_is_in_the_space():
     first, again, other = _sampled(42), _sampled(42), _sampled(7)
     assert first == again and first != other  # 3 random draws, then 3 of TPE: both repeat with the seed
+    assert search.random_start(8) == 4 and search.random_start(3) == 2 and search.random_start(100) == 10
     assert search_run.sampler(optuna, search.parse_spec("lr", 8), 1)._n_startup_trials == 4
     assert search_run.sampler(optuna, search.parse_spec("lr", 100), 1)._n_startup_trials == 10
     for params in first:

@@ -133,12 +133,11 @@ def fingerprint(data, folds: np.ndarray, spec, searched: dict, opts) -> str:
 
 
 def sampler(optuna, spec, seed: int):
-    """TPE, its first half of the budget (2 to 10 trials) drawn at random (Optuna's default of 10 random
-    trials would leave a budget of 8 a random search); seeded by ``seed``, or per machine with a shared
-    storage (else every machine would draw the same settings)."""
+    """TPE after search.random_start random trials; seeded by ``seed``, or per machine with a shared storage
+    (else every machine would draw the same settings)."""
     if spec.storage is not None:
         seed += int(hashlib.sha256(f"{socket.gethostname()}:{os.getpid()}".encode()).hexdigest()[:6], 16)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.trials // 2)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=search.random_start(spec.trials))
 
 
 def _study(optuna, spec, direction: str, seed: int, print_: str):
@@ -237,8 +236,8 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
               "higher_is_better": higher, "non_test_rows": int(non_test.sum()), "groups": groups,
               "test_rows": int((~non_test).sum()),
               "scored_on": search.scored_on(opts.validation_metric, spec.folds, int(non_test.sum()), groups),
-              "sampler": f"Optuna {optuna.__version__} TPE (the first {min(10, max(2, spec.trials // 2))} trials random)" + (f", seed {opts.random_seed}" if spec.storage is None
-                                                                  else ", seeded per machine"),
+              "sampler": f"Optuna {optuna.__version__} TPE (the first {search.random_start(spec.trials)} trials "
+                         "random" + (f", seed {opts.random_seed})" if spec.storage is None else ", seeded per machine)"),
               "storage": search.storage_kind(spec.storage), "study": spec.study,
               "trials": records, "winner": {"trial": winner["trial"], "score": winner["score"],
                                             "params": {p: winner[p] for p in searched},
