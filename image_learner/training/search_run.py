@@ -237,7 +237,8 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
               "test_rows": int((~non_test).sum()),
               "scored_on": search.scored_on(opts.validation_metric, spec.folds, int(non_test.sum()), groups),
               "sampler": f"Optuna {optuna.__version__} TPE (the first {search.random_start(spec.trials)} trials "
-                         "random" + (f", seed {opts.random_seed})" if spec.storage is None else ", seeded per machine)"),
+                         "random" + (f", seed {opts.random_seed})" if spec.storage is None
+                                     else ", seeded per machine)"),
               "storage": search.storage_kind(spec.storage), "study": spec.study,
               "trials": records, "winner": {"trial": winner["trial"], "score": winner["score"],
                                             "params": {p: winner[p] for p in searched},
