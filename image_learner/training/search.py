@@ -47,30 +47,32 @@ class SearchSpec:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train subcommand's "search" option group."""
     group = parser.add_argument_group("search (needs pip install 'image-learner[search]')")
-    group.add_argument("--search", default=None, metavar="PARAMS",
+    group.add_argument("--search", default=argparse.SUPPRESS, metavar="PARAMS",
                        help="comma-separated subset of " + ",".join(PARAMS) + ": choose them by a search (Optuna "
                             "TPE, seeded by --random-seed) before the run; each trial is scored by grouped "
                             "cross-validation of the non-test rows; the winner trains the delivered model")
-    group.add_argument("--search-trials", type=int, default=None, metavar="N",
+    group.add_argument("--search-trials", type=int, default=argparse.SUPPRESS, metavar="N",
                        help=f"trials this run makes (default {DEFAULT_TRIALS}), one after another")
-    group.add_argument("--search-folds", type=int, default=None, metavar="K",
+    group.add_argument("--search-folds", type=int, default=argparse.SUPPRESS, metavar="K",
                        help=f"grouped folds that score each trial (default {DEFAULT_FOLDS}; at least 2)")
-    group.add_argument("--search-models", default=None, metavar="A,B",
+    group.add_argument("--search-models", default=argparse.SUPPRESS, metavar="A,B",
                        help="timm backbones to choose from when 'model' is searched (at least 2)")
-    group.add_argument("--search-image-sizes", default=None, metavar="S1,S2",
+    group.add_argument("--search-image-sizes", default=argparse.SUPPRESS, metavar="S1,S2",
                        help="image sizes to choose from when 'image_size' is searched (default: --image-size, or "
                             "the backbone's, and half and three quarters of it in multiples of 8)")
-    group.add_argument("--search-storage", default=None, metavar="URL",
+    group.add_argument("--search-storage", default=argparse.SUPPRESS, metavar="URL",
                        help="Optuna storage, e.g. sqlite:///search.db or postgresql://host/db: the trials are "
                             "kept there, and runs on several machines naming the same storage and study share them")
-    group.add_argument("--search-study", default=None, metavar="NAME",
+    group.add_argument("--search-study", default=argparse.SUPPRESS, metavar="NAME",
                        help=f"the study's name in --search-storage (default {DEFAULT_STUDY})")
 
 
 def spec_from_args(args: argparse.Namespace) -> SearchSpec | None:
-    """The parsed search options, or None without --search; InputError for a bad or stray one."""
-    return parse_spec(args.search, args.search_trials, args.search_folds, args.search_models,
-                      args.search_image_sizes, args.search_storage, args.search_study)
+    """The parsed search options, or None without --search; InputError for a bad or stray one. (Their
+    argparse default is SUPPRESS: an option not given is absent, and the help shows the real defaults.)"""
+    given = vars(args)
+    return parse_spec(*(given.get(name) for name in ("search", "search_trials", "search_folds", "search_models",
+                                                      "search_image_sizes", "search_storage", "search_study")))
 
 
 def _names(text: str | None) -> list[str]:
