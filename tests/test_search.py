@@ -265,6 +265,15 @@ def test_when_every_trial_fails_the_run_stops_with_the_error(tmp_path, monkeypat
 
 # --- the command line ---------------------------------------------------------------------------------------------
 
+def test_the_parser_leaves_search_off_unless_asked():
+    base = ["--csv-file", "m.csv", "--image-zip", "i.zip", "--output-dir", "o"]
+    assert search.spec_from_args(image_learner_cli.build_parser().parse_args(base)) is None
+    spec = search.spec_from_args(image_learner_cli.build_parser().parse_args(
+        base + ["--search", "lr", "--search-folds", "4", "--search-storage", "sqlite:///s.db"]))
+    assert (spec.params, spec.trials, spec.folds, spec.storage, spec.study) == (
+        ("lr",), 8, 4, "sqlite:///s.db", "image-learner-search")
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--search", "lr,dropout"], "--search 'dropout' is not searchable"),
     (["--search", "lr", "--search-folds", "1"], "--search-folds must be between 2 and 20, got 1"),

@@ -50,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--search", default=argparse.SUPPRESS, metavar="PARAMS",
                        help="comma-separated subset of " + ",".join(PARAMS) + ": choose them by a search (Optuna "
                             "TPE, seeded by --random-seed) before the run; each trial is scored by grouped "
-                            "cross-validation of the non-test rows; the winner trains the delivered model")
+                            "cross-validation of the non-test rows; the winner trains the "
+                            "delivered model (default: off)")
     group.add_argument("--search-trials", type=int, default=argparse.SUPPRESS, metavar="N",
                        help=f"trials this run makes (default {DEFAULT_TRIALS}), one after another")
     group.add_argument("--search-folds", type=int, default=argparse.SUPPRESS, metavar="K",
