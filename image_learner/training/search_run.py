@@ -177,8 +177,8 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
     failures = []
     non_test = folds > 0
     if not (table["split"].to_numpy() == TEST).any():
-        note = ("the search scored its settings on every row: with no held-out test rows, the run's "
-                "cross-validated numbers come from the rows that chose the settings and are optimistic")
+        note = ("the search scored its settings on every row: with no held-out test rows, every number of this "
+                "run comes from rows that also chose the settings, and is optimistic")
         log(f"WARNING: {note}")
         data.warnings.append(note)
 
