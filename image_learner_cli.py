@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     from image_learner.training.ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
     from image_learner.evaluation.metrics import THRESHOLD_POLICIES
     from image_learner.evaluation.tta import MODES as TTA_MODES
+    from image_learner.training import search
     from image_learner.training.presets import DEFAULT_PRESET, PRESETS
 
     def _from_preset(option: str, text: str = "") -> str:  # "(default: None)" would hide the preset's value
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "Ludwig's Accelerate strategy; each takes --batch-size images a step, and Ludwig "
                                "scales the learning rate by the number of workers")
     parallel.add_argument("--num-workers", type=int, default=1, help="processes for --distributed ddp")
+    search.add_arguments(parser)
     return parser
 
 
@@ -273,6 +275,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner import pipeline
     from image_learner.evaluation import subgroups
     from image_learner.data import tabular
+    from image_learner.training import search
 
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
@@ -299,7 +302,8 @@ def request_from_args(args: argparse.Namespace):
                                distributed=args.distributed, num_workers=args.num_workers,
                                data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
                                ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
-                               ensemble=args.ensemble, preset=(args.preset, from_preset))
+                               ensemble=args.ensemble, preset=(args.preset, from_preset),
+                               search=search.spec_from_args(args))
 
 
 class Stopped(BaseException):

@@ -30,7 +30,7 @@ from image_learner.evaluation import trust
 from image_learner.evaluation import tta
 from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
-from image_learner.training import presets, provenance
+from image_learner.training import presets, provenance, search_run
 import split_utils
 from image_learner.data import task_choice
 from image_learner.training import timm_backbone
@@ -61,6 +61,7 @@ class RunRequest:
     coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
     ensemble: str = "refit"  # --ensemble: what a cross-validation delivers (model/fold_ensemble.py)
     preset: tuple = ("fast", ())  # --preset and the options it set (training/presets.py): ("best", ("epochs", ...))
+    search: object = None  # --search: a training/search.SearchSpec (None: off)
 
 
 def resolve_training_options(request: RunRequest) -> None:
@@ -102,6 +103,8 @@ def resolve_training_options(request: RunRequest) -> None:
     if request.export_onnx and request.data.tabular_columns:
         raise InputError("--export-onnx takes the image alone as the model's input; a model with --tabular-columns "
                          "cannot be exported to ONNX yet: drop one of the two")
+    if request.search:
+        search_run.check(request)
     if request.export_onnx:
         from image_learner.model import onnx_export
 
@@ -246,6 +249,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}; "
         + presets.describe(request.preset[0], request.preset[1], asdict(opts)))
 
+    found = search_run.run(request, data, images_dir, work, timer, _ddp_workers(request), out) if request.search \
+        else None  # sets the winner's settings on opts: the test rows are touched by it alone, below
     if data.split.get("folds"):
         outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
                                                _ddp_workers(request), request.ood_keep_rate, request.coverage,
@@ -299,6 +304,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                      "best_epoch_chosen_by": outcome.epoch_provenance,
                      "selection": _selection(data, opts.validation_metric, bool(outcome.cross_validation))},
         **({"cross_validation": outcome.cross_validation} if outcome.cross_validation else {}),
+        **({"search": found} if found else {}),
         "audit": audit_facts,
         "distributed": {"mode": request.distributed, "workers": request.num_workers},
         "ood": ood.describe(outcome.ood, outcome.ood_test_flags),
@@ -335,6 +341,8 @@ def _keep_no_weights_path(outcome, model_dir: str) -> str | None:
 def _package_model(request: RunRequest, summary: dict, model_dir: str, timer) -> None:
     """MODEL_CARD.md (and, with --export-onnx, model.onnx) beside the model's files, then trained_model.zip."""
     onnx = None
+    if request.search:
+        search_run.check(request)
     if request.export_onnx:
         from image_learner.model import onnx_export
 

@@ -185,6 +185,8 @@ def _model_section(summary: dict, onnx: dict | None) -> list[str]:
 
         out.append(f"- Predictions: {md_text(fold_ensemble.describe(ensemble))} (files fold_1_weights.safetensors "
                    f"to fold_{ensemble['k']}_weights.safetensors)")
+    if summary.get("search"):  # --search: the settings were chosen on the non-test rows (training/search.py)
+        out.append(f"- Settings: {md_text(summary['search']['description'])}")
     if model.get("tabular_description"):  # --tabular-columns: predict needs these columns in its CSV
         out.append(f"- Model inputs: {md_text(model['tabular_description'])}; predict needs these columns in its CSV")
     if summary.get("task") != "regression":
