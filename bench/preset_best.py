@@ -11,6 +11,7 @@ balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - de
 
     python bench/preset_best.py --arm defaults|best [--threads 1] [--work DIR]   # one arm (resumable)
     python bench/preset_best.py --compare [--work DIR]                             # the paired table
+    python bench/preset_best.py --tta-check [--work DIR]   # dihedral TTA on the best model: chosen on validation
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
 tens of minutes here.
@@ -104,16 +105,70 @@ def compare(work: str, n: int = 1000) -> dict:
     return out
 
 
+def tta_check(work: str, arm: str = "best", n: int = 1000) -> dict:
+    """Whether dihedral test-time augmentation helps the ``arm`` model: decided on its VALIDATION images
+    (balanced accuracy, none vs dihedral, both through ``predict`` so the two differ in the views alone),
+    then reported, paired, on its test images. Predict's own labels (the CSV's) score each set."""
+    import zipfile
+
+    run = os.path.join(work, f"run-{arm}")
+    split = pd.read_csv(os.path.join(run, "split.csv"))
+    source = os.path.join(work, "data", "ham_7347.zip")
+    lesions = pd.read_csv(os.path.join(work, "data", "ham_7347.csv")).set_index("image_path")["lesion_id"]
+    out = {}
+    for part in ("validation", "test"):
+        rows = split[split["split"] == part]
+        if rows.empty:  # e.g. a cross-validated run: no validation rows
+            continue
+        images, labels = os.path.join(work, f"tta-{part}.zip"), os.path.join(work, f"tta-{part}.csv")
+        with zipfile.ZipFile(source) as src, zipfile.ZipFile(images, "w", zipfile.ZIP_STORED) as dest:
+            for name in rows["image_file"]:
+                dest.writestr(name, src.read(name))
+        rows[["image_file", "label"]].rename(columns={"image_file": "image_path"}).to_csv(labels, index=False)
+        tables = {}
+        for mode in ("none", "dihedral"):
+            target = os.path.join(work, f"tta-{part}-{mode}")
+            started = time.time()
+            subprocess.run([sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "predict", "--model",
+                            os.path.join(run, "trained_model.zip"), "--image-zip", images, "--csv-file", labels,
+                            "--output-dir", target, "--overwrite", "--tta", mode, "--preprocessing-workers", "1"],
+                           check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
+            table = pd.read_csv(os.path.join(target, "predictions.csv")).sort_values("image").reset_index(drop=True)
+            tables[mode] = (table, round(time.time() - started, 1))
+        classes = [c[len("prob_"):] for c in tables["none"][0].columns if c.startswith("prob_")]
+        groups = pd.factorize(lesions.loc[tables["none"][0]["image"]].to_numpy())[0]
+        record = {}
+        samples = {}
+        for mode, (table, seconds) in tables.items():
+            y, p = table["true_label"].astype(str).to_numpy(), table[[f"prob_{c}" for c in classes]].to_numpy()
+            predicted = table["predicted_label"].astype(str).to_numpy()
+            point = metrics.split_metrics(y, p, classes, predicted)
+            samples[mode] = metrics.bootstrap_samples(y, p, classes, predicted, ("balanced_accuracy",
+                                                                                 "roc_auc_macro"), n, 42, groups)
+            record[mode] = {k: point.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro")}
+            record[mode]["wall_s"] = seconds
+        record["images"] = len(tables["none"][0])
+        for metric in ("balanced_accuracy", "roc_auc_macro"):
+            delta = samples["dihedral"][metric] - samples["none"][metric]
+            record[f"delta_{metric}"] = {"point": record["dihedral"][metric] - record["none"][metric],
+                                         "ci95": metrics.percentile_intervals({"d": delta})["d"]}
+        out[part] = record
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm", choices=tuple(ARMS))
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--tta-check", action="store_true", help="dihedral TTA on the best model: validation, test")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", default="/tmp/preset_best_bench")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.work, args.threads), indent=2))
+    if args.tta_check:
+        print(json.dumps(tta_check(args.work), indent=2, default=float))
     if args.compare:
         print(json.dumps(compare(args.work), indent=2, default=float))
 
