@@ -41,6 +41,12 @@ def test_best_sets_its_options_and_typed_ones_win():
     assert "learning_rate" in request.preset[1]
 
 
+def test_best_averages_the_dihedral_views_unless_told_otherwise():
+    values, from_preset = presets.resolve("best", {})
+    assert values["tta"] == "dihedral" and "tta" in from_preset
+    assert presets.resolve("fast", {})[0]["tta"] == "none"
+
+
 def test_a_typed_value_equal_to_the_presets_still_counts_as_typed():
     values, from_preset = presets.resolve("best", {"early_stop": 0, "augmentation": "none"})
     assert values["early_stop"] == 0 and values["augmentation"] == "none"  # 0 and "none" are values, not unset
