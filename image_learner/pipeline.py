@@ -251,6 +251,8 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
 
     found = search_run.run(request, data, images_dir, work, timer, _ddp_workers(request), out) if request.search \
         else None  # sets the winner's settings on opts: the test rows are touched by it alone, below
+    if found:  # what the search chose came from it, not from the preset
+        request.preset = (request.preset[0], tuple(o for o in request.preset[1] if o not in found["chosen"]))
     if data.split.get("folds"):
         outcome = fit_and_score.cross_validate(data, opts, request.data.split_probabilities, out, work, timer,
                                                _ddp_workers(request), request.ood_keep_rate, request.coverage,

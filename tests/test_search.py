@@ -348,6 +348,9 @@ def test_a_tiny_search_trains_the_winner_and_no_trial_sees_a_test_row(tmp_path, 
     assert found["winner"]["trial"] == best["trial"]
     # the winner's settings trained the delivered model
     assert summary["training"]["learning_rate"] == pytest.approx(best["lr"])
+    assert "learning_rate" not in summary["training"]["options_from_preset"]  # the search set it, not the preset
+    assert "epochs" not in summary["training"]["options_from_preset"]  # TINY types it
+    assert "class_weights" in summary["training"]["options_from_preset"]
     assert summary["model"]["image_size"] == best["image_size"]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["trainer"]["learning_rate"] == pytest.approx(best["lr"])

@@ -125,7 +125,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         if ensemble != "refit":
             with timer.stage(f"fold {fold} of {k}: keeping its model for the ensemble"):
                 members.append(_keep_member(data, fit, table[test], opts, fold_dir, work, fold))
-        _release(fit, fold_dir)
+        release_fold(fit, fold_dir)
 
     final_opts = replace(opts, epochs=final_epochs(kept), early_stop=0)
     all_rows = table[in_folds].copy()  # every fold row trains; no validation rows, so no early stop
@@ -192,7 +192,7 @@ def _ensemble(mode: str, members: list[dict], model_dir: str, refit_test):
     return {**record, "test_outputs": outputs}, refit_test
 
 
-def _release(fit, fold_dir: str) -> None:
+def release_fold(fit, fold_dir: str) -> None:
     """Drop a fold's model and scratch files before the next fold, so memory and disk hold one fold."""
     fit.trained.ludwig_model = None
     shutil.rmtree(fold_dir, ignore_errors=True)

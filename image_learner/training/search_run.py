@@ -195,7 +195,7 @@ def run(request, data, images_dir: str, work: str, timer, ddp_workers: int, out:
                 fit = model_fit.fit(data, rows, trial_opts, fold_dir, os.path.join(fold_dir, "model"), ddp_workers)
                 scores.append(fold_score(fit.trained.history, fit.trained.best_epoch, data.task,
                                          opts.validation_metric))
-                cross_validation._release(fit, fold_dir)  # one fold's model and files at a time
+                cross_validation.release_fold(fit, fold_dir)  # one fold's model and files at a time
         except Exception as err:
             failures.append(err.with_traceback(None))  # its frames (a model, batches) freed before the next trial
             gc.collect()
