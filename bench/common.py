@@ -137,3 +137,38 @@ def measured(cmd: list[str], json_output: bool = True) -> tuple[dict, float, flo
         raise RuntimeError(err[-3000:])
     result = json.loads(out.strip().splitlines()[-1]) if json_output else {}
     return result, time.perf_counter() - started, peak[0] / 1e9
+
+
+def test_predictions(out: str) -> tuple[pd.DataFrame, list[str]]:
+    """A run's predictions.csv test rows (every row of a predict run, which has no split column), ordered by
+    image (so two runs' rows line up), and its classes."""
+    table = pd.read_csv(os.path.join(out, "predictions.csv"), dtype={"sample_id": str})
+    classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
+    rows = table[table["split"] == "test"] if "split" in table else table
+    return rows.sort_values("image").reset_index(drop=True), classes
+
+
+def paired_arms(arms: dict[str, pd.DataFrame], classes: list[str], groups, names: tuple[str, ...],
+                n: int = 1000) -> tuple[dict, dict]:
+    """Each arm's point metrics (``names``) and bootstrap samples over the SAME resamples of ``groups`` (the
+    arms' rows must be the same images in the same order). Returns (points, samples) keyed by arm."""
+    from image_learner.evaluation import metrics
+
+    first = next(iter(arms.values()))["image"].tolist()
+    assert all(part["image"].tolist() == first for part in arms.values()), "the arms' test rows differ"
+    points, samples = {}, {}
+    for name, part in arms.items():
+        y, p = part["true_label"].astype(str).to_numpy(), part[[f"prob_{c}" for c in classes]].to_numpy()
+        predicted = part["predicted_label"].astype(str).to_numpy()
+        point = metrics.split_metrics(y, p, classes, predicted)
+        points[name] = {k: point.get(k) for k in names}
+        samples[name] = metrics.bootstrap_samples(y, p, classes, predicted, names, n, 42, groups)
+    return points, samples
+
+
+def paired_delta(points: dict, samples: dict, new: str, old: str, metric: str) -> dict:
+    """new - old on ``metric``: the point difference and its 95% interval over the shared resamples."""
+    from image_learner.evaluation import metrics
+
+    return {"point": points[new][metric] - points[old][metric],
+            "ci95": metrics.percentile_intervals({"d": samples[new][metric] - samples[old][metric]})["d"]}

@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import ROOT, build_ham, lite0_weights  # noqa: E402
+from common import ROOT, build_ham, lite0_weights, paired_arms, paired_delta, test_predictions  # noqa: E402
 from image_learner.evaluation import bootstrap, metrics  # noqa: E402
 
 ARMS = {"defaults": [], "best": ["--preset", "best"]}
@@ -62,46 +62,31 @@ def run_arm(name: str, work: str, threads: int) -> dict:
     return record
 
 
-def test_rows(out: str) -> tuple[pd.DataFrame, list[str]]:
-    table = pd.read_csv(os.path.join(out, "predictions.csv"))
-    classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
-    return table[table["split"] == "test"].sort_values("image").reset_index(drop=True), classes
-
-
 def compare(work: str, n: int = 1000) -> dict:
     csv = os.path.join(work, "data", "ham_7347.csv")
-    arms, tables, classes = {}, {}, None
+    tables, classes = {}, None
     for name in ARMS:
-        tables[name], classes = test_rows(os.path.join(work, f"run-{name}"))
-    assert tables["defaults"]["image"].tolist() == tables["best"]["image"].tolist(), "the arms' test rows differ"
+        tables[name], classes = test_predictions(os.path.join(work, f"run-{name}"))
     first = tables["defaults"]
     lesions = pd.read_csv(csv).set_index("image_path").loc[first["image"], "lesion_id"].to_numpy()
     groups = pd.factorize(lesions)[0]
+    points, samples = paired_arms(tables, classes, groups, ("balanced_accuracy", "accuracy", "roc_auc_macro"), n)
     resamples = list(bootstrap.resample_rows(len(first), groups, n, 42))
     out = {"test_images": len(first), "test_lesions": int(len(set(lesions)))}
     for name, part in tables.items():
         y, p = part["true_label"].astype(str).to_numpy(), part[[f"prob_{c}" for c in classes]].to_numpy()
-        predicted = part["predicted_label"].astype(str).to_numpy()
-        point = metrics.split_metrics(y, p, classes, predicted)
-        samples = metrics.bootstrap_samples(y, p, classes, predicted, ("balanced_accuracy", "accuracy",
-                                                                       "roc_auc_macro"), n, 42, groups)
-        samples["ece"] = np.array([metrics.expected_calibration_error(y[rows], p[rows], classes)[0]
-                                   for rows in resamples])
-        values = {k: point.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro")}
-        values["ece"] = metrics.expected_calibration_error(y, p, classes)[0]
-        values["ci95"] = metrics.percentile_intervals(samples)
+        samples[name]["ece"] = np.array([metrics.expected_calibration_error(y[rows], p[rows], classes)[0]
+                                         for rows in resamples])
+        points[name]["ece"] = metrics.expected_calibration_error(y, p, classes)[0]
+        values = dict(points[name], ci95=metrics.percentile_intervals(samples[name]))
         summary = json.load(open(os.path.join(work, f"run-{name}", "run_summary.json")))
-        values["run_summary"] = {k: summary.get(k) for k in ("best_epoch", "epochs_trained", "training_seconds")
-                                 if k in summary}
+        values["run_summary"] = {k: summary["training"].get(k) for k in ("best_epoch", "epochs_run")}
         arm_file = os.path.join(work, f"arm-{name}.json")
         if os.path.exists(arm_file):
             values["arm"] = json.load(open(arm_file))
-        arms[name] = (values, samples)
         out[name] = values
     for metric in ("balanced_accuracy", "accuracy", "roc_auc_macro", "ece"):
-        delta = arms["best"][1][metric] - arms["defaults"][1][metric]
-        out[f"delta_{metric}"] = {"point": out["best"][metric] - out["defaults"][metric],
-                                  "ci95": metrics.percentile_intervals({"d": delta})["d"]}
+        out[f"delta_{metric}"] = paired_delta(points, samples, "best", "defaults", metric)
     return out
 
 
@@ -125,7 +110,7 @@ def tta_check(work: str, arm: str = "best", n: int = 1000) -> dict:
             for name in rows["image_file"]:
                 dest.writestr(name, src.read(name))
         rows[["image_file", "label"]].rename(columns={"image_file": "image_path"}).to_csv(labels, index=False)
-        tables = {}
+        tables, seconds = {}, {}
         for mode in ("none", "dihedral"):
             target = os.path.join(work, f"tta-{part}-{mode}")
             started = time.time()
@@ -133,25 +118,15 @@ def tta_check(work: str, arm: str = "best", n: int = 1000) -> dict:
                             os.path.join(run, "trained_model.zip"), "--image-zip", images, "--csv-file", labels,
                             "--output-dir", target, "--overwrite", "--tta", mode, "--preprocessing-workers", "1"],
                            check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="2"))
-            table = pd.read_csv(os.path.join(target, "predictions.csv")).sort_values("image").reset_index(drop=True)
-            tables[mode] = (table, round(time.time() - started, 1))
-        classes = [c[len("prob_"):] for c in tables["none"][0].columns if c.startswith("prob_")]
-        groups = pd.factorize(lesions.loc[tables["none"][0]["image"]].to_numpy())[0]
-        record = {}
-        samples = {}
-        for mode, (table, seconds) in tables.items():
-            y, p = table["true_label"].astype(str).to_numpy(), table[[f"prob_{c}" for c in classes]].to_numpy()
-            predicted = table["predicted_label"].astype(str).to_numpy()
-            point = metrics.split_metrics(y, p, classes, predicted)
-            samples[mode] = metrics.bootstrap_samples(y, p, classes, predicted, ("balanced_accuracy",
-                                                                                 "roc_auc_macro"), n, 42, groups)
-            record[mode] = {k: point.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro")}
-            record[mode]["wall_s"] = seconds
-        record["images"] = len(tables["none"][0])
+            tables[mode] = test_predictions(target)[0]
+            seconds[mode] = round(time.time() - started, 1)
+        classes = [c[len("prob_"):] for c in tables["none"].columns if c.startswith("prob_")]
+        groups = pd.factorize(lesions.loc[tables["none"]["image"]].to_numpy())[0]
+        points, samples = paired_arms(tables, classes, groups, ("balanced_accuracy", "accuracy", "roc_auc_macro"), n)
+        record = {mode: dict(points[mode], wall_s=seconds[mode]) for mode in tables}
+        record["images"] = len(tables["none"])
         for metric in ("balanced_accuracy", "roc_auc_macro"):
-            delta = samples["dihedral"][metric] - samples["none"][metric]
-            record[f"delta_{metric}"] = {"point": record["dihedral"][metric] - record["none"][metric],
-                                         "ci95": metrics.percentile_intervals({"d": delta})["d"]}
+            record[f"delta_{metric}"] = paired_delta(points, samples, "dihedral", "none", metric)
         out[part] = record
     return out
 

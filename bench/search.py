@@ -28,16 +28,14 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
-from common import ROOT, lite0_weights  # noqa: E402
+from common import ROOT, lite0_weights, paired_arms, paired_delta, test_predictions  # noqa: E402
 from fold_ensemble import with_test_lesions  # noqa: E402
 from trust_subgroups_ood import build_subset  # noqa: E402
-from image_learner.evaluation import metrics  # noqa: E402
 
 METRICS = ("balanced_accuracy", "roc_auc_macro")
 
@@ -55,29 +53,14 @@ def _run(command: list[str]) -> dict:
     return {"wall_s": wall, "cpu_s": round(cpu, 1), "load_before": load, "load_after": os.getloadavg()}
 
 
-def _test_rows(out: str) -> tuple[pd.DataFrame, list[str]]:
-    table = pd.read_csv(os.path.join(out, "predictions.csv"), dtype={"sample_id": str})
-    classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
-    return table[table["split"] == "test"].sort_values("image").reset_index(drop=True), classes
-
-
 def _paired(arms: dict[str, pd.DataFrame], classes: list[str], n: int = 1000) -> dict:
     """Point values of both arms and Δ (search - defaults) with a 95% interval over the same lesion resamples."""
     lesions = arms["defaults"]["sample_id"].to_numpy()
-    assert (arms["search"]["image"].to_numpy() == arms["defaults"]["image"].to_numpy()).all()
-    groups = pd.factorize(lesions)[0]
-    points, samples = {}, {}
-    for name, part in arms.items():
-        y, p = part["true_label"].astype(str).to_numpy(), part[[f"prob_{c}" for c in classes]].to_numpy()
-        labels = part["predicted_label"].astype(str).to_numpy()
-        point = metrics.split_metrics(y, p, classes, labels)
-        points[name] = {k: point.get(k) for k in ("balanced_accuracy", "accuracy", "roc_auc_macro")}
-        samples[name] = metrics.bootstrap_samples(y, p, classes, labels, METRICS, n, 42, groups)
+    points, samples = paired_arms(arms, classes, pd.factorize(lesions)[0],
+                                  ("balanced_accuracy", "accuracy", "roc_auc_macro"), n)
     out = dict(points)
     for metric in METRICS:
-        delta = samples["search"][metric] - samples["defaults"][metric]
-        out[f"delta_{metric}"] = {"point": points["search"][metric] - points["defaults"][metric],
-                                  "ci95": metrics.percentile_intervals({"d": delta})["d"]}
+        out[f"delta_{metric}"] = paired_delta(points, samples, "search", "defaults", metric)
     out["test_images"], out["test_lesions"] = len(lesions), int(len(set(lesions)))
     return out
 
@@ -106,7 +89,7 @@ def main() -> None:
     runs = {name: _run(command) for name, command in commands.items()}
     arms, classes = {}, None
     for name in commands:
-        arms[name], classes = _test_rows(os.path.join(args.work, name))
+        arms[name], classes = test_predictions(os.path.join(args.work, name))
     with open(os.path.join(args.work, "search", "run_summary.json")) as handle:
         found = json.load(handle)["search"]
     trials = pd.read_csv(os.path.join(args.work, "search", "search_trials.csv"))
