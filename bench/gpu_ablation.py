@@ -87,7 +87,7 @@ def run_tool(table: pd.DataFrame, a, changes: tuple[str, ...]) -> dict:
         raise RuntimeError(f"expected {a.epochs} epochs of {steps} batches, timed {timer.batches}")
     last = trained.history.iloc[-1]
     validation = {c: float(last[c]) for c in trained.history.columns if c.startswith("validation_")}
-    return {"seconds": timer.seconds, "epoch": int(last["epoch"]), "validation": validation,
+    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "epoch": int(last["epoch"]), "validation": validation,
             "best_epoch": trained.best_epoch, "device": trained.device}
 
 
@@ -101,13 +101,15 @@ def run_raw(table: pd.DataFrame, a) -> dict:
     x = decode_files(train.image_path.tolist(), a.size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     amp = None if a.precision == "float32" else a.precision
-    layouts = {}
+    layouts, cpu = {}, {}
     for layout in ("nchw", "channels_last"):
+        cpu[layout] = []
         seconds = raw_loop(a.model, x, table.label.nunique(), a.batch, a.epochs, layout == "channels_last",
-                           device=device, amp_dtype=amp)
+                           device=device, amp_dtype=amp, cpu_seconds=cpu[layout])
         layouts[layout] = seconds
     best = min(layouts, key=lambda k: float(np.median(layouts[k][1:] or layouts[k])))
-    return {"seconds": layouts[best], "layout": best, "layouts": layouts}
+    return {"seconds": layouts[best], "cpu_seconds": cpu[best], "layout": best, "layouts": layouts,
+            "cpu_layouts": cpu}
 
 
 def child(a) -> None:
@@ -122,6 +124,8 @@ def child(a) -> None:
     seconds = result["seconds"]
     result["images_per_s"] = n / float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
     result["images_per_s_per_epoch"] = [n / s for s in seconds]
+    cpu = result["cpu_seconds"]  # images per CPU second: the rate on a shared machine, where wall time is noisy
+    result["images_per_cpu_s"] = n / float(np.median(cpu[1:] if len(cpu) > 1 else cpu))
     result["peak_gib"], result["peak_kind"] = peak_memory_gib()
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -173,18 +177,22 @@ def print_table(res: dict, a) -> None:
     runs = res["runs"]
     print(f"\n## Trainer ablation: {a.model} {a.size} px, batch {a.batch}, {a.epochs} epochs, images/s = median "
           f"of epochs 2-{a.epochs}; load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}\n")
-    print("| precision | variant | img/s | per epoch | ÷ raw | peak GiB |\n|---|---|---|---|---|---|")
+    print("| precision | variant | img/s | per epoch | ÷ raw | img per CPU s | ÷ raw (CPU) | peak GiB |\n"
+          "|---|---|---|---|---|---|---|---|")
     for precision in a.precisions:
         raw = runs.get(f"{precision} raw", {}).get("images_per_s")
+        raw_cpu = runs.get(f"{precision} raw", {}).get("images_per_cpu_s")
         for variant in a.variants:
             r = runs.get(f"{precision} {variant}")
             if not r:
-                print(f"| {precision} | {variant} | failed | | | |")
+                print(f"| {precision} | {variant} | failed | | | | | |")
                 continue
             ratio = f"{r['images_per_s'] / raw:.2f}" if raw else "n/a"
             name = f"raw ({r['layout']})" if variant == "raw" else variant
             per_epoch = ", ".join(f"{x:.1f}" for x in r["images_per_s_per_epoch"])
-            print(f"| {precision} | {name} | {r['images_per_s']:.1f} | {per_epoch} | {ratio} | {r['peak_gib']:.2f} |")
+            cpu_ratio = f"{r['images_per_cpu_s'] / raw_cpu:.2f}" if raw_cpu else "n/a"
+            print(f"| {precision} | {name} | {r['images_per_s']:.1f} | {per_epoch} | {ratio} | "
+                  f"{r['images_per_cpu_s']:.2f} | {cpu_ratio} | {r['peak_gib']:.2f} |")
         stock, ours = runs.get(f"{precision} stock"), runs.get(f"{precision} ours")
         if stock and ours:
             print(f"\n{precision}, epoch {stock['epoch']} validation (kept epoch stock {stock['best_epoch']}, "

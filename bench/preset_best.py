@@ -4,13 +4,15 @@
 All 7,347 images of ../shared/data/ham10000/ham10000_200x150 (HAM10000: Tschandl et al., Sci. Data 5, 180161
 (2018), CC BY-NC-SA 4.0), split at random by lesion (seed 42, 70/10/20: the same 1,471 test images for every
 arm, as the split depends on the seed and the data only), tf_efficientnet_lite0 from the offline ImageNet
-weights, both arms at --image-size 128 (the CPU budget here; the preset itself keeps the backbone's size).
+weights, both arms at --image-size 128 (the CPU budget here; the preset itself keeps the backbone's size: 224
+for lite0); ``--image-size`` runs the best arm at another size too (run-best160, run-best224), compared with
+the defaults at 128 by ``--compare --image-size N``.
 Each arm is one run of the tool (``--no-audit``: training and evaluation only); each arm's test predictions
 are then compared, paired, over the same lesion resamples (1,000, the split's groups drawn whole):
 balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - defaults).
 
-    python bench/preset_best.py --arm defaults|best [--threads 1] [--work DIR]   # one arm (resumable)
-    python bench/preset_best.py --compare [--work DIR]                             # the paired table
+    python bench/preset_best.py --arm defaults|best [--image-size 128] [--threads 1] [--work DIR]   # one arm
+    python bench/preset_best.py --compare [--image-size 128] [--work DIR]   # the paired table (best at that size)
     python bench/preset_best.py --tta-check [--work DIR]   # dihedral TTA on the best model: chosen on validation
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
@@ -34,19 +36,25 @@ from common import ROOT, build_ham, lite0_weights, paired_arms, paired_delta, te
 from image_learner.evaluation import bootstrap, metrics  # noqa: E402
 
 ARMS = {"defaults": [], "best": ["--preset", "best"]}
-COMMON = ["--model-name", "tf_efficientnet_lite0", "--image-size", "128", "--sample-id-column", "lesion_id",
+COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
           "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
 
 
-def run_arm(name: str, work: str, threads: int) -> dict:
+def arm_folder(name: str, size: int = 128) -> str:
+    """run-best, run-defaults at 128 px (the first measurement's folders); run-best160 etc. at other sizes."""
+    return f"run-{name}" if size == 128 else f"run-{name}{size}"
+
+
+def run_arm(name: str, work: str, threads: int, size: int = 128) -> dict:
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
     csv, zip_path = os.path.join(data, "ham_7347.csv"), os.path.join(data, "ham_7347.zip")
     if not os.path.exists(csv):
         csv, zip_path = build_ham(7347, data)
-    out = os.path.join(work, f"run-{name}")
+    out = os.path.join(work, arm_folder(name, size))
     cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
-           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON, *ARMS[name],
+           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON,
+           "--image-size", str(size), *ARMS[name],
            "--preprocessing-workers", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     load_before, started = os.getloadavg(), time.time()
@@ -54,19 +62,22 @@ def run_arm(name: str, work: str, threads: int) -> dict:
     if result.returncode:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    record = {"arm": name, "command": cmd[1:], "threads": threads, "wall_s": round(time.time() - started, 1),
-              "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "load_before": load_before,
+    record = {"arm": name, "image_size": size, "command": cmd[1:], "threads": threads,
+              "wall_s": round(time.time() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+              "load_before": load_before,
               "load_after": os.getloadavg()}
-    with open(os.path.join(work, f"arm-{name}.json"), "w") as handle:
+    with open(os.path.join(work, f"arm-{arm_folder(name, size)[4:]}.json"), "w") as handle:
         json.dump(record, handle, indent=2)
     return record
 
 
-def compare(work: str, n: int = 1000) -> dict:
+def compare(work: str, n: int = 1000, best_size: int = 128) -> dict:
+    """best (at ``best_size``) against the defaults at 128 px, paired on the same test images."""
     csv = os.path.join(work, "data", "ham_7347.csv")
     tables, classes = {}, None
+    folders = {"defaults": arm_folder("defaults"), "best": arm_folder("best", best_size)}
     for name in ARMS:
-        tables[name], classes = test_predictions(os.path.join(work, f"run-{name}"))
+        tables[name], classes = test_predictions(os.path.join(work, folders[name]))
     first = tables["defaults"]
     lesions = pd.read_csv(csv).set_index("image_path").loc[first["image"], "lesion_id"].to_numpy()
     groups = pd.factorize(lesions)[0]
@@ -79,9 +90,10 @@ def compare(work: str, n: int = 1000) -> dict:
                                          for rows in resamples])
         points[name]["ece"] = metrics.expected_calibration_error(y, p, classes)[0]
         values = dict(points[name], ci95=metrics.percentile_intervals(samples[name]))
-        summary = json.load(open(os.path.join(work, f"run-{name}", "run_summary.json")))
+        summary = json.load(open(os.path.join(work, folders[name], "run_summary.json")))
         values["run_summary"] = {k: summary["training"].get(k) for k in ("best_epoch", "epochs_run")}
-        arm_file = os.path.join(work, f"arm-{name}.json")
+        values["run_summary"]["image_size"] = summary["model"].get("image_size")
+        arm_file = os.path.join(work, f"arm-{folders[name][4:]}.json")
         if os.path.exists(arm_file):
             values["arm"] = json.load(open(arm_file))
         out[name] = values
@@ -137,15 +149,16 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--tta-check", action="store_true", help="dihedral TTA on the best model: validation, test")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=128, help="the arm's size; with --compare, best's")
     parser.add_argument("--work", default="/tmp/preset_best_bench")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.work, args.threads), indent=2))
+        print(json.dumps(run_arm(args.arm, args.work, args.threads, args.image_size), indent=2))
     if args.tta_check:
         print(json.dumps(tta_check(args.work), indent=2, default=float))
     if args.compare:
-        print(json.dumps(compare(args.work), indent=2, default=float))
+        print(json.dumps(compare(args.work, best_size=args.image_size), indent=2, default=float))
 
 
 if __name__ == "__main__":

@@ -46,9 +46,12 @@ class EpochTimer(Callback):
 
     def __init__(self):
         self.started, self.seconds, self.batches, self.running = None, [], [], 0
+        # CPU seconds of this process (all its threads) per epoch: steadier than wall time on a shared machine
+        self.cpu_started, self.cpu_seconds = None, []
 
     def on_epoch_start(self, trainer, progress_tracker, save_path):
         self.started, self.running = time.perf_counter(), 0
+        self.cpu_started = time.process_time()
 
     def on_batch_end(self, trainer, progress_tracker, save_path, sync_step=True):
         self.running += 1
@@ -56,14 +59,17 @@ class EpochTimer(Callback):
     def on_eval_start(self, trainer, progress_tracker, save_path):
         if self.started is not None:
             self.seconds.append(time.perf_counter() - self.started)
+            self.cpu_seconds.append(time.process_time() - self.cpu_started)
             self.batches.append(self.running)
             self.started = None
 
 
 def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, epochs: int,
-             channels_last: bool = False, device: str = "cpu", amp_dtype: str | None = None) -> list[float]:
+             channels_last: bool = False, device: str = "cpu", amp_dtype: str | None = None,
+             cpu_seconds: list | None = None) -> list[float]:
     """Seconds per epoch. On a GPU the decoded images already sit in GPU memory (the ideal loop);
-    ``amp_dtype`` ("bfloat16" or "float16", the latter with loss scaling) runs it in mixed precision."""
+    ``amp_dtype`` ("bfloat16" or "float16", the latter with loss scaling) runs it in mixed precision.
+    ``cpu_seconds``: if given, each epoch's CPU seconds of this process are appended to it."""
     import timm
 
     model = timm.create_model(model_name, pretrained=False, num_classes=n_classes).to(device)
@@ -82,7 +88,7 @@ def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, 
     seconds = []
     for _ in range(epochs):
         model.train()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         order = torch.randperm(len(x), device=device)
         for start in range(0, len(x), batch_size):
             rows = order[start:start + batch_size]
@@ -108,6 +114,8 @@ def raw_loop(model_name: str, x: torch.Tensor, n_classes: int, batch_size: int, 
         if device_type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
+        if cpu_seconds is not None:
+            cpu_seconds.append(time.process_time() - cpu_started)
     return seconds
 
 
