@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from image_learner.data.image_check import check_image, check_images, copy_png_level  # noqa: E402
 from image_learner.data.image_check import write_stored_png  # noqa: E402
-from image_learner.data.image_health import image_properties  # noqa: E402
+from image_learner.data.image_properties import image_properties  # noqa: E402
 from image_learner.data.leakage_guard import image_hashes, image_thumbnail  # noqa: E402
 
 

@@ -87,7 +87,8 @@ def run_tool(table: pd.DataFrame, a, changes: tuple[str, ...]) -> dict:
         raise RuntimeError(f"expected {a.epochs} epochs of {steps} batches, timed {timer.batches}")
     last = trained.history.iloc[-1]
     validation = {c: float(last[c]) for c in trained.history.columns if c.startswith("validation_")}
-    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "epoch": int(last["epoch"]), "validation": validation,
+    return {"seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "epoch": int(last["epoch"]),
+            "validation": validation,
             "best_epoch": trained.best_epoch, "device": trained.device}
 
 
@@ -138,10 +139,13 @@ def prepare(a, folder: str) -> str:
     from image_learner.data import image_check
 
     _, _, base, labels, source = build_set(min(a.images + 24, 10**6), folder)
-    n = min(a.images, len(base) - 24)
-    checked = image_check.check_images("/", [p.lstrip("/") for p in base[:n + 24]], os.path.join(folder, "png"),
+    n = a.images  # the base images repeated when fewer (the same copy read again: the timing is the same)
+    rows = [k % len(base) for k in range(n + 24)]  # so validation/test may repeat training images: timing only
+    used = sorted(set(rows))
+    checked = image_check.check_images("/", [base[k].lstrip("/") for k in used], os.path.join(folder, "png"),
                                        workers=min(8, os.cpu_count() or 1), resize_to=a.size)
-    table = pd.DataFrame({"image_path": checked.paths, "label": labels[:n + 24],
+    copies = dict(zip(used, checked.paths))
+    table = pd.DataFrame({"image_path": [copies[k] for k in rows], "label": [labels[k] for k in rows],
                           "split": [0] * n + [1] * 16 + [2] * 8})
     path = os.path.join(folder, "table.csv")
     table.to_csv(path, index=False)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bench.image_health import assess, demo_originals, plant_defects, precision_recall
-from image_learner.data import image_health
+from image_learner.data import image_health, image_properties
 import image_learner_cli
 from conftest import TEST_DATA
 from image_learner.errors import InputError
@@ -87,13 +87,13 @@ def test_size_shape_grey_and_duplicates():
 
 def test_properties_from_the_decoded_image():
     """The raw properties of known images: a flat grey image, a sharp checkerboard and its blurred copy."""
-    flat = image_health.image_properties(Image.new("RGB", (300, 200), (128, 128, 128)))
+    flat = image_properties.image_properties(Image.new("RGB", (300, 200), (128, 128, 128)))
     # cleanvision entropy: Pillow's, over the 3 x 256-bin histogram: a flat colour is log2(3) bits, not 0
     assert flat["entropy"] == pytest.approx(np.log2(3)) and flat["colour_spread"] == 0.0 and flat["sharpness"] == 0.0
     assert flat["brightness_p5"] == pytest.approx(flat["brightness_p99"]) and flat["width"] == 300
     board = Image.fromarray((np.indices((128, 128)).sum(axis=0) // 8 % 2 * 255).astype(np.uint8)).convert("RGB")
-    sharp = image_health.image_properties(board)["sharpness"]
-    blurred = image_health.image_properties(board.filter(ImageFilter.GaussianBlur(3)))["sharpness"]
+    sharp = image_properties.image_properties(board)["sharpness"]
+    blurred = image_properties.image_properties(board.filter(ImageFilter.GaussianBlur(3)))["sharpness"]
     assert sharp > 4 * blurred > 0
 
 
@@ -105,7 +105,7 @@ def test_laplacian_equals_scipys_to_the_last_bit():
     rng = np.random.default_rng(0)
     for shape in [(3, 3), (75, 100), (128, 96)]:
         grey = rng.integers(0, 256, shape).astype(np.float32)
-        ours, scipys = image_health._laplacian(grey), laplace(grey)[1:-1, 1:-1]
+        ours, scipys = image_properties._laplacian(grey), laplace(grey)[1:-1, 1:-1]
         np.testing.assert_array_equal(ours, scipys)
         assert ours.std() == scipys.std() and ours.strides == scipys.strides
 

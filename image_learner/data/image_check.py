@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from image_learner.errors import MAX_LISTED, InputError
-from image_learner.data.image_health import image_properties
+from image_learner.data.image_properties import image_properties
 
 DEFAULT_MAX_BAD_FRACTION = 0.05
 PLAIN_MODES = ("RGB", "L")
@@ -61,7 +61,7 @@ class CheckedImages:
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of the readable ones
     hashes: list[np.ndarray] = field(default_factory=list)  # leakage-guard hashes of the readable ones
     thumbs: list[np.ndarray] = field(default_factory=list)  # leakage-guard colour thumbnails, likewise
-    health: list[dict] = field(default_factory=list)  # image_health.image_properties, likewise (or {} when off)
+    health: list[dict] = field(default_factory=list)  # image_properties.image_properties, likewise (or {} when off)
 
 
 def _to_rgb8(img: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -174,7 +174,7 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
 
     ``workers`` > 1 decodes in that many processes (spawned, not forked: the caller may hold torch's
     threads); results keep the order of ``rel_paths``. ``health``: also compute the image-health
-    properties (image_health.py) from the same decoded image. Without ``fingerprints`` no leakage-guard hashes
+    properties (image_properties.py) from the same decoded image. Without ``fingerprints`` no leakage-guard hashes
     or thumbnails are computed (``hashes`` and ``thumbs`` stay empty). ``png_level``: the copies' zlib level
     (0: stored, ``write_stored_png``, 147 KB at 224 px; 1: ~53 KB, 14x slower to write and 4x slower to
     decode; training picks it with ``copy_png_level``; BENCHMARKS.md, "Image check against PIL loops")."""

@@ -3,8 +3,8 @@ a colour set, or copies of another image, before any metric is read.
 
 Why not call cleanvision: its Imagelab opens and decodes every file itself (``Image.open`` per path),
 a second decode of every image after the image check (image_check.py) has decoded it once. So the raw
-properties below are computed from the image check's own decoded image (``image_properties``, called in
-the image check's worker), following cleanvision 0.3.7's documented definitions
+properties are computed from the image check's own decoded image (image_properties.py, called in the image
+check's workers, which import that module alone: no pandas), following cleanvision 0.3.7's documented definitions
 (cleanvision/issue_managers/image_property.py):
 
 - dark: the 99th percentile of pixel brightness sqrt(0.241 R² + 0.691 G² + 0.068 B²) / 255;
@@ -25,7 +25,7 @@ the image check's worker), following cleanvision 0.3.7's documented definitions
   leakage guard's groups (same picture up to a flip, rotation, resize or re-encoding).
 
 Differences: brightness, entropy and colour spread are taken on a box-reduced copy of at most 128 px a
-side (``STATS_SIDE``), not the full image, to keep the cost within a quarter of the image check
+side (``image_properties.STATS_SIDE``), not the full image, to keep the cost within a quarter of the image check
 (bench/image_health.py; BENCHMARKS.md).
 
 Thresholds: cleanvision flags every image whose score is below a fixed constant. Here an image is
@@ -38,7 +38,6 @@ scores spread, and a set that is uniformly dark (say, all fluorescence images) i
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -50,9 +49,6 @@ from image_learner.errors import InputError
 PROPERTY_ISSUES = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size", "grayscale")
 DUPLICATE_ISSUES = ("exact_duplicates", "near_duplicates")
 ISSUES = PROPERTY_ISSUES + DUPLICATE_ISSUES
-STATS_SIDE = 64  # brightness/entropy/colour statistics on a box-reduced copy of at most this side
-# sharpness needs more detail: a 4 px blur of a 200 px image is 1 px at 64 px (recall 0.46 there, 1.00 at 128)
-SHARPNESS_SIDE = 128
 Z_CAP = 1000.0  # a MAD of 0 makes every other value infinitely far: written as ±1000
 Z_LIMIT = 3.5  # modified z-score beyond which a score is an outlier of the data set (Iglewicz & Hoaglin)
 # cleanvision 0.3.7's default thresholds (ImagePropertyIssueManager): a score below is an issue there;
@@ -70,59 +66,6 @@ ISSUE_WORDS = {"dark": "dark", "light": "over-exposed", "blurry": "blurry", "low
                "low information (near-uniform)", "odd_aspect_ratio": "odd aspect ratio", "odd_size": "odd size",
                "grayscale": "grey in a colour set", "exact_duplicates": "exact duplicate (identical pixels)",
                "near_duplicates": "near duplicate (flip/rotation/re-encoding)"}
-
-
-def _brightness(rgb: np.ndarray) -> np.ndarray:
-    """cleanvision's perceived brightness of each pixel, 0-1."""
-    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
-    return np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b) / 255.0
-
-
-def _percentiles(values: np.ndarray, quantiles) -> list[float]:
-    """Percentiles of values in [0, 1] to 1/1024 (a histogram instead of a sort: a quarter of the cost)."""
-    counts = np.bincount(np.minimum((values.ravel() * 1024).astype(np.int32), 1023), minlength=1024)
-    cumulative = np.cumsum(counts) / values.size
-    return [float((np.searchsorted(cumulative, q) + 0.5) / 1024) for q in quantiles]
-
-
-def _reduced(img: Image.Image, side: int) -> Image.Image:
-    """A box-filtered copy no larger than ``side`` (integer reduction: cheap, every pixel counted)."""
-    factor = math.ceil(max(img.size) / side)
-    return img.reduce(factor) if factor > 1 else img
-
-
-def _laplacian(grey: np.ndarray) -> np.ndarray:
-    """The 4-neighbour Laplacian of a float32 image's interior: scipy.ndimage.laplace's values there (integer
-    grey levels sum exactly in float32) at a third of its cost, laid out as its ``[1:-1, 1:-1]`` view so
-    every statistic of it is the same to the last bit (tests/test_image_health.py)."""
-    out = np.zeros_like(grey)
-    out[1:-1, 1:-1] = ((grey[:-2, 1:-1] - 2 * grey[1:-1, 1:-1] + grey[2:, 1:-1])
-                       + (grey[1:-1, :-2] - 2 * grey[1:-1, 1:-1] + grey[1:-1, 2:]))
-    return out[1:-1, 1:-1]
-
-
-def image_properties(img: Image.Image) -> dict:
-    """Raw health properties of one decoded 8-bit RGB image (what the image check decoded; no file read)."""
-    width, height = img.size
-    detail = _reduced(img, SHARPNESS_SIDE)
-    small = _reduced(detail, STATS_SIDE)  # from the larger copy: one more cheap box reduction
-    arr = np.asarray(small)
-    p5, p99 = _percentiles(_brightness(arr), (0.05, 0.99))
-    grey = np.asarray(detail.convert("L"), dtype=np.float32)
-    laplacian = _laplacian(grey) if min(grey.shape) > 2 else np.zeros(1)
-    r, g, b = arr[..., 0], arr[..., 1], arr[..., 2]  # channel-wise max/min: far faster than along axis 2
-    spread = np.maximum(np.maximum(r, g), b).astype(np.int16) - np.minimum(np.minimum(r, g), b)
-    return {
-        "width": width, "height": height,
-        "brightness_p99": float(p99), "brightness_p5": float(p5),
-        "entropy": float(small.entropy()),
-        # sharpness: the Laplacian's spread per level of the image's brightness range, so a dark image
-        # (less contrast everywhere) is not also called blurry
-        "sharpness": float(laplacian.std() / (255.0 * max(p99, 1 / 255))),
-        "colour_spread": float(spread.mean()),
-        # sha256 (truncated): twice blake2b's speed on CPUs with SHA extensions, the costliest property here
-        "pixel_digest": hashlib.sha256(img.tobytes()).hexdigest()[:32] + f"-{width}x{height}",
-    }
 
 
 def raw_scores(props: pd.DataFrame) -> pd.DataFrame:

@@ -19,7 +19,6 @@ from scipy.fft import dctn
 
 from image_learner.data.hamming_index import radius_pairs, sorted_unique
 from image_learner.errors import InputError
-from split_utils import connected_groups
 
 HASH_SIDE = 64  # images are reduced to 64x64 grey before the DCT
 BLOCK = 16  # low-frequency 16x16 block -> 256-bit hash, stored as 4 uint64 words
@@ -164,6 +163,10 @@ def duplicate_groups(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int =
                      colour_tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
     """Group ids (0..G-1, by first appearance): images whose hashes are within ``max_distance`` (under
     some flip/rotation) and whose thumbnails match within ``colour_tolerance`` share an id."""
+    # Imported here: the image check's workers import this module for the hashes alone, and split_utils
+    # brings pandas and scipy.sparse (~0.4 s of CPU in every worker; BENCHMARKS.md, issue 22)
+    from split_utils import connected_groups
+
     check_max_distance(max_distance)
     i, j = hash_pairs(hashes, max_distance)
     same_colours = colour_distances(thumbs, i, j, tolerance=colour_tolerance) <= colour_tolerance
