@@ -272,7 +272,7 @@ def request_from_args(args: argparse.Namespace):
     from image_learner.data import image_health
     from image_learner.data import input_utils
     from image_learner.training import ludwig_config, presets
-    from image_learner import pipeline
+    from image_learner import run_request
     from image_learner.evaluation import subgroups
     from image_learner.data import tabular
     from image_learner.training import search
@@ -297,13 +297,13 @@ def request_from_args(args: argparse.Namespace):
         mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
         threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
     limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
-    return pipeline.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
-                               overwrite=args.overwrite, make_report=not args.no_report,
-                               distributed=args.distributed, num_workers=args.num_workers,
-                               data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
-                               ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
-                               ensemble=args.ensemble, preset=(args.preset, from_preset),
-                               search=search.spec_from_args(args))
+    return run_request.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
+                                  overwrite=args.overwrite, make_report=not args.no_report,
+                                  distributed=args.distributed, num_workers=args.num_workers,
+                                  data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
+                                  ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
+                                  ensemble=args.ensemble, preset=(args.preset, from_preset),
+                                  search=search.spec_from_args(args))
 
 
 class Stopped(BaseException):

@@ -12,142 +12,28 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import yaml
 
 from image_learner import fit_and_score
-from image_learner.training import data_parallel
 from image_learner.data import dataset_prep, image_health, tabular
-from image_learner.training import devices
 from image_learner.evaluation import audit
 from image_learner.training import ludwig_config
-from image_learner.evaluation import metrics
 from image_learner.evaluation import ood
 from image_learner.evaluation import subgroups
-from image_learner.evaluation import trust
 from image_learner.evaluation import tta
 from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
 from image_learner.training import presets, provenance, search_run
 import split_utils
-from image_learner.data import task_choice
-from image_learner.training import timm_backbone
-from image_learner.data.input_utils import (InputError, ZipLimits, extract_images,
-                                            read_metadata_csv, resolve_column)
+from image_learner.data.input_utils import InputError, extract_images, read_metadata_csv, resolve_column
 from image_learner import console
+from image_learner.run_request import (RunRequest, check_task_options_early, resolve_task_options,
+                                       resolve_training_options)
 from image_learner.run_files import (TRAINING_LOG, SUMMARY_FILE, TOOL_VERSION, StageTimer, library_versions, log, log_skipped_members,
                        prepare_output_dir, remove_outputs, scratch_tempdir, write_json)
-
-
-@dataclass
-class RunRequest:
-    csv_file: str
-    image_zip: str
-    output_dir: str
-    data: dataset_prep.DataOptions
-    training: ludwig_config.TrainingOptions
-    zip_limits: ZipLimits = ZipLimits()
-    overwrite: bool = False
-    make_report: bool = True
-    distributed: str = "none"  # data_parallel.DISTRIBUTED: "ddp" trains in num_workers processes
-    num_workers: int = 1
-    data_licence: str = model_card.NOT_STATED  # as the user states it, for MODEL_CARD.md
-    export_onnx: bool = False  # model.onnx in the model ZIP (onnx_export)
-    audit: bool = True  # label_issues.csv and embeddings.csv (image_learner/evaluation/audit.py)
-    verbose: bool = False  # Ludwig's and the libraries' output on the console too, not only in training_log.txt
-    ood_keep_rate: float = ood.DEFAULT_KEEP_RATE  # --ood-keep-rate (0: no out-of-distribution flag)
-    coverage: float = trust.DEFAULT_COVERAGE  # conformal prediction sets / intervals (0: off)
-    ensemble: str = "refit"  # --ensemble: what a cross-validation delivers (model/fold_ensemble.py)
-    preset: tuple = ("fast", ())  # --preset and the options it set (training/presets.py): ("best", ("epochs", ...))
-    search: object = None  # --search: a training/search.SearchSpec (None: off)
-
-
-def resolve_training_options(request: RunRequest) -> None:
-    """Resolve the model alias, default image size and device in place; raise InputError on bad options."""
-    opts = request.training
-    choice = devices.select(opts.device, opts.mixed_precision)  # first: "cpu" hides the GPUs before CUDA starts
-    opts.device, opts.mixed_precision = choice.device, "on" if choice.mixed_precision else "off"
-    if opts.epochs < 1:
-        raise InputError(f"--epochs must be at least 1, got {opts.epochs}")
-    if opts.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
-    if not (opts.learning_rate > 0):
-        raise InputError(f"--learning-rate must be above 0, got {opts.learning_rate}")
-    try:
-        opts.model_name = timm_backbone.resolve_model_name(opts.model_name)
-    except timm_backbone.BackboneError as err:
-        raise InputError(str(err)) from err
-    if not opts.image_size:
-        opts.image_size = timm_backbone.default_image_size(opts.model_name)
-    if opts.image_size < 16 or opts.image_size > 1024:
-        raise InputError(f"--image-size must be between 16 and 1024 pixels, got {opts.image_size}")
-    if opts.pretrained_weights and not os.path.isfile(opts.pretrained_weights):
-        raise InputError(f"--pretrained-weights file {opts.pretrained_weights!r} does not exist")
-    opts.augmentation = ludwig_config.parse_augmentation(opts.augmentation)
-    if opts.validation_metric not in ("auto", *ludwig_config.ALL_VALIDATION_METRICS):
-        raise InputError(f"--validation-metric {opts.validation_metric!r} is unknown; choose from auto, "
-                         + ", ".join(ludwig_config.ALL_VALIDATION_METRICS))
-    data_parallel.check_options(request.distributed, request.num_workers, opts.lr_schedule, opts.device)
-    try:
-        request.coverage = trust.check_coverage(request.coverage)
-    except ValueError as err:
-        raise InputError(str(err)) from err
-    if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
-        raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
-                         + ", ".join(metrics.THRESHOLD_POLICIES))
-    if opts.threshold is not None and not 0 < opts.threshold < 1:
-        raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
-    request.data_licence = model_card.check_licence(request.data_licence)
-    if request.export_onnx and request.data.tabular_columns:
-        raise InputError("--export-onnx takes the image alone as the model's input; a model with --tabular-columns "
-                         "cannot be exported to ONNX yet: drop one of the two")
-    if request.search:
-        search_run.check(request)
-    if request.export_onnx:
-        from image_learner.model import onnx_export
-
-        onnx_export.check_available()
-
-
-def check_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
-    """A validation metric the task does not have, a fixed --threshold on a task without one, or class
-    weights for a regression: an InputError (changes nothing)."""
-    ludwig_config.resolve_validation_metric(opts.validation_metric, task)
-    if task == "regression" and opts.class_weights != "none":
-        raise InputError(f"--class-weights {opts.class_weights} is for classification; this is a regression task "
-                         "(a number to predict has no classes to weigh)")
-    if task != "binary" and opts.threshold is not None:
-        raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
-
-
-def check_task_options_early(request: RunRequest) -> None:
-    """check_task_options for the task the CSV's label column makes, before any image is unpacked or hashed,
-    so a mistake costs seconds, not the whole preparation. The matched rows decide the task in the end
-    (resolve_task_options checks again); they make another task only when whole classes have no image."""
-    early = task_choice.task_from_csv(request.csv_file, request.data.target_column, request.data.task)
-    if early is None:  # the CSV's own problem: dataset_prep names it, in its place
-        return
-    note = presets.fit_to_task(request.training, request.preset[1], early[0])  # fewer classes never make a regression
-    if note:
-        log(f"note: {note}")
-    try:
-        check_task_options(request.training, early[0])
-    except InputError as err:
-        raise InputError(f"{err} ({early[1]})") from err
-
-
-def resolve_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
-    """Once the task is known: "auto" -> the task's validation metric; a fixed --threshold on a task without
-    one, or class weights for a regression, is an InputError (a --threshold-metric is only noted: the Galaxy
-    form always sends one)."""
-    check_task_options(opts, task)
-    opts.validation_metric = ludwig_config.resolve_validation_metric(opts.validation_metric, task)
-    if task != "binary":
-        if opts.threshold_metric != "youden":
-            log(f"note: --threshold-metric {opts.threshold_metric} ignored: a {task} task has no decision threshold")
-        opts.threshold_metric = "youden"
 
 
 def run(request: RunRequest) -> dict:

@@ -3,7 +3,7 @@
 import pytest
 
 from image_learner.training import ludwig_config
-from image_learner import pipeline
+from image_learner import run_request
 from image_learner.training import timm_backbone
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import TrainingOptions, build_ludwig_config
@@ -96,7 +96,7 @@ def test_unknown_model_suggests_close_names():
 def _request(**training):
     opts = dict(model_name="test_efficientnet", image_size=None)
     opts.update(training)
-    return pipeline.RunRequest("meta.csv", "images.zip", "out", None, TrainingOptions(**opts))
+    return run_request.RunRequest("meta.csv", "images.zip", "out", None, TrainingOptions(**opts))
 
 
 @pytest.mark.parametrize("training, message", [
@@ -109,12 +109,12 @@ def _request(**training):
 ])
 def test_bad_training_options_are_refused(training, message):
     with pytest.raises(InputError, match=message):
-        pipeline.resolve_training_options(_request(**training))
+        run_request.resolve_training_options(_request(**training))
 
 
 def test_default_image_size_comes_from_the_backbone():
     request = _request(model_name="caformer_s18_384", augmentation="random_horizontal_flip")
-    pipeline.resolve_training_options(request)
+    run_request.resolve_training_options(request)
     assert request.training.model_name == "caformer_s18.sail_in1k_384"
     assert request.training.image_size == 384
     assert request.training.augmentation == ["random_horizontal_flip"]

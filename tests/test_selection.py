@@ -5,7 +5,7 @@ import pytest
 
 from image_learner.training import ludwig_config
 from image_learner.training import ludwig_trainer
-from image_learner import pipeline
+from image_learner import run_request
 from image_learner.errors import InputError
 from image_learner.training.ludwig_config import VALIDATION_METRICS, TrainingOptions, build_ludwig_config
 
@@ -53,9 +53,9 @@ def test_unknown_or_inapplicable_metric_is_an_input_error_naming_the_choices():
     with pytest.raises(InputError, match="--validation-metric 'mae' does not apply to a binary task"):
         ludwig_config.resolve_validation_metric("mae", "binary")
     assert ludwig_config.resolve_validation_metric("auto", "regression") == "mae"
-    request = pipeline.RunRequest("a.csv", "b.zip", "out", None, _options(validation_metric="f2"))
+    request = run_request.RunRequest("a.csv", "b.zip", "out", None, _options(validation_metric="f2"))
     with pytest.raises(InputError, match="--validation-metric 'f2' is unknown; choose from auto, accuracy"):
-        pipeline.resolve_training_options(request)
+        run_request.resolve_training_options(request)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -65,19 +65,19 @@ def test_unknown_or_inapplicable_metric_is_an_input_error_naming_the_choices():
     ({"threshold": 0.0}, r"--threshold must be between 0 and 1"),
 ])
 def test_bad_threshold_options(kwargs, message):
-    request = pipeline.RunRequest("a.csv", "b.zip", "out", None, _options(**kwargs))
+    request = run_request.RunRequest("a.csv", "b.zip", "out", None, _options(**kwargs))
     with pytest.raises(InputError, match=message):
-        pipeline.resolve_training_options(request)
+        run_request.resolve_training_options(request)
 
 
 def test_task_options_resolved_once_the_task_is_known():
     opts = _options(threshold=0.3)
-    pipeline.resolve_task_options(opts, "binary")
+    run_request.resolve_task_options(opts, "binary")
     assert (opts.validation_metric, opts.threshold) == ("roc_auc", 0.3)
     with pytest.raises(InputError, match="--threshold applies to binary tasks only; this is a multiclass task"):
-        pipeline.resolve_task_options(_options(threshold=0.3), "multiclass")
+        run_request.resolve_task_options(_options(threshold=0.3), "multiclass")
     opts = _options(threshold_metric="f1", validation_metric="macro_f1")
-    pipeline.resolve_task_options(opts, "multiclass")  # a note only: the Galaxy form always sends a policy
+    run_request.resolve_task_options(opts, "multiclass")  # a note only: the Galaxy form always sends a policy
     assert (opts.validation_metric, opts.threshold_metric) == ("macro_f1", "youden")
 
 

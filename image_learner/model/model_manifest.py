@@ -77,10 +77,10 @@ OPTION_RULES = {
     "lr_schedule": (lambda v: v in LR_SCHEDULES, " or ".join(map(repr, LR_SCHEDULES))),
     "preprocessing_workers": (lambda v: is_int(v, 1), "an integer of at least 1"),
     "preprocessing_mode": (lambda v: v in ("lazy", "eager"), "'lazy' or 'eager'"),
-    # as training resolved them (pipeline.resolve_training_options): what the model ran on, not a request
+    # as training resolved them (run_request.resolve_training_options): what the model ran on, not a request
     "device": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
     "mixed_precision": (lambda v: v in ("on", "off"), "'on' or 'off'"),
-    # resolved for the task (pipeline.resolve_task_options); _check_training holds it to the task
+    # resolved for the task (run_request.resolve_task_options); _check_training holds it to the task
     "validation_metric": (lambda v: any(v in names for names in VALIDATION_METRICS.values()), "a metric name"),
     "threshold_metric": (lambda v: v in THRESHOLD_POLICIES, " or ".join(map(repr, THRESHOLD_POLICIES))),
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
