@@ -173,8 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_from_preset("class_weights", "'balanced' weighs the loss by inverse class frequency "
                                           "(classification only)"))
     train.add_argument("--tta", choices=TTA_MODES, default=None,
-                       help=_from_preset("tta", "test-time augmentation: average the model's outputs over the image and its "
-                            "left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
+                       help=_from_preset("tta", "test-time augmentation: average the model's outputs over the "
+                            "image and its left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
                             "evaluation and, recorded in the model, in predict; none: each image once"))
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
@@ -267,45 +267,6 @@ def predict_request_from_args(args: argparse.Namespace):
                                     workers=max(1, args.preprocessing_workers), tta=args.tta)
 
 
-def request_from_args(args: argparse.Namespace):
-    from image_learner.data import dataset_prep
-    from image_learner.data import image_health
-    from image_learner.data import input_utils
-    from image_learner.training import ludwig_config, presets
-    from image_learner import run_request
-    from image_learner.evaluation import subgroups
-    from image_learner.data import tabular
-    from image_learner.training import search
-
-    data = dataset_prep.DataOptions(
-        image_column=args.image_column, target_column=args.target_column,
-        sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
-        random_split=args.random_split,
-        split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
-        leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
-        positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
-        max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
-        cross_validation=args.cross_validation, task=args.task,
-        drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
-        subgroup_columns=subgroups.parse_spec(args.subgroup_columns),
-        tabular_columns=tabular.parse_spec(args.tabular_columns))
-    chosen, from_preset = presets.resolve(args.preset, {o: getattr(args, o) for o in presets.PRESET_OPTIONS})
-    training = ludwig_config.TrainingOptions(
-        model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
-        fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, batch_size=args.batch_size,
-        random_seed=args.random_seed, preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
-        mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
-        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
-    limits = input_utils.ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
-    return run_request.RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
-                                  overwrite=args.overwrite, make_report=not args.no_report,
-                                  distributed=args.distributed, num_workers=args.num_workers,
-                                  data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
-                                  ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
-                                  ensemble=args.ensemble, preset=(args.preset, from_preset),
-                                  search=search.spec_from_args(args))
-
-
 class Stopped(BaseException):
     """SIGTERM (Galaxy's cancel or walltime) or SIGINT as an exception, so that the cleanup every run
     does after a failure (outputs, scratch folder, worker processes) also runs then. A BaseException:
@@ -376,9 +337,9 @@ def _run(mode: str, args: argparse.Namespace) -> int:
 
             predictor.predict(predict_request_from_args(args))
         else:
-            from image_learner import pipeline
+            from image_learner import pipeline, run_request
 
-            pipeline.run(request_from_args(args))
+            pipeline.run(run_request.from_args(args))
     except InputError as err:
         print(f"image-learner: error: {err}", file=sys.stderr)
         return EXIT_INPUT

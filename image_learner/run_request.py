@@ -1,6 +1,7 @@
-"""What a training run was asked to do (``RunRequest``, built by the command line), and the checks of those
-options: before any image is unpacked (``resolve_training_options``, ``check_task_options_early``) and once the
-task is known (``resolve_task_options``). A mistake costs seconds, not a preparation; pipeline.py runs the rest.
+"""What a training run was asked to do (``RunRequest``, built from the command line by ``from_args``) and the
+checks of those options: before any image is unpacked (``resolve_training_options``,
+``check_task_options_early``) and once the task is known (``resolve_task_options``). A mistake costs seconds,
+not a preparation; pipeline.py runs the rest.
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from image_learner.data import dataset_prep, task_choice
+from image_learner.data import dataset_prep, image_health, tabular, task_choice
 from image_learner.data.input_utils import InputError, ZipLimits
-from image_learner.evaluation import metrics, ood, trust
+from image_learner.evaluation import metrics, ood, subgroups, trust
 from image_learner.model import model_card
 from image_learner.run_files import log
-from image_learner.training import data_parallel, devices, ludwig_config, presets, search_run, timm_backbone
+from image_learner.training import data_parallel, devices, ludwig_config, presets, search, search_run, timm_backbone
 
 
 @dataclass
@@ -37,6 +38,38 @@ class RunRequest:
     ensemble: str = "refit"  # --ensemble: what a cross-validation delivers (model/fold_ensemble.py)
     preset: tuple = ("fast", ())  # --preset and the options it set (training/presets.py): ("best", ("epochs", ...))
     search: object = None  # --search: a training/search.SearchSpec (None: off)
+
+
+def from_args(args) -> RunRequest:
+    """The request of an ``image-learner`` (train) command line: argparse's namespace (image_learner_cli.py) ->
+    RunRequest, the preset's options filled in where the user typed none (training/presets.py)."""
+    data = dataset_prep.DataOptions(
+        image_column=args.image_column, target_column=args.target_column,
+        sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
+        random_split=args.random_split,
+        split_probabilities=tuple(args.split_probabilities), random_seed=args.random_seed,
+        leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
+        positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
+        max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
+        cross_validation=args.cross_validation, task=args.task,
+        drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
+        subgroup_columns=subgroups.parse_spec(args.subgroup_columns),
+        tabular_columns=tabular.parse_spec(args.tabular_columns))
+    chosen, from_preset = presets.resolve(args.preset, {o: getattr(args, o) for o in presets.PRESET_OPTIONS})
+    training = ludwig_config.TrainingOptions(
+        model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
+        fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, batch_size=args.batch_size,
+        random_seed=args.random_seed, preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
+        mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
+    limits = ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
+    return RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
+                      overwrite=args.overwrite, make_report=not args.no_report,
+                      distributed=args.distributed, num_workers=args.num_workers,
+                      data_licence=args.data_licence, export_onnx=args.export_onnx, verbose=args.verbose,
+                      ood_keep_rate=args.ood_keep_rate, coverage=args.coverage, audit=args.audit,
+                      ensemble=args.ensemble, preset=(args.preset, from_preset),
+                      search=search.spec_from_args(args))
 
 
 def resolve_training_options(request: RunRequest) -> None:

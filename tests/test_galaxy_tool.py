@@ -10,6 +10,7 @@ from galaxy.tool_util.parser import get_tool_source
 from galaxy.util.template import fill_template
 
 import image_learner_cli
+from image_learner import run_request
 from image_learner.training import timm_backbone
 from conftest import ROOT
 
@@ -100,7 +101,7 @@ def test_default_form_is_the_tutorial_run(source):
     assert args.preset == "fast"
     assert (args.augmentation, args.epochs, args.early_stop, args.learning_rate, args.lr_schedule,
             args.class_weights, args.tta) == (None,) * 7
-    request = image_learner_cli.request_from_args(args)
+    request = run_request.from_args(args)
     assert (request.training.epochs, request.training.early_stop, request.training.learning_rate) == (30, 5, 0.001)
     assert (request.training.augmentation, request.training.class_weights) == ("random_horizontal_flip", "none")
     assert (args.batch_size, args.random_seed) == (32, 42)

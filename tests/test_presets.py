@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import image_learner_cli
+from image_learner import run_request
 from image_learner.errors import InputError
 from image_learner.training import ludwig_config, presets
 from conftest import ROOT
@@ -17,7 +18,7 @@ from conftest import ROOT
 def _request(*extra):
     args = image_learner_cli.build_parser().parse_args(
         ["--csv-file", "m.csv", "--image-zip", "i.zip", "--output-dir", "out", *extra])
-    return image_learner_cli.request_from_args(args)
+    return run_request.from_args(args)
 
 
 def test_fast_is_the_long_standing_defaults():
