@@ -17,6 +17,7 @@ from image_learner.training import cross_validation
 import image_learner_cli
 from image_learner.evaluation import metrics
 from image_learner import pipeline
+from image_learner.data import task_choice
 from image_learner.training import provenance
 from conftest import DEMO_CSV, DEMO_ZIP, TEST_DATA
 from image_learner.errors import InputError
@@ -249,8 +250,8 @@ def test_the_early_task_check_stays_out_of_the_way_of_csv_errors(tmp_path):
     """A CSV the early check cannot read is left to dataset_prep, which names the problem in its place."""
     bad = tmp_path / "no_label.csv"
     bad.write_text("image_path,other\nimages/a.jpg,x\n")
-    assert pipeline.task_choice.task_from_csv(str(bad), "label", "auto") is None
-    assert pipeline.task_choice.task_from_csv(DEMO_CSV, "label", "auto")[0] == "multiclass"
+    assert task_choice.task_from_csv(str(bad), "label", "auto") is None
+    assert task_choice.task_from_csv(DEMO_CSV, "label", "auto")[0] == "multiclass"
 
 
 # ----------------------------------------------------------------------------------- diverged training
