@@ -1,8 +1,8 @@
 """The raw health properties of one decoded image, computed in the image check's workers (image_check.py).
 
 Kept apart from image_health.py (the data-set flags, with pandas) so that a spawned worker imports only
-numpy and Pillow for them: importing pandas cost each worker ~0.4 s of CPU, ~20% of the whole check at
-1,400 images (BENCHMARKS.md, issue 22). The definitions follow cleanvision 0.3.7: image_health.py says how.
+numpy and Pillow for them (a worker's imports: 0.63 -> 0.35 CPU s; the whole check's time did not move
+measurably: BENCHMARKS.md, issue 22). The definitions follow cleanvision 0.3.7: image_health.py says how.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _reduced(img: Image.Image, side: int) -> Image.Image:
 
 def _laplacian(grey: np.ndarray) -> np.ndarray:
     """The 4-neighbour Laplacian of a float32 image's interior: scipy.ndimage.laplace's values there (integer
-    grey levels sum exactly in float32) at a third of its cost, laid out as its ``[1:-1, 1:-1]`` view so
+    grey levels sum exactly in float32) without scipy.ndimage in the workers, laid out as its ``[1:-1, 1:-1]`` view so
     every statistic of it is the same to the last bit (tests/test_image_health.py)."""
     out = np.zeros_like(grey)
     out[1:-1, 1:-1] = ((grey[:-2, 1:-1] - 2 * grey[1:-1, 1:-1] + grey[2:, 1:-1])

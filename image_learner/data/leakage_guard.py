@@ -52,14 +52,13 @@ _SIGNS = _symmetry_signs(BLOCK)
 
 
 def _symmetries(block: np.ndarray) -> np.ndarray:
-    """The 8 dihedral variants of a DCT block, (8, side, side), derived from coefficient signs and a transpose.
+    """The 8 dihedral variants of a BLOCK x BLOCK DCT block, (8, BLOCK, BLOCK), derived from coefficient signs and a transpose.
 
     A horizontal flip of an image multiplies DCT coefficient (u, v) by (-1)^v, a vertical one by
     (-1)^u, and a transpose transposes the block, so no image has to be re-hashed. Order: the block
     times each of the 4 sign patterns, then its transpose likewise (``thumbnail_symmetry`` numbers them so).
     """
-    signs = _SIGNS if block.shape == _SIGNS.shape[1:] else _symmetry_signs(block.shape[0])
-    return (np.stack([block, block.T])[:, None] * signs[None]).reshape(8, *block.shape)
+    return (np.stack([block, block.T])[:, None] * _SIGNS[None]).reshape(8, *block.shape)
 
 
 def image_hashes(image: Image.Image) -> np.ndarray:
