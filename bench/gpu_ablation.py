@@ -115,6 +115,11 @@ def run_raw(table: pd.DataFrame, a) -> dict:
 
 def child(a) -> None:
     """One variant in this (fresh) process; prints one JSON line."""
+    from image_learner.training import host_allocator
+
+    # Every variant with the allocator the tool's command line sets (so the raw loop gets it too), unless
+    # --glibc-defaults measures both without it.
+    tuned = False if a.glibc_defaults else host_allocator.tune()
     import torch
 
     if a.threads:
@@ -128,6 +133,7 @@ def child(a) -> None:
     cpu = result["cpu_seconds"]  # images per CPU second: the rate on a shared machine, where wall time is noisy
     result["images_per_cpu_s"] = n / float(np.median(cpu[1:] if len(cpu) > 1 else cpu))
     result["peak_gib"], result["peak_kind"] = peak_memory_gib()
+    result["allocator_tuned"] = tuned
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -163,7 +169,8 @@ def parent(a) -> dict:
             for variant in a.variants:
                 cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--table", table,
                        "--model", a.model, "--size", str(a.size), "--batch", str(a.batch),
-                       "--epochs", str(a.epochs), "--precision", precision, "--threads", str(a.threads or 0)]
+                       "--epochs", str(a.epochs), "--precision", precision, "--threads", str(a.threads or 0),
+                       *(["--glibc-defaults"] if a.glibc_defaults else [])]
                 run = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
                 line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
                 if run.returncode or not line:
@@ -219,6 +226,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads in every variant (0: torch's default)")
     p.add_argument("--timeout", type=int, default=900, help="seconds per variant")
     p.add_argument("--json", help="write the results here too")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="every variant with glibc's default allocator (not the tool's host_allocator settings)")
     p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     p.add_argument("--table", help=argparse.SUPPRESS)
     p.add_argument("--precision", help=argparse.SUPPRESS)

@@ -122,6 +122,23 @@ def test_same_seed_same_split_and_numbers(run_dir, isolated):
     np.testing.assert_allclose(first, second, atol=1e-6)
 
 
+def test_the_host_allocator_settings_change_no_number(run_dir, isolated):
+    # run_dir trained in this process, whose allocator the command line tuned (host_allocator); this run
+    # keeps glibc's behaviour (a user's MALLOC_ variable, glibc's default top pad, stops the tuning).
+    env = dict(os.environ, MALLOC_TOP_PAD_="131072", HOME=str(isolated / "home"), TMPDIR=str(isolated / "tmp"))
+    out = isolated / "glibc_defaults"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", DEMO_CSV,
+                           "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY, "--sample-id-column",
+                           "lesion_id"], cwd=isolated / "cwd", env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("predictions.csv", "training_history.csv"):
+        ours, theirs = pd.read_csv(run_dir / name), pd.read_csv(out / name)
+        assert list(ours.columns) == list(theirs.columns)
+        numbers = ours.select_dtypes("number").columns
+        np.testing.assert_allclose(ours[numbers].to_numpy(), theirs[numbers].to_numpy(), atol=1e-6)
+        assert ours.drop(columns=numbers).equals(theirs.drop(columns=numbers))
+
+
 def test_binary_task_uses_the_validation_threshold(isolated):
     out = _train(isolated / "binary", "--positive-label", "mel",
                  csv=os.path.join(TEST_DATA, "ham10000_demo_binary.csv"))
