@@ -15,7 +15,6 @@ process (the settings hold for a process's life):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -35,12 +34,10 @@ def set_allocator(a) -> str:
         return "glibc defaults"
     if a.mallopt is None:
         return "tool (host_allocator.SETTINGS)" if host_allocator.tune() else "unchanged (not glibc, or MALLOC_ set)"
-    mallopt = ctypes.CDLL(None).mallopt
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     parameters = (host_allocator.M_MMAP_THRESHOLD, host_allocator.M_TRIM_THRESHOLD, host_allocator.M_TOP_PAD)
-    for parameter, value in zip(parameters, a.mallopt.split(",")):
-        if value and mallopt(parameter, int(value)) != 1:
-            raise SystemExit(f"mallopt({parameter}, {value}) refused")
+    settings = [(parameter, int(value)) for parameter, value in zip(parameters, a.mallopt.split(",")) if value]
+    if not host_allocator.apply(settings):
+        raise SystemExit(f"mallopt refused one of {settings}")
     return f"mallopt mmap,trim,pad = {a.mallopt}"
 
 
@@ -62,7 +59,7 @@ def main() -> None:
     import pandas as pd
     import torch
 
-    from gpu_ablation import prepare, run_raw, run_tool
+    from gpu_ablation import STACK, prepare, run_raw, run_tool
 
     torch.set_num_threads(a.threads)
     a.precision = "float32"
@@ -70,8 +67,7 @@ def main() -> None:
         table = pd.read_csv(prepare(a, folder))
         before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.time()
-        result = run_raw(table, a) if a.variant == "raw" else run_tool(table, a, ("metrics", "bf16_no_scaler",
-                                                                                   "pinned_copy", "cudnn_benchmark"))
+        result = run_raw(table, a) if a.variant == "raw" else run_tool(table, a, STACK["ours"])
         after = resource.getrusage(resource.RUSAGE_SELF)
     print("RESULT " + json.dumps({
         "variant": a.variant, "model": a.model, "allocator": applied, "epoch_s": result["seconds"],
