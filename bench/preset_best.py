@@ -35,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import ROOT, build_ham, lite0_weights, paired_arms, paired_delta, test_predictions  # noqa: E402
 from image_learner.evaluation import bootstrap, metrics  # noqa: E402
 
-ARMS = {"defaults": [], "best": ["--preset", "best"]}
+# best_each: the best preset with the augmentations drawn per image (image_augmentation.py) instead of Ludwig's
+# per-batch flips and rotation; all else equal (issue 25's regularisation lever)
+ARMS = {"defaults": [], "best": ["--preset", "best"],
+        "best_each": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter"]}
 COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
           "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
 

@@ -29,7 +29,7 @@ TINY_MODEL = os.path.join(TEST_DATA, "tiny_model.zip")
 TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32", "--epochs", "1",
         "--batch-size", "16", "--preprocessing-workers", "1", "--no-report"]
 ALL_AUGMENTATIONS = ("random_horizontal_flip,random_vertical_flip,random_rotate,random_blur,random_brightness,"
-                     "random_contrast")
+                     "random_contrast,dihedral,resized_crop,color_jitter")
 # Lesions kept per class (2 images each): unequal counts give unequal balanced weights, and Ludwig's
 # vocabulary (by decreasing count) then differs from the sorted class order.
 UNEQUAL = {"akiec": 4, "bcc": 5, "bkl": 6, "df": 7, "mel": 8, "nv": 10, "vasc": 9}

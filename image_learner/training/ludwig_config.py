@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from image_learner.errors import InputError
+from image_learner.training.image_augmentation import EACH_IMAGE
 from image_learner.training.timm_backbone import ENCODER_TYPE
 
 IMAGE_FEATURE = "image_path"
 LABEL_FEATURE = "label"
 SPLIT_COLUMN = "split"
 
-# Ludwig's image augmentations (ludwig/features/image_feature.py), with its own default strengths.
+# Ludwig's image augmentations (ludwig/features/image_feature.py), with its own default strengths: each draws
+# one coin per batch (the whole batch flipped or none of it); then ours, drawn per image (image_augmentation.py).
 AUGMENTATIONS = (
     "random_horizontal_flip",
     "random_vertical_flip",
@@ -29,6 +31,7 @@ AUGMENTATIONS = (
     "random_blur",
     "random_brightness",
     "random_contrast",
+    *EACH_IMAGE,
 )
 
 

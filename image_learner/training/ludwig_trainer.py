@@ -107,13 +107,15 @@ def best_epoch_of(history: pd.DataFrame, task: str, validation_metric: str) -> i
 
 
 def register_with_ludwig() -> None:
-    """Our encoder, metrics and ECD trainer (fast_trainer) in Ludwig's registries: before any config naming
-    them is built or loaded, or a model trained."""
+    """Our encoder, metrics, per-image augmentations and ECD trainer (fast_trainer) in Ludwig's registries:
+    before any config naming them is built or loaded, or a model trained."""
     from image_learner.training import fast_trainer
+    from image_learner.training import image_augmentation
     from image_learner.training import ludwig_metrics
     from image_learner.training import timm_backbone
 
     timm_backbone.register_with_ludwig()
+    image_augmentation.register_with_ludwig()
     ludwig_metrics.register_with_ludwig()
     fast_trainer.register_with_ludwig()
 
