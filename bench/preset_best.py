@@ -13,6 +13,7 @@ balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - de
 
     python bench/preset_best.py --arm defaults|best [--image-size 128] [--threads 1] [--work DIR]   # one arm
     python bench/preset_best.py --compare [--image-size 128] [--work DIR]   # the paired table (best at that size)
+    python bench/preset_best.py --compare --compare-arms best_each best --image-size 160   # two arms, one size
     python bench/preset_best.py --tta-check [--work DIR]   # dihedral TTA on the best model: chosen on validation
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
@@ -74,14 +75,17 @@ def run_arm(name: str, work: str, threads: int, size: int = 128) -> dict:
     return record
 
 
-def compare(work: str, n: int = 1000, best_size: int = 128) -> dict:
-    """best (at ``best_size``) against the defaults at 128 px, paired on the same test images."""
+def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", base: str = "defaults",
+            base_size: int = 128) -> dict:
+    """``new`` (at ``best_size``) against ``base`` (at ``base_size``; the defaults at 128 px unless told),
+    paired on the same test images. Each arm also reports its kept epoch's VALIDATION metrics (from its
+    training history): the rows a choice between arms is made on; the test rows only report it."""
     csv = os.path.join(work, "data", "ham_7347.csv")
     tables, classes = {}, None
-    folders = {"defaults": arm_folder("defaults"), "best": arm_folder("best", best_size)}
-    for name in ARMS:
+    folders = {base: arm_folder(base, base_size), new: arm_folder(new, best_size)}
+    for name in (base, new):
         tables[name], classes = test_predictions(os.path.join(work, folders[name]))
-    first = tables["defaults"]
+    first = tables[base]
     lesions = pd.read_csv(csv).set_index("image_path").loc[first["image"], "lesion_id"].to_numpy()
     groups = pd.factorize(lesions)[0]
     points, samples = paired_arms(tables, classes, groups, ("balanced_accuracy", "accuracy", "roc_auc_macro"), n)
@@ -96,12 +100,18 @@ def compare(work: str, n: int = 1000, best_size: int = 128) -> dict:
         summary = json.load(open(os.path.join(work, folders[name], "run_summary.json")))
         values["run_summary"] = {k: summary["training"].get(k) for k in ("best_epoch", "epochs_run")}
         values["run_summary"]["image_size"] = summary["model"].get("image_size")
+        history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv")).set_index("epoch")
+        kept = history.loc[values["run_summary"]["best_epoch"]]
+        values["validation_at_kept_epoch"] = {  # Ludwig's, one view, on the validation rows
+            "balanced_accuracy": float(kept["validation_balanced_accuracy"]),
+            "accuracy": float(kept["validation_accuracy"]), "roc_auc": float(kept["validation_roc_auc"])}
+        values["train_balanced_accuracy_at_kept_epoch"] = float(kept["train_balanced_accuracy"])
         arm_file = os.path.join(work, f"arm-{folders[name][4:]}.json")
         if os.path.exists(arm_file):
             values["arm"] = json.load(open(arm_file))
         out[name] = values
     for metric in ("balanced_accuracy", "accuracy", "roc_auc_macro", "ece"):
-        out[f"delta_{metric}"] = paired_delta(points, samples, "best", "defaults", metric)
+        out[f"delta_{metric}"] = paired_delta(points, samples, new, base, metric)
     return out
 
 
@@ -153,6 +163,8 @@ def main() -> None:
     parser.add_argument("--tta-check", action="store_true", help="dihedral TTA on the best model: validation, test")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image-size", type=int, default=128, help="the arm's size; with --compare, best's")
+    parser.add_argument("--compare-arms", nargs=2, metavar=("NEW", "BASE"), choices=tuple(ARMS),
+                        help="with --compare: these two arms, both at --image-size (default: best vs defaults@128)")
     parser.add_argument("--work", default="/tmp/preset_best_bench")
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -161,7 +173,10 @@ def main() -> None:
     if args.tta_check:
         print(json.dumps(tta_check(args.work), indent=2, default=float))
     if args.compare:
-        print(json.dumps(compare(args.work, best_size=args.image_size), indent=2, default=float))
+        new, base = args.compare_arms or ("best", "defaults")
+        base_size = args.image_size if args.compare_arms else 128
+        print(json.dumps(compare(args.work, best_size=args.image_size, new=new, base=base, base_size=base_size),
+                         indent=2, default=float))
 
 
 if __name__ == "__main__":
