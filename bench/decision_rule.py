@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""A balanced decision rule on stored predictions (issue 25): does moving the multiclass decision away from
+the plain argmax, towards the rare classes, raise balanced accuracy, and at what cost in accuracy?
+
+The rule is post-hoc logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021):
+predict argmax_k log p_k - alpha * log pi_k, with pi the train split's class frequencies and alpha in
+0, 0.1, ..., 1 (0 is the plain argmax, 1 divides by the priors) chosen on the VALIDATION rows for balanced
+accuracy (the smallest alpha on a tie); the test rows only report it. Nothing is trained: it reads each run's
+predictions.csv (the probabilities the tool wrote, after its temperature and test-time augmentation), so it
+is the multiclass counterpart of the binary threshold the tool already tunes on validation.
+
+Two estimates per run:
+- cross-fitted on validation alone (a decision the tool could make without the test rows): the validation
+  lesions split in halves at random (200 times), alpha chosen on one half and scored on the other, both ways;
+  the mean gain in balanced accuracy and change in accuracy;
+- on the test rows: alpha chosen on all validation rows, plain vs adjusted paired over the same 1,000 lesion
+  resamples (95% intervals).
+
+    python bench/decision_rule.py [--work /work/bench_runs/preset] [--runs run-best160 run-best_each160 ...]
+
+The runs are bench/preset_best.py's (all 7,347 images of ham10000_200x150; HAM10000: Tschandl et al., Sci. Data
+5, 180161 (2018), CC BY-NC-SA 4.0). Not a test: it reports numbers.
+"""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import paired_arms, paired_delta  # noqa: E402
+
+ALPHAS = np.round(np.arange(0, 1.0001, 0.1), 1)
+RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best224")
+
+
+def adjusted(log_proba: np.ndarray, log_prior: np.ndarray, alpha: float) -> np.ndarray:
+    """Class indices: argmax of log p - alpha * log prior (alpha 0: the plain argmax)."""
+    return (log_proba - alpha * log_prior).argmax(axis=1)
+
+
+def balanced_accuracy(true: np.ndarray, predicted: np.ndarray, k: int) -> float:
+    """Mean recall over the classes present in ``true`` (scikit-learn's balanced_accuracy_score)."""
+    recalls = [np.mean(predicted[true == c] == c) for c in range(k) if np.any(true == c)]
+    return float(np.mean(recalls))
+
+
+def choose_alpha(true: np.ndarray, log_proba: np.ndarray, log_prior: np.ndarray) -> float:
+    """The ALPHAS value with the highest balanced accuracy on these rows; the smallest on a tie."""
+    k = log_proba.shape[1]
+    scores = np.array([balanced_accuracy(true, adjusted(log_proba, log_prior, a), k) for a in ALPHAS])
+    return float(ALPHAS[np.flatnonzero(scores >= scores.max() - 1e-12)[0]])
+
+
+def cross_fitted(true, log_proba, log_prior, groups, repeats: int = 200, seed: int = 0) -> dict:
+    """Alpha chosen on one random half of the validation groups, scored on the other, both ways."""
+    rng, k = np.random.default_rng(seed), log_proba.shape[1]
+    gains, accuracy_changes, alphas = [], [], []
+    for _ in range(repeats):
+        first = (rng.random(groups.max() + 1) < 0.5)[groups]
+        for fit, score in ((first, ~first), (~first, first)):
+            alpha = choose_alpha(true[fit], log_proba[fit], log_prior)
+            plain, moved = adjusted(log_proba[score], log_prior, 0), adjusted(log_proba[score], log_prior, alpha)
+            gains.append(balanced_accuracy(true[score], moved, k) - balanced_accuracy(true[score], plain, k))
+            accuracy_changes.append(np.mean(moved == true[score]) - np.mean(plain == true[score]))
+            alphas.append(alpha)
+    gains = np.array(gains)
+    return {"balanced_accuracy_gain_mean": float(gains.mean()), "balanced_accuracy_gain_sd": float(gains.std()),
+            "share_of_halves_with_a_gain": float(np.mean(gains > 0)),
+            "accuracy_change_mean": float(np.mean(accuracy_changes)), "alpha_median": float(np.median(alphas)),
+            "halves_scored": len(gains)}
+
+
+def one_run(run: str, lesions: pd.Series, n: int = 1000) -> dict:
+    table = pd.read_csv(os.path.join(run, "predictions.csv"))
+    classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
+    index = {c: i for i, c in enumerate(classes)}
+    train = table.loc[table["split"] == "train", "true_label"].astype(str)
+    log_prior = np.log(np.array([np.mean(train == c) for c in classes]))
+    parts = {}
+    for part in ("validation", "test"):
+        rows = table[table["split"] == part].sort_values("image").reset_index(drop=True)
+        true = rows["true_label"].astype(str).map(index).to_numpy()
+        log_proba = np.log(np.clip(rows[[f"prob_{c}" for c in classes]].to_numpy(float), 1e-12, None))
+        groups = pd.factorize(lesions.loc[rows["image"]].to_numpy())[0]
+        parts[part] = (rows, true, log_proba, groups)
+    rows, true, log_proba, groups = parts["validation"]
+    alpha = choose_alpha(true, log_proba, log_prior)
+    out = {"classes": classes, "train_class_frequencies": np.exp(log_prior).round(4).tolist(),
+           "alpha_chosen_on_validation": alpha,
+           "validation_cross_fitted": cross_fitted(true, log_proba, log_prior, groups)}
+    rows, true, log_proba, groups = parts["test"]
+    arms = {"argmax": rows, "adjusted": rows.assign(
+        predicted_label=np.asarray(classes)[adjusted(log_proba, log_prior, alpha)])}
+    points, samples = paired_arms(arms, classes, groups, ("balanced_accuracy", "accuracy"), n)
+    out["test"] = {name: dict(points[name]) for name in arms}
+    out["test"]["images"] = len(rows)
+    for metric in ("balanced_accuracy", "accuracy"):
+        out["test"][f"delta_{metric}"] = paired_delta(points, samples, "adjusted", "argmax", metric)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", default="/work/bench_runs/preset")
+    parser.add_argument("--runs", nargs="+", default=list(RUNS))
+    args = parser.parse_args()
+    lesions = pd.read_csv(os.path.join(args.work, "data", "ham_7347.csv")).set_index("image_path")["lesion_id"]
+    warnings.simplefilter("ignore")
+    result = {run: one_run(os.path.join(args.work, run), lesions) for run in args.runs}
+    print(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
