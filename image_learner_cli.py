@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from image_learner.data import leakage_guard
     from image_learner.data import task_choice
     from image_learner.training.ludwig_config import ALL_VALIDATION_METRICS, AUGMENTATIONS, LR_SCHEDULES
+    from image_learner.evaluation.class_decision import RULES as CLASS_DECISIONS
     from image_learner.evaluation.metrics import THRESHOLD_POLICIES
     from image_learner.evaluation.tta import MODES as TTA_MODES
     from image_learner.training import search
@@ -176,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_from_preset("tta", "test-time augmentation: average the model's outputs over the "
                             "image and its left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
                             "evaluation and, recorded in the model, in predict; none: each image once"))
+    train.add_argument("--class-decision", choices=CLASS_DECISIONS, default="argmax",
+                       help="multiclass tasks: argmax predicts the most probable class; balanced moves the decision "
+                            "towards the rare classes (logit adjustment by the training class frequencies, its "
+                            "strength tuned on the validation split for balanced accuracy, recorded in the model "
+                            "for predict): higher balanced accuracy, lower accuracy. Probabilities, ROC-AUC and "
+                            "prediction sets are unchanged. Not with --cross-validation")
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
                      help="binary tasks: the decision threshold maximises this on the validation split "

@@ -38,8 +38,11 @@ from image_learner.evaluation import bootstrap, metrics  # noqa: E402
 
 # best_each: the best preset with the augmentations drawn per image (image_augmentation.py) instead of Ludwig's
 # per-batch flips and rotation; all else equal (issue 25's regularisation lever)
+# best_each_balanced: the same with --class-decision balanced (its alpha tuned on the validation rows)
 ARMS = {"defaults": [], "best": ["--preset", "best"],
-        "best_each": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter"]}
+        "best_each": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter"],
+        "best_each_balanced": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
+                               "--class-decision", "balanced"]}
 COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
           "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from image_learner.data.input_utils import OUTPUT_TEXT_COLUMNS, write_output_csv
-from image_learner.evaluation import bootstrap, calibration, evaluation, ood, subgroups, trust
+from image_learner.evaluation import bootstrap, calibration, class_decision, evaluation, ood, subgroups, trust
 from image_learner.run_files import log
 from image_learner.training import cross_validation, ludwig_config, model_fit, provenance
 
@@ -75,12 +75,17 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
         choice = model_fit.binary_threshold(data, data.table["label"][validation], proba[validation, 1], opts)
         threshold = choice.value
         warnings += [choice.warning] if choice.warning else []
+    decision = None
+    if data.task == "multiclass" and opts.class_decision == "balanced":  # on validation rows too, never test
+        train = data.table["split"].to_numpy() == 0
+        decision = class_decision.choose(data.table["label"][validation], proba[validation], classes,
+                                         data.table["label"][train])
+        log(class_decision.describe(decision, "validation split"))
     for warning in warnings:
         log(f"WARNING: {warning}")
     trust_record = _trust_record(data, classes, proba, validation, coverage, temperature, "validation split")
-    predictions = evaluation.predictions_table(data, proba,
-                                               evaluation.predicted_labels(data.task, classes, proba, threshold),
-                                               classes)
+    labels = evaluation.predicted_labels(data.task, classes, proba, threshold, decision and decision["offsets"])
+    predictions = evaluation.predictions_table(data, proba, labels, classes)
     predictions = trust.add_columns(predictions, data.task, classes, _point_outputs(data, proba), trust_record)
     predictions, columns, rules = _write_predictions(data, predictions, out)
     with timer.stage("computing metrics (with bootstrap intervals)"):
@@ -91,7 +96,7 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     record, test_flags = _ood_record(data.task, proba, split == 1, split == 2, ood_keep_rate, "validation")
     return Outcome(fit, opts, threshold, all_metrics, threshold_provenance=choice.provenance if choice else None,
                    epoch_provenance=epoch_provenance, warnings=warnings, ood=record, ood_test_flags=test_flags,
-                   trust=trust_record)
+                   trust=trust_record, class_decision=decision)
 
 
 def _point_outputs(data, outputs: np.ndarray) -> np.ndarray:
@@ -128,6 +133,7 @@ class Outcome:
     ood: dict | None = None  # the manifest's out-of-distribution record (ood.fit)
     ood_test_flags: np.ndarray | None = None  # which test rows it flags (in-distribution: false flags)
     trust: dict | None = None  # the manifest's trust record (trust.fit_record)
+    class_decision: dict | None = None  # --class-decision balanced: class_decision.choose's record
 
 
 def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, ddp_workers: int = 0,

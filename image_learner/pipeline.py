@@ -128,6 +128,10 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     if not data.split.get("folds"):  # before training: an untuned 0.5 is refused, not reported as a choice
         provenance.require_threshold_rows(data.task, data.table["split"], opts.threshold,
                                           request.data.split_probabilities, data.columns["split"])
+        if opts.class_decision == "balanced" and not (data.table["split"] == 1).any():
+            raise InputError("--class-decision balanced is tuned on the validation split, and this split has no "
+                             "validation rows: give the split some (--split-probabilities, the split column) or "
+                             "use --class-decision argmax")
     _write_split_csv(data, os.path.join(out, "split.csv"))
     if data.health is not None:
         image_health.write_csv(data.health, data.table, os.path.join(out, image_health.CSV_NAME))
@@ -157,7 +161,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
     versions = library_versions()
     model_manifest.write_manifest(os.path.join(out, "model"), {
         "tool_version": TOOL_VERSION, "task": data.task, "classes": model_fit.class_order(data),
-        "positive_label": data.positive_label, "threshold": threshold, "image_size": opts.image_size,
+        "positive_label": data.positive_label, "threshold": threshold,
+        "class_offsets": outcome.class_decision["offsets"] if outcome.class_decision else None,
+        "image_size": opts.image_size,
         "model_name": opts.model_name, "ludwig_version": versions.get("ludwig"),
         "target_scaling": fit.target_scaling, "ood": outcome.ood, "trust": outcome.trust,
         **({"tabular": fit.tabular} if fit.tabular else {}),
@@ -176,6 +182,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         "positive_label": data.positive_label, "threshold": threshold,
         "threshold_policy": outcome.threshold_provenance,
         "threshold_tuned": outcome.threshold_provenance.startswith("tuned") if threshold is not None else None,
+        "class_decision": outcome.class_decision,
         "dataset": data.dataset, "split": data.split, "leakage": data.leakage,
         "warnings": data.warnings + outcome.warnings,
         **({"data_health": data.health_summary} if data.health_summary else {}),

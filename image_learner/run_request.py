@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from image_learner.data import dataset_prep, image_health, tabular, task_choice
 from image_learner.data.input_utils import InputError, ZipLimits
-from image_learner.evaluation import metrics, ood, subgroups, trust
+from image_learner.evaluation import class_decision, metrics, ood, subgroups, trust
 from image_learner.model import model_card
 from image_learner.run_files import log
 from image_learner.training import data_parallel, devices, ludwig_config, presets, search, search_run, timm_backbone
@@ -61,7 +61,8 @@ def from_args(args) -> RunRequest:
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, batch_size=args.batch_size,
         random_seed=args.random_seed, preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
         mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
-        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold,
+        class_decision=args.class_decision, **chosen)
     limits = ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                       overwrite=args.overwrite, make_report=not args.no_report,
@@ -105,6 +106,12 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.threshold_metric not in metrics.THRESHOLD_POLICIES:
         raise InputError(f"--threshold-metric {opts.threshold_metric!r} is unknown; choose from "
                          + ", ".join(metrics.THRESHOLD_POLICIES))
+    if opts.class_decision not in class_decision.RULES:
+        raise InputError(f"--class-decision {opts.class_decision!r} is unknown; choose from "
+                         + ", ".join(class_decision.RULES))
+    if opts.class_decision != class_decision.DEFAULT_RULE and request.data.cross_validation:
+        raise InputError(f"--class-decision {opts.class_decision} is tuned on the validation split; with "
+                         "--cross-validation there is none (not supported yet): drop one of the two")
     if opts.threshold is not None and not 0 < opts.threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
     request.data_licence = model_card.check_licence(request.data_licence)
@@ -128,6 +135,10 @@ def check_task_options(opts: ludwig_config.TrainingOptions, task: str) -> None:
                          "(a number to predict has no classes to weigh)")
     if task != "binary" and opts.threshold is not None:
         raise InputError(f"--threshold applies to binary tasks only; this is a {task} task")
+    if task != "multiclass" and opts.class_decision != class_decision.DEFAULT_RULE:
+        raise InputError(f"--class-decision {opts.class_decision} applies to tasks of 3 or more classes; this is a "
+                         f"{task} task" + (" (its decision threshold is tuned: --threshold-metric)"
+                                           if task == "binary" else ""))
 
 
 def check_task_options_early(request: RunRequest) -> None:

@@ -37,7 +37,8 @@ def _form(**changes):
                      "train_split": 0.7, "validation_split": 0.1, "test_split": 0.2, "class_weights": "preset",
                      "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
                      "validation_metric": "auto", "coverage": 0.9, "tta": "preset",
-                     "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"}},
+                     "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"},
+                     "class_decision": "argmax"},
         "data_licence": "not stated",
         "data_health": {"drop_unhealthy": None, "output_csv": False},
         "audit": {"audit": "--audit", "output_label_issues": False, "output_embeddings": False},
@@ -315,3 +316,9 @@ def test_the_fold_ensemble_maps_to_its_flag(source, ensemble):
     args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 3, "ensemble": ensemble})
     assert args.cross_validation == 3 and args.ensemble == ensemble
     assert _cli_args(source)[0].ensemble == "refit"  # without cross-validation: no flag, the default
+
+
+@pytest.mark.parametrize("rule", ["argmax", "balanced"])
+def test_the_class_decision_field_maps_to_its_flag(source, rule):
+    args, _ = _cli_args(source, training={**_form()["training"], "class_decision": rule})
+    assert args.class_decision == rule

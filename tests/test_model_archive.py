@@ -104,7 +104,7 @@ def test_the_genuine_models_are_accepted_by_the_pure_core(multiclass, tmp_path):
         archive.extractall(tmp_path)
     with run_files.scratch_tempdir(str(tmp_path)):  # as in predict: timm's import writes temp files
         manifest = _validate_model_dir(str(tmp_path / "model"), run_files.TOOL_VERSION, "0.17.10")
-    assert manifest["format_version"] == model_manifest.FORMAT_VERSION == 5
+    assert manifest["format_version"] == model_manifest.FORMAT_VERSION == 6
     assert manifest["label_vocabulary"] == json.loads(multiclass[METADATA])["label"]["idx2str"]
 
 

@@ -54,12 +54,14 @@ def _binary_with_split(path) -> str:
     return str(path)
 
 
+MULTICLASS = "multiclass balanced, cosine, every augmentation, balanced decision, mixed precision off"
 # name -> (CSV builder (tmp folder -> path), training options, predict options)
 CASES = {
-    "multiclass balanced, cosine, every augmentation, mixed precision off": (
+    MULTICLASS: (
         lambda d: _unequal(DEMO_CSV, d / "meta.csv", UNEQUAL),
         ["--class-weights", "balanced", "--lr-schedule", "cosine", "--augmentation", ALL_AUGMENTATIONS,
-         "--mixed-precision", "off", "--validation-metric", "macro_f1", "--sample-id-column", "lesion_id"], []),
+         "--mixed-precision", "off", "--validation-metric", "macro_f1", "--sample-id-column", "lesion_id",
+         "--class-decision", "balanced"], []),
     "multiclass balanced, cross-validation's final model": (
         lambda d: _unequal(SPLIT_CSV, d / "meta.csv", {"akiec": 4, "bcc": 5, "bkl": 6, "df": 7, "mel": 8, "nv": 7,
                                                        "vasc": 6}),
@@ -146,7 +148,7 @@ def test_balanced_weights_are_saved_as_ludwig_orders_them(runs, case):
 
 
 def test_class_weights_saved_in_another_order_are_refused(runs, tmp_path, capsys):
-    _, out = runs("multiclass balanced, cosine, every augmentation, mixed precision off")
+    _, out = runs(MULTICLASS)
     with zipfile.ZipFile(out / "trained_model.zip") as archive:
         members = {n: archive.read(n) for n in archive.namelist() if not n.endswith("/")}
     config = json.loads(members["model/model_hyperparameters.json"])
@@ -167,7 +169,7 @@ def test_manifest_class_weights_must_cover_ludwigs_vocabulary(runs):
     from image_learner.errors import InputError
     from image_learner.run_files import TOOL_VERSION
 
-    _, out = runs("multiclass balanced, cosine, every augmentation, mixed precision off")
+    _, out = runs(MULTICLASS)
     manifest = _model_file(out, "image_learner.json")
     model_manifest.check_manifest(manifest, TOOL_VERSION, version("ludwig"))
     manifest["label_vocabulary"] = manifest["label_vocabulary"][:-1]
@@ -248,3 +250,23 @@ def test_bitsandbytes_kernels_warning_never_reaches_the_user(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     output = done.stdout + done.stderr
     assert "gemm_4bit" not in output and "No module named 'kernels'" not in output
+
+
+def test_the_balanced_decision_is_recorded_and_applied(runs):
+    """--class-decision balanced: alpha chosen on the validation rows, its offsets in the model (what predict
+    subtracts, the test above), the training's predicted labels the adjusted argmax of its probabilities."""
+    from image_learner.evaluation import class_decision
+
+    _, out = runs(MULTICLASS)
+    summary = json.loads((out / "run_summary.json").read_text())
+    record, manifest = summary["class_decision"], _model_file(out, "image_learner.json")
+    assert record["rule"] == "balanced" and record["alpha"] in class_decision.ALPHAS
+    assert manifest["class_offsets"] == record["offsets"] and len(record["offsets"]) == len(manifest["classes"])
+    assert manifest["training"]["options"]["class_decision"] == "balanced"
+    table = pd.read_csv(out / "predictions.csv")
+    validation = table[table["split"] == "validation"]
+    assert record["rows"] == len(validation)
+    classes = manifest["classes"]
+    expected = np.asarray(classes)[class_decision.decide(table[[f"prob_{c}" for c in classes]].to_numpy(),
+                                                         record["offsets"])]
+    assert table["predicted_label"].tolist() == expected.tolist()

@@ -12,20 +12,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from image_learner.evaluation import class_decision
 from image_learner.evaluation import metrics
 from image_learner.evaluation import regression_metrics
 import split_utils
 
 
-def predicted_labels(task: str, classes: list[str], outputs: np.ndarray, threshold: float | None) -> np.ndarray:
+def predicted_labels(task: str, classes: list[str], outputs: np.ndarray, threshold: float | None,
+                     class_offsets=None) -> np.ndarray:
     """What a model predicts from its ``outputs``: a binary task's label by ``threshold`` on P(positive)
-    (``classes`` is [negative, positive]), another classification's most probable class, a regression's
-    value as it is. Training, cross-validation and predict all call this one rule."""
+    (``classes`` is [negative, positive]), another classification's most probable class (or, with
+    ``class_offsets``, the balanced decision: class_decision.py), a regression's value as it is. Training,
+    cross-validation and predict all call this one rule."""
     if task == "regression":
         return outputs[:, 0]
     if task == "binary":
         return np.where(outputs[:, 1] >= threshold, classes[1], classes[0])
-    return np.asarray(classes)[outputs.argmax(axis=1)]
+    return np.asarray(classes)[class_decision.decide(outputs, class_offsets)]
 
 
 def predictions_table(data, outputs: np.ndarray, predicted, classes: list[str], split_names=None,

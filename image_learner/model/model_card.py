@@ -166,6 +166,7 @@ _OPTION_LABELS = (("epochs", "epochs (most)"), ("epochs_run", "epochs run"), ("b
                   ("best_epoch_chosen_by", "kept epoch chosen by"), ("early_stop", "early stop (epochs)"),
                   ("batch_size", "batch size"), ("learning_rate", "learning rate"), ("lr_schedule", "schedule"),
                   ("augmentation", "augmentation"), ("class_weights", "class weights"),
+                  ("class_decision", "decision (multiclass)"),
                   ("random_seed", "random seed"), ("device", "device"), ("mixed_precision", "mixed precision"))
 
 

@@ -18,6 +18,7 @@ from image_learner.errors import InputError
 from image_learner.training.ludwig_config import (AUGMENTATIONS, LABEL_FEATURE, LR_SCHEDULES, VALIDATION_METRICS, WEIGHTS_RECORD,
                             TrainingOptions)
 from image_learner.data import tabular
+from image_learner.evaluation import class_decision
 from image_learner.evaluation import ood
 from image_learner.evaluation import trust
 from image_learner.evaluation.tta import MODES as TTA_MODES
@@ -26,8 +27,9 @@ from image_learner.evaluation.metrics import THRESHOLD_POLICIES
 MANIFEST = "image_learner.json"
 METADATA = "training_set_metadata.json"
 FORMAT = "image-learner-model"
-FORMAT_VERSION = 5  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
-# 4: trust (temperature, conformal quantile); 5: test-time augmentation (training.options.tta)
+FORMAT_VERSION = 6  # 2: training options, Ludwig's class order; 3: selection metric, threshold policy, target scaling;
+# 4: trust (temperature, conformal quantile); 5: test-time augmentation (training.options.tta);
+# 6: the multiclass decision (class_offsets, training.options.class_decision)
 
 
 def is_int(value, low=None, high=None) -> bool:
@@ -85,9 +87,10 @@ OPTION_RULES = {
     "threshold_metric": (lambda v: v in THRESHOLD_POLICIES, " or ".join(map(repr, THRESHOLD_POLICIES))),
     "threshold": (lambda v: v is None or _is_number(v, 0, 1) and 0 < v < 1, "null or a number between 0 and 1"),
     "tta": (lambda v: v in TTA_MODES, " or ".join(map(repr, TTA_MODES))),
+    "class_decision": (lambda v: v in class_decision.RULES, " or ".join(map(repr, class_decision.RULES))),
 }
 MANIFEST_FIELDS = ("format", "format_version", "tool_version", "task", "classes", "positive_label", "threshold",
-                   "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
+                   "class_offsets", "image_size", "model_name", "ludwig_version", "label_vocabulary", "target_scaling", "training", "trust")
 # written by training since the OOD flag; absent in models made before, which then flag nothing;
 # "tabular": only in a model trained with --tabular-columns (its columns, kinds, training statistics)
 # "ensemble": only in a model trained with --ensemble folds / folds+refit (model/fold_ensemble.py)
@@ -145,7 +148,7 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
     vocabulary, scaling = manifest["label_vocabulary"], manifest["target_scaling"]
     if task == "regression":
         for field, value in (("classes", []), ("positive_label", None), ("threshold", None),
-                             ("label_vocabulary", None)):
+                             ("class_offsets", None), ("label_vocabulary", None)):
             expect(manifest[field] == value and type(manifest[field]) is type(value), MANIFEST, field,
                    manifest[field], f"{value!r} for a regression model".replace("None", "null"))
         expect(target_scaling_ok(scaling), MANIFEST, "target_scaling", scaling,
@@ -162,6 +165,8 @@ def check_manifest(manifest, tool_version: str, ludwig_version: str) -> None:
         expect(_is_number(manifest["threshold"], 0, 1), MANIFEST, "threshold", manifest["threshold"],
                "a number from 0 to 1")
         expect(vocabulary is None, MANIFEST, "label_vocabulary", vocabulary, "null for a binary model")
+        expect(manifest["class_offsets"] is None, MANIFEST, "class_offsets", manifest["class_offsets"],
+               "null for a binary model")
     else:
         for field in ("positive_label", "threshold"):
             expect(manifest[field] is None, MANIFEST, field, manifest[field], "null for a multiclass model")
@@ -214,6 +219,21 @@ def _check_training(manifest: dict, binary: bool) -> None:
         expect(positive is None, MANIFEST, "training.positive_weight", positive, "null")
     expect(is_int(training["train_rows"], 1), MANIFEST, "training.train_rows", training["train_rows"],
            "an integer of at least 1")
+    _check_decision(manifest, options["class_decision"])
+
+
+def _check_decision(manifest: dict, rule: str) -> None:
+    """The offsets predict subtracts (class_decision.decide): a balanced multiclass model's, else none."""
+    offsets = manifest["class_offsets"]
+    if manifest["task"] != "multiclass":
+        expect(rule == class_decision.DEFAULT_RULE, MANIFEST, "training.options.class_decision", rule,
+               f"{class_decision.DEFAULT_RULE!r} for a {manifest['task']} model")
+    elif rule == "balanced":
+        expect(class_decision.check_offsets(offsets, len(manifest["classes"])), MANIFEST, "class_offsets", offsets,
+               f"one number per class, each within ±{class_decision.OFFSET_LIMIT:g} (the balanced decision)")
+    else:
+        expect(offsets is None, MANIFEST, "class_offsets", offsets,
+               f"null (training.options.class_decision is {rule!r})")
 
 
 def expect(ok: bool, file: str, path: str, value, wanted: str) -> None:

@@ -318,7 +318,8 @@ def _predict_table(model_dir: str, manifest: dict, table: pd.DataFrame, images_d
     proba = delivered if delivered is not None else np.zeros((0, len(classes)))
     # the training's temperature first: the threshold and the sets were set on scaled probabilities
     proba = calibration.apply_temperature(proba, record["temperature"])
-    out["predicted_label"] = evaluation.predicted_labels(task, classes, proba, manifest["threshold"])
+    out["predicted_label"] = evaluation.predicted_labels(task, classes, proba, manifest["threshold"],
+                                                         manifest["class_offsets"])
     if task == "binary":
         out["threshold"] = manifest["threshold"]
     for k, cls in enumerate(classes):

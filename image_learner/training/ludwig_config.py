@@ -66,6 +66,8 @@ class TrainingOptions:
     threshold: float | None = None
     # evaluation/tta.MODES: the views whose probabilities are averaged, in evaluation and in predict
     tta: str = "none"
+    # multiclass: evaluation/class_decision.RULES, "balanced" tuned on the validation split
+    class_decision: str = "argmax"
 
 
 # The validation metric that picks the kept epoch and drives early stopping, per task: the user's name ->

@@ -1,0 +1,82 @@
+"""The multiclass decision (``--class-decision``): the plain argmax, or one moved towards the rare classes,
+tuned on the validation rows for balanced accuracy (pure).
+
+A multiclass model trained on skewed classes (HAM10000: two thirds one class) can rank well and still decide
+for the majority class. ``balanced`` is post-hoc logit adjustment (Menon et al., "Long-tail learning via logit
+adjustment", ICLR 2021): predict argmax_k log p_k - alpha * log pi_k, with pi the train split's class
+frequencies; alpha 0 is the argmax, 1 divides the probabilities by the priors. Alpha is the ALPHAS value with the
+highest balanced accuracy on the validation rows (the smallest on a tie, so the argmax when nothing helps), the
+way a binary task's threshold is tuned there (metrics.choose_threshold): never on test rows. It trades accuracy
+for balanced accuracy (BENCHMARKS.md, "A balanced decision rule"); the probabilities, ROC-AUC, calibration and
+prediction sets do not change, only the predicted label. The model records the per-class offsets
+(alpha * log pi) and predict subtracts the same ones.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+RULES = ("argmax", "balanced")
+DEFAULT_RULE = "argmax"
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+OFFSET_LIMIT = 50.0  # |alpha * log pi| for a class of 1 in e^50 rows: far beyond any real training set
+
+
+def log_priors(train_labels, classes: list[str]) -> np.ndarray:
+    """log of each class's share of the training rows (in ``classes`` order; a class with no row counts as one,
+    so the log stays finite)."""
+    labels = np.asarray(train_labels).astype(str)
+    counts = np.array([max(int(np.sum(labels == c)), 1) for c in classes], dtype=float)
+    return np.log(counts / counts.sum())
+
+
+def decide(proba: np.ndarray, offsets) -> np.ndarray:
+    """Class indices: argmax of log p - offsets (None or all zeros: the plain argmax, ties to the first class)."""
+    proba = np.asarray(proba, dtype=float)
+    if offsets is None:
+        return proba.argmax(axis=1)
+    return (np.log(np.clip(proba, 1e-300, None)) - np.asarray(offsets, dtype=float)).argmax(axis=1)
+
+
+def balanced_accuracy(true_index: np.ndarray, predicted_index: np.ndarray) -> float:
+    """Mean recall over the classes present in ``true_index`` (scikit-learn's balanced_accuracy_score)."""
+    recalls = [np.mean(predicted_index[true_index == c] == c) for c in np.unique(true_index)]
+    return float(np.mean(recalls)) if recalls else math.nan
+
+
+def choose(labels, proba: np.ndarray, classes: list[str], train_labels) -> dict:
+    """The balanced decision fitted on these rows (meant for the validation split): alpha, the offsets to
+    record, and the rows' balanced accuracy and accuracy with the argmax and with the chosen alpha."""
+    index = {c: i for i, c in enumerate(classes)}
+    true = np.array([index[str(v)] for v in labels], dtype=int)
+    priors = log_priors(train_labels, classes)
+    scores = [balanced_accuracy(true, decide(proba, a * priors)) for a in ALPHAS] if len(true) else []
+    alpha = ALPHAS[int(np.flatnonzero(np.array(scores) >= max(scores) - 1e-12)[0])] if scores else 0.0
+    offsets = (alpha * priors).tolist()
+
+    def accuracy(a):
+        return float(np.mean(decide(proba, a * priors) == true)) if len(true) else math.nan
+
+    return {"rule": "balanced", "alpha": alpha, "offsets": offsets, "rows": int(len(true)),
+            "balanced_accuracy_argmax": scores[0] if scores else math.nan,
+            "balanced_accuracy_chosen": scores[ALPHAS.index(alpha)] if scores else math.nan,
+            "accuracy_argmax": accuracy(0.0), "accuracy_chosen": accuracy(alpha)}
+
+
+def describe(record: dict | None, chosen_on: str) -> str:
+    """One log/report line."""
+    if not record:
+        return "decision: the most probable class (argmax)"
+    return (f"decision: balanced (logit adjustment), alpha {record['alpha']:g} chosen on the {record['rows']} "
+            f"rows of the {chosen_on} for balanced accuracy ({record['balanced_accuracy_argmax']:.3f} with the "
+            f"argmax -> {record['balanced_accuracy_chosen']:.3f}; accuracy {record['accuracy_argmax']:.3f} -> "
+            f"{record['accuracy_chosen']:.3f})")
+
+
+def check_offsets(value, n_classes: int) -> bool:
+    """A model file's offsets as training writes them: one finite number per class, |x| <= OFFSET_LIMIT."""
+    return (isinstance(value, list) and len(value) == n_classes
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    and abs(x) <= OFFSET_LIMIT for x in value))

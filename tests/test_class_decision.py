@@ -1,0 +1,106 @@
+"""The multiclass decision (image_learner/evaluation/class_decision.py, --class-decision): the balanced rule's
+choice on validation rows, what it changes (the labels only), and its record in the model."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import balanced_accuracy_score
+
+from image_learner.evaluation import class_decision, evaluation
+
+CLASSES = ["common", "rare", "rarer"]
+
+
+def _skewed(n: int = 600, seed: int = 0):
+    """Labels 80/15/5 and probabilities that rank the rare classes well but put most mass on the common one:
+    the plain argmax misses most rare rows."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(3, size=n, p=[0.8, 0.15, 0.05])
+    logits = rng.normal(0, 1, (n, 3)) + np.eye(3)[labels] * 1.5 + np.log([0.8, 0.15, 0.05])
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return np.asarray(CLASSES)[labels], proba
+
+
+def test_the_balanced_rule_raises_balanced_accuracy_on_new_rows_and_costs_accuracy():
+    train_labels, _ = _skewed(2000, seed=1)
+    labels, proba = _skewed(600, seed=2)  # validation: where alpha is chosen
+    record = class_decision.choose(labels, proba, CLASSES, train_labels)
+    assert record["alpha"] > 0 and record["balanced_accuracy_chosen"] > record["balanced_accuracy_argmax"]
+    np.testing.assert_allclose(record["offsets"], record["alpha"] * class_decision.log_priors(train_labels, CLASSES))
+    # the numbers it reports are scikit-learn's on those rows
+    chosen = evaluation.predicted_labels("multiclass", CLASSES, proba, None, record["offsets"])
+    assert record["balanced_accuracy_chosen"] == pytest.approx(balanced_accuracy_score(labels, chosen))
+    assert record["accuracy_chosen"] == pytest.approx(np.mean(chosen == labels))
+    # new rows (a test set): the gain holds, accuracy falls; probabilities are untouched (labels only)
+    test_labels, test_proba = _skewed(3000, seed=3)
+    plain = evaluation.predicted_labels("multiclass", CLASSES, test_proba, None)
+    moved = evaluation.predicted_labels("multiclass", CLASSES, test_proba, None, record["offsets"])
+    assert balanced_accuracy_score(test_labels, moved) > balanced_accuracy_score(test_labels, plain) + 0.05
+    assert np.mean(moved == test_labels) < np.mean(plain == test_labels)
+
+
+def test_nothing_to_gain_keeps_the_argmax():
+    labels = np.array(CLASSES * 20)
+    proba = np.eye(3)[np.tile([0, 1, 2], 20)] * 0.9 + 0.1 / 3  # already perfect
+    record = class_decision.choose(labels, proba, CLASSES, labels)
+    assert record["alpha"] == 0.0 and record["offsets"] == [0.0, 0.0, 0.0]
+    assert (evaluation.predicted_labels("multiclass", CLASSES, proba, None, record["offsets"])
+            == evaluation.predicted_labels("multiclass", CLASSES, proba, None)).all()
+
+
+def test_offsets_a_model_file_may_hold():
+    assert class_decision.check_offsets([0.0, 1.5, -2.0], 3)
+    for wrong in ([0.0, 1.0], [0.0, 1.0, float("nan")], [0, 1, 1e9], [0, True, 1], "0,1,2", None):
+        assert not class_decision.check_offsets(wrong, 3), wrong
+    assert class_decision.check_offsets(class_decision.log_priors(["a"] * 10**6 + ["b"], ["a", "b", "c"]).tolist(), 3)
+
+
+def _tampered(model_zip: str, path, change) -> str:
+    with zipfile.ZipFile(model_zip) as src, zipfile.ZipFile(path, "w") as dest:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("image_learner.json"):
+                manifest = json.loads(data)
+                change(manifest)
+                data = json.dumps(manifest).encode()
+            dest.writestr(item, data)
+    return str(path)
+
+
+TEST_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test-data")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.update(class_offsets=[0.0] * len(m["classes"])), "class_offsets"),
+    (lambda m: m["training"]["options"].update(class_decision="balanced"), "class_offsets"),
+    (lambda m: (m["training"]["options"].update(class_decision="balanced"), m.update(class_offsets=[1.0, 2.0])),
+     "class_offsets"),
+    (lambda m: m["training"]["options"].update(class_decision="fair"), "class_decision"),
+])
+def test_a_tampered_decision_in_the_model_is_refused(tmp_path, capsys, change, message):
+    import image_learner_cli
+
+    model = _tampered(os.path.join(TEST_DATA, "tiny_model.zip"), tmp_path / "m.zip", change)
+    code = image_learner_cli.main(["predict", "--model", model, "--image-zip",
+                                   os.path.join(TEST_DATA, "ham10000_demo_images.zip"),
+                                   "--output-dir", str(tmp_path / "out")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []  # nothing written (the folder given was made empty)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_binary.csv")], "3 or more classes"),
+    (["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_metadata.csv"), "--cross-validation", "2"],
+     "--cross-validation"),
+])
+def test_the_balanced_decision_is_refused_where_it_cannot_be_tuned(tmp_path, capsys, extra, message):
+    import image_learner_cli
+
+    code = image_learner_cli.main([*extra, "--image-zip", os.path.join(TEST_DATA, "ham10000_demo_images.zip"),
+                                   "--output-dir", str(tmp_path / "out"), "--class-decision", "balanced",
+                                   "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32"])
+    assert code == 2 and message in capsys.readouterr().err
