@@ -272,8 +272,8 @@ def tta_of(requested: str | None, manifest: dict) -> str:
     trained = manifest["training"]["options"]["tta"]
     mode = requested or trained
     if mode != trained:
-        log(f"WARNING: --tta {mode} differs from the model's {trained!r}: its temperature, threshold and "
-            "prediction sets were fitted on probabilities averaged over the model's own views")
+        log(f"WARNING: --tta {mode} differs from the model's {trained!r}: its temperature, threshold, class "
+            "decision and prediction sets were fitted on probabilities averaged over the model's own views")
     log(f"test-time augmentation: {tta.describe(mode)}")
     return mode
 
