@@ -42,7 +42,10 @@ from image_learner.evaluation import bootstrap, metrics  # noqa: E402
 ARMS = {"defaults": [], "best": ["--preset", "best"],
         "best_each": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter"],
         "best_each_balanced": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
-                               "--class-decision", "balanced"]}
+                               "--class-decision", "balanced"],
+        # the same over 20 epochs (cosine over 20): the per-image run's validation still peaked late (epoch 9 of 12)
+        "best_each_balanced_e20": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
+                                   "--class-decision", "balanced", "--epochs", "20"]}
 COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
           "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
 
