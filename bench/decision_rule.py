@@ -5,7 +5,8 @@ the plain argmax, towards the rare classes, raise balanced accuracy, and at what
 The rule is post-hoc logit adjustment (Menon et al., "Long-tail learning via logit adjustment", ICLR 2021):
 predict argmax_k log p_k - alpha * log pi_k, with pi the train split's class frequencies and alpha in
 0, 0.1, ..., 1 (0 is the plain argmax, 1 divides by the priors) chosen on the VALIDATION rows for balanced
-accuracy (the smallest alpha on a tie); the test rows only report it. Nothing is trained: it reads each run's
+accuracy (the smallest alpha on a tie; the tool's own rule, image_learner/evaluation/class_decision.py, which
+this calls); the test rows only report it. Nothing is trained: it reads each run's
 predictions.csv (the probabilities the tool wrote, after its temperature and test-time augmentation), so it
 is the multiclass counterpart of the binary threshold the tool already tunes on validation.
 
@@ -34,41 +35,25 @@ import pandas as pd
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import paired_arms, paired_delta  # noqa: E402
+from image_learner.evaluation import class_decision  # noqa: E402
 
-ALPHAS = np.round(np.arange(0, 1.0001, 0.1), 1)
 RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best224")
 
 
-def adjusted(log_proba: np.ndarray, log_prior: np.ndarray, alpha: float) -> np.ndarray:
-    """Class indices: argmax of log p - alpha * log prior (alpha 0: the plain argmax)."""
-    return (log_proba - alpha * log_prior).argmax(axis=1)
-
-
-def balanced_accuracy(true: np.ndarray, predicted: np.ndarray, k: int) -> float:
-    """Mean recall over the classes present in ``true`` (scikit-learn's balanced_accuracy_score)."""
-    recalls = [np.mean(predicted[true == c] == c) for c in range(k) if np.any(true == c)]
-    return float(np.mean(recalls))
-
-
-def choose_alpha(true: np.ndarray, log_proba: np.ndarray, log_prior: np.ndarray) -> float:
-    """The ALPHAS value with the highest balanced accuracy on these rows; the smallest on a tie."""
-    k = log_proba.shape[1]
-    scores = np.array([balanced_accuracy(true, adjusted(log_proba, log_prior, a), k) for a in ALPHAS])
-    return float(ALPHAS[np.flatnonzero(scores >= scores.max() - 1e-12)[0]])
-
-
-def cross_fitted(true, log_proba, log_prior, groups, repeats: int = 200, seed: int = 0) -> dict:
+def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: int = 200, seed: int = 0) -> dict:
     """Alpha chosen on one random half of the validation groups, scored on the other, both ways."""
-    rng, k = np.random.default_rng(seed), log_proba.shape[1]
+    rng = np.random.default_rng(seed)
     gains, accuracy_changes, alphas = [], [], []
     for _ in range(repeats):
         first = (rng.random(groups.max() + 1) < 0.5)[groups]
         for fit, score in ((first, ~first), (~first, first)):
-            alpha = choose_alpha(true[fit], log_proba[fit], log_prior)
-            plain, moved = adjusted(log_proba[score], log_prior, 0), adjusted(log_proba[score], log_prior, alpha)
-            gains.append(balanced_accuracy(true[score], moved, k) - balanced_accuracy(true[score], plain, k))
+            record = class_decision.choose(labels[fit], proba[fit], classes, train_labels)
+            plain, moved = class_decision.decide(proba[score], None), class_decision.decide(proba[score],
+                                                                                              record["offsets"])
+            gains.append(class_decision.balanced_accuracy(true[score], moved)
+                         - class_decision.balanced_accuracy(true[score], plain))
             accuracy_changes.append(np.mean(moved == true[score]) - np.mean(plain == true[score]))
-            alphas.append(alpha)
+            alphas.append(record["alpha"])
     gains = np.array(gains)
     return {"balanced_accuracy_gain_mean": float(gains.mean()), "balanced_accuracy_gain_sd": float(gains.std()),
             "share_of_halves_with_a_gain": float(np.mean(gains > 0)),
@@ -81,22 +66,23 @@ def one_run(run: str, lesions: pd.Series, n: int = 1000) -> dict:
     classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
     index = {c: i for i, c in enumerate(classes)}
     train = table.loc[table["split"] == "train", "true_label"].astype(str)
-    log_prior = np.log(np.array([np.mean(train == c) for c in classes]))
     parts = {}
     for part in ("validation", "test"):
         rows = table[table["split"] == part].sort_values("image").reset_index(drop=True)
-        true = rows["true_label"].astype(str).map(index).to_numpy()
-        log_proba = np.log(np.clip(rows[[f"prob_{c}" for c in classes]].to_numpy(float), 1e-12, None))
+        labels = rows["true_label"].astype(str).to_numpy()
+        true = np.array([index[v] for v in labels])
+        proba = rows[[f"prob_{c}" for c in classes]].to_numpy(float)
         groups = pd.factorize(lesions.loc[rows["image"]].to_numpy())[0]
-        parts[part] = (rows, true, log_proba, groups)
-    rows, true, log_proba, groups = parts["validation"]
-    alpha = choose_alpha(true, log_proba, log_prior)
-    out = {"classes": classes, "train_class_frequencies": np.exp(log_prior).round(4).tolist(),
-           "alpha_chosen_on_validation": alpha,
-           "validation_cross_fitted": cross_fitted(true, log_proba, log_prior, groups)}
-    rows, true, log_proba, groups = parts["test"]
+        parts[part] = (rows, labels, true, proba, groups)
+    rows, labels, true, proba, groups = parts["validation"]
+    chosen = class_decision.choose(labels, proba, classes, train)
+    out = {"classes": classes,
+           "train_class_frequencies": np.exp(class_decision.log_priors(train, classes)).round(4).tolist(),
+           "alpha_chosen_on_validation": chosen["alpha"],
+           "validation_cross_fitted": cross_fitted(labels, true, proba, classes, train, groups)}
+    rows, labels, true, proba, groups = parts["test"]
     arms = {"argmax": rows, "adjusted": rows.assign(
-        predicted_label=np.asarray(classes)[adjusted(log_proba, log_prior, alpha)])}
+        predicted_label=np.asarray(classes)[class_decision.decide(proba, chosen["offsets"])])}
     points, samples = paired_arms(arms, classes, groups, ("balanced_accuracy", "accuracy"), n)
     out["test"] = {name: dict(points[name]) for name in arms}
     out["test"]["images"] = len(rows)

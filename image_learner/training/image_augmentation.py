@@ -18,7 +18,8 @@ half the batches carry no augmentation at all. The ones here draw for every imag
 Ludwig hands the ops a uint8 N×C×H×W batch (its ImageAugmentation undoes the [0, 1] scaling first) and
 applies them to training batches only. They draw from torch's global generator, which Ludwig seeds, in the
 training thread (ludwig_config sets prefetch_size 0 whenever augmentation is on): the same seed gives the
-same augmented batches. The pure cores (``dihedral_view``, ``each_image``) take their draws as arguments.
+same augmented batches. The pure cores take their draws as arguments (``dihedral_view``, ``dihedral_batch``)
+or a transform to apply per image (``each_image``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def each_image(images: torch.Tensor, transform) -> torch.Tensor:
     return torch.stack([transform(image) for image in images]) if len(images) else images
 
 
-def resized_crop_transform(size: int):
+def resized_crop_transform(size: tuple[int, int]):
     from torchvision import transforms
 
     return transforms.RandomResizedCrop(size, scale=CROP_AREA, ratio=CROP_ASPECT, antialias=True)
