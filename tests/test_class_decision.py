@@ -106,3 +106,16 @@ def test_the_balanced_decision_is_refused_where_it_cannot_be_tuned(tmp_path, cap
                                    "--output-dir", str(tmp_path / "out"), "--class-decision", "balanced",
                                    "--model-name", "test_efficientnet", "--no-use-pretrained", "--image-size", "32"])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_an_unknown_class_decision_exits_2_naming_the_choices(tmp_path, capsys):
+    import image_learner_cli
+
+    with pytest.raises(SystemExit) as stop:
+        image_learner_cli.main(["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_metadata.csv"), "--image-zip",
+                                os.path.join(TEST_DATA, "ham10000_demo_images.zip"), "--output-dir",
+                                str(tmp_path / "out"), "--class-decision", "fair"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --class-decision: invalid choice: 'fair' (choose from 'argmax', 'balanced')" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
