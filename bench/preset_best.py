@@ -47,24 +47,26 @@ ARMS = {"defaults": [], "best": ["--preset", "best"],
         "best_each_balanced_e20": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
                                    "--class-decision", "balanced", "--epochs", "20"]}
 COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
-          "--random-split", "--random-seed", "42", "--no-audit", "--no-report"]
+          "--random-split", "--no-audit", "--no-report"]
+SEED = 42  # the measurements' seed; another (--seed) is a replication on another split, in its own folder
 
 
-def arm_folder(name: str, size: int = 128) -> str:
-    """run-best, run-defaults at 128 px (the first measurement's folders); run-best160 etc. at other sizes."""
-    return f"run-{name}" if size == 128 else f"run-{name}{size}"
+def arm_folder(name: str, size: int = 128, seed: int = SEED) -> str:
+    """run-best, run-defaults at 128 px (the first measurement's folders); run-best160 etc. at other sizes;
+    a seed other than 42 adds -s<seed> (run-best_each_balanced160-s43)."""
+    return (f"run-{name}" if size == 128 else f"run-{name}{size}") + ("" if seed == SEED else f"-s{seed}")
 
 
-def run_arm(name: str, work: str, threads: int, size: int = 128) -> dict:
+def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEED) -> dict:
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
     csv, zip_path = os.path.join(data, "ham_7347.csv"), os.path.join(data, "ham_7347.zip")
     if not os.path.exists(csv):
         csv, zip_path = build_ham(7347, data)
-    out = os.path.join(work, arm_folder(name, size))
+    out = os.path.join(work, arm_folder(name, size, seed))
     cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
            "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON,
-           "--image-size", str(size), *ARMS[name],
+           "--random-seed", str(seed), "--image-size", str(size), *ARMS[name],
            "--preprocessing-workers", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     load_before, started = os.getloadavg(), time.time()
@@ -72,11 +74,11 @@ def run_arm(name: str, work: str, threads: int, size: int = 128) -> dict:
     if result.returncode:
         raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    record = {"arm": name, "image_size": size, "command": cmd[1:], "threads": threads,
+    record = {"arm": name, "image_size": size, "seed": seed, "command": cmd[1:], "threads": threads,
               "wall_s": round(time.time() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
               "load_before": load_before,
               "load_after": os.getloadavg()}
-    with open(os.path.join(work, f"arm-{arm_folder(name, size)[4:]}.json"), "w") as handle:
+    with open(os.path.join(work, f"arm-{arm_folder(name, size, seed)[4:]}.json"), "w") as handle:
         json.dump(record, handle, indent=2)
     return record
 
@@ -168,6 +170,7 @@ def main() -> None:
     parser.add_argument("--compare", action="store_true")
     parser.add_argument("--tta-check", action="store_true", help="dihedral TTA on the best model: validation, test")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=SEED, help="with --arm: the split's and training's seed")
     parser.add_argument("--image-size", type=int, default=128, help="the arm's size; with --compare, best's")
     parser.add_argument("--compare-arms", nargs=2, metavar=("NEW", "BASE"), choices=tuple(ARMS),
                         help="with --compare: these two arms, both at --image-size (default: best vs defaults@128)")
@@ -175,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     if args.arm:
-        print(json.dumps(run_arm(args.arm, args.work, args.threads, args.image_size), indent=2))
+        print(json.dumps(run_arm(args.arm, args.work, args.threads, args.image_size, args.seed), indent=2))
     if args.tta_check:
         print(json.dumps(tta_check(args.work), indent=2, default=float))
     if args.compare:
