@@ -78,8 +78,8 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     decision = None
     if data.task == "multiclass" and opts.class_decision == "balanced":  # on validation rows too, never test
         train = data.table["split"].to_numpy() == 0
-        decision = class_decision.choose(data.table["label"][validation], proba[validation], classes,
-                                         data.table["label"][train])
+        decision = dict(class_decision.choose(data.table["label"][validation], proba[validation], classes,
+                                              data.table["label"][train]), chosen_on="validation rows")
         log(class_decision.describe(decision, "validation split"))
     for warning in warnings:
         log(f"WARNING: {warning}")
@@ -162,6 +162,14 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
         threshold, threshold_provenance = choice.value, choice.provenance
         predicted = np.where(pooled, cv.predicted, evaluation.predicted_labels(data.task, classes, proba, threshold))
         cv.fold_thresholds = [trust.scaled_threshold(t, temperature) for t in cv.fold_thresholds]
+    decision = None
+    if data.task == "multiclass" and opts.class_decision == "balanced":  # on the scaled pooled out-of-fold
+        # probabilities, as the threshold above; each fold row keeps its own fold's decision (cv.predicted)
+        decision = dict(class_decision.choose(data.table["label"][pooled], proba[pooled], classes,
+                                              data.table["label"][pooled]), chosen_on="pooled out-of-fold rows")
+        log(class_decision.describe(decision, "pooled out-of-fold predictions"))
+        predicted = np.where(pooled, cv.predicted,
+                             evaluation.predicted_labels(data.task, classes, proba, None, decision["offsets"]))
     trust_record = _trust_record(data, classes, proba, pooled, coverage, temperature,
                                  "pooled out-of-fold predictions")
     predictions = evaluation.predictions_table(data, proba, predicted, classes,
@@ -182,30 +190,33 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
 
     with timer.stage("computing metrics (with bootstrap intervals)"):
         all_metrics = {**score(predictions, ("test",)),
-                       "cross_validation": cross_validation.summarise(predictions, score, cv.kept_epochs,
-                                                                      cv.fold_thresholds),
+                       "cross_validation": cross_validation.summarise(
+                           predictions, score, cv.kept_epochs, cv.fold_thresholds,
+                           [d["alpha"] for d in cv.fold_decisions or ()]),
                        "trust": trust.summary(predictions, data.task, classes, trust_record, opts.random_seed)}
         _add_subgroups(all_metrics, data, predictions, columns, rules, opts.random_seed)
         if cv.ensemble:
             all_metrics["ensemble"] = _ensemble_comparison(data, cv, temperature, threshold, fold, score,
-                                                            opts.random_seed)
+                                                            opts.random_seed, decision and decision["offsets"])
     facts = {"k": len(cv.kept_epochs), "fold_sizes": cv.fold_sizes, "kept_epochs": cv.kept_epochs,
              "final_epochs": cv.final_options.epochs,
              "final_epochs_rule": "median kept epoch across folds, halves rounded up",
              "final_training_rows": cv.final.train_rows, "fold_thresholds": cv.fold_thresholds or None,
              "threshold_chosen_on": "pooled out-of-fold predictions" if data.task == "binary" else None,
+             "fold_decision_alphas": [d["alpha"] for d in cv.fold_decisions] if cv.fold_decisions else None,
              "fold_provenance": cv.fold_provenance, "fold_baselines": cv.fold_baselines,
              "ensemble": {k: v for k, v in cv.ensemble.items() if k != "test_outputs"} if cv.ensemble else None}
     record, test_flags = _ood_record(data.task, proba, fold > 0, fold == 0, ood_keep_rate, "out-of-fold")
     return Outcome(cv.final, cv.final_options, threshold, all_metrics, facts, threshold_provenance,
                    "the median kept epoch of the folds (final model: no validation)", cv.warnings, record, test_flags,
-                   trust_record)
+                   trust_record, decision)
 
 
-def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: int) -> dict:
+def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: int, offsets=None) -> dict:
     """metrics.json's "ensemble": the delivered fold ensemble and the refit on the same held-out test rows,
-    each scaled by the one temperature and cut by the one threshold (both fitted on the pooled out-of-fold
-    rows of single fold models: the ensemble has no out-of-fold rows of its own)."""
+    each scaled by the one temperature and cut by the one threshold or decided with the one set of class
+    offsets (all fitted on the pooled out-of-fold rows of single fold models: the ensemble has no out-of-fold
+    rows of its own)."""
     from image_learner.model import fold_ensemble
 
     classes = model_fit.class_order(data)
@@ -221,7 +232,7 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: in
         raw = np.array(cv.proba, dtype=float)
         raw[test] = test_outputs
         proba = raw if temperature is None else calibration.apply_temperature(raw, temperature)
-        labels = evaluation.predicted_labels(data.task, classes, proba, threshold)
+        labels = evaluation.predicted_labels(data.task, classes, proba, threshold, offsets)
         table = evaluation.predictions_table(data, proba, labels, classes, np.where(test, "test", "cv"))
         outputs[name] = score(table, ("test",))["test"]
         predicted[name] = np.asarray(labels)[test]

@@ -109,9 +109,6 @@ def resolve_training_options(request: RunRequest) -> None:
     if opts.class_decision not in class_decision.RULES:
         raise InputError(f"--class-decision {opts.class_decision!r} is unknown; choose from "
                          + ", ".join(class_decision.RULES))
-    if opts.class_decision != class_decision.DEFAULT_RULE and request.data.cross_validation:
-        raise InputError(f"--class-decision {opts.class_decision} is tuned on the validation split; with "
-                         "--cross-validation there is none (not supported yet): drop one of the two")
     if opts.threshold is not None and not 0 < opts.threshold < 1:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {opts.threshold}")
     request.data_licence = model_card.check_licence(request.data_licence)

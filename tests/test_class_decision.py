@@ -94,8 +94,6 @@ def test_a_tampered_decision_in_the_model_is_refused(tmp_path, capsys, change, m
 
 @pytest.mark.parametrize("extra, message", [
     (["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_binary.csv")], "3 or more classes"),
-    (["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_metadata.csv"), "--cross-validation", "2"],
-     "--cross-validation"),
     (["--csv-file", os.path.join(TEST_DATA, "ham10000_demo_metadata.csv"), "--split-probabilities", "0.8", "0", "0.2"],
      "has no validation rows"),
 ])

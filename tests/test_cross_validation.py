@@ -2,6 +2,7 @@
 real run (test_efficientnet, 32 px, 1 epoch, 3 folds on the demo set) with its outputs and the delivered model."""
 
 import json
+import zipfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -134,7 +135,8 @@ TINY = ["--model-name", "test_efficientnet", "--no-use-pretrained", "--image-siz
 def cv_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cv") / "run"
     assert image_learner_cli.main(["--csv-file", DEMO_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
-                                   "--sample-id-column", "lesion_id", "--cross-validation", "3"]) == 0
+                                   "--sample-id-column", "lesion_id", "--cross-validation", "3",
+                                   "--class-decision", "balanced"]) == 0
     return out
 
 
@@ -156,6 +158,28 @@ def test_cross_validation_run_gives_every_image_one_out_of_fold_prediction(cv_ru
     assert metrics_json["cross_validation"]["pooled"]["ci95"]["balanced_accuracy"] is not None
     report = (cv_run / "report.html").read_text()
     assert 'id="cross-validation"' in report and "retrained on all 140 non-test images for 1 epoch" in report
+
+
+def test_the_balanced_decision_is_tuned_per_fold_and_the_delivered_one_on_the_pooled_rows(cv_run):
+    """--class-decision balanced with --cross-validation: each fold's alpha on its validation part (recorded
+    per fold), the delivered model's on the pooled out-of-fold rows, its offsets alpha * log(class shares of
+    those rows) in the model file."""
+    from image_learner.evaluation import class_decision
+
+    summary = json.loads((cv_run / "run_summary.json").read_text())
+    decision, cv = summary["class_decision"], summary["cross_validation"]
+    assert decision["chosen_on"] == "pooled out-of-fold rows" and decision["rows"] == 140
+    assert decision["alpha"] in class_decision.ALPHAS
+    assert len(cv["fold_decision_alphas"]) == 3 and set(cv["fold_decision_alphas"]) <= set(class_decision.ALPHAS)
+    folds = json.loads((cv_run / "metrics.json").read_text())["cross_validation"]["folds"]
+    assert [f["decision_alpha"] for f in folds] == cv["fold_decision_alphas"]
+    predictions = pd.read_csv(cv_run / "predictions.csv")
+    with zipfile.ZipFile(cv_run / "trained_model.zip") as archive:
+        manifest = json.loads(archive.read("model/image_learner.json"))
+    expected = decision["alpha"] * class_decision.log_priors(predictions["true_label"], manifest["classes"])
+    np.testing.assert_allclose(manifest["class_offsets"], expected)
+    assert manifest["training"]["options"]["class_decision"] == "balanced"
+    assert "pooled out-of-fold rows" in (cv_run / "report.html").read_text()
 
 
 def test_cross_validated_model_predicts(cv_run, tmp_path):

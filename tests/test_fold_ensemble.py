@@ -138,7 +138,7 @@ def ensemble_run(tmp_path_factory):
     # 2 epochs: a fold may keep epoch 1 or 2; its file must be the weights that predicted in training
     assert image_learner_cli.main(["--csv-file", SPLIT_CSV, "--image-zip", DEMO_ZIP, "--output-dir", str(out), *TINY,
                                    "--epochs", "2", "--sample-id-column", "lesion_id", "--cross-validation", "2",
-                                   "--ensemble", "folds+refit"]) == 0
+                                   "--ensemble", "folds+refit", "--class-decision", "balanced"]) == 0
     return out
 
 
@@ -168,8 +168,9 @@ def test_the_metrics_compare_the_ensemble_with_the_refit_on_the_test_rows_only(e
     comparison = metrics["ensemble"]
     assert comparison["members"] == 3 and comparison["test_rows"] == 28
     assert comparison["ensemble_test"]["n"] == comparison["refit_test"]["n"] == 28
-    # the delivered test metrics are the ensemble's
+    # the delivered test metrics are the ensemble's (decided with the same balanced offsets)
     assert comparison["ensemble_test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert comparison["ensemble_test"]["balanced_accuracy"] == pytest.approx(metrics["test"]["balanced_accuracy"])
     predictions = pd.read_csv(ensemble_run / "predictions.csv")
     test = predictions[predictions["split"] == "test"]
     assert len(test) == 28
@@ -198,6 +199,7 @@ def test_predict_averages_the_fold_models_as_training_did(ensemble_run, tmp_path
     predicted = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("image").loc[trained.index]
     columns = [f"prob_{c}" for c in CLASSES]
     assert np.abs(trained[columns].to_numpy() - predicted[columns].to_numpy()).max() < 1e-5
+    assert predicted["predicted_label"].tolist() == trained["predicted_label"].tolist()  # the same class offsets
     assert (trained["predicted_label"] == predicted["predicted_label"]).all()
 
 

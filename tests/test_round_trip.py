@@ -62,11 +62,11 @@ CASES = {
         ["--class-weights", "balanced", "--lr-schedule", "cosine", "--augmentation", ALL_AUGMENTATIONS,
          "--mixed-precision", "off", "--validation-metric", "macro_f1", "--sample-id-column", "lesion_id",
          "--class-decision", "balanced"], []),
-    "multiclass balanced, cross-validation's final model": (
+    "multiclass balanced, balanced decision, cross-validation's final model": (
         lambda d: _unequal(SPLIT_CSV, d / "meta.csv", {"akiec": 4, "bcc": 5, "bkl": 6, "df": 7, "mel": 8, "nv": 7,
                                                        "vasc": 6}),
         ["--class-weights", "balanced", "--cross-validation", "2", "--sample-id-column", "lesion_id", "--tta",
-         "dihedral"], []),
+         "dihedral", "--class-decision", "balanced"], []),
     "binary balanced (positive weight), cosine, f1 threshold": (
         lambda d: _unequal(BINARY_CSV, d / "meta.csv", {"mel": 6, "nv": 10}),
         ["--class-weights", "balanced", "--lr-schedule", "cosine", "--threshold-metric", "f1"], []),

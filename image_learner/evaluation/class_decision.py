@@ -6,7 +6,9 @@ for the majority class. ``balanced`` is post-hoc logit adjustment (Menon et al.,
 adjustment", ICLR 2021): predict argmax_k log p_k - alpha * log pi_k, with pi the train split's class
 frequencies; alpha 0 is the argmax, 1 divides the probabilities by the priors. Alpha is the ALPHAS value with the
 highest balanced accuracy on the validation rows (the smallest on a tie, so the argmax when nothing helps), the
-way a binary task's threshold is tuned there (metrics.choose_threshold): never on test rows. It trades accuracy
+way a binary task's threshold is tuned there (metrics.choose_threshold): never on test rows. With
+cross-validation, as the threshold: each fold's alpha on its validation part (its out-of-fold labels), the
+delivered model's on the pooled out-of-fold rows. It trades accuracy
 for balanced accuracy (BENCHMARKS.md, "A balanced decision rule"); the probabilities, ROC-AUC, calibration and
 prediction sets do not change, only the predicted label. The model records the per-class offsets
 (alpha * log pi) and predict subtracts the same ones.

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from image_learner.evaluation import evaluation
+from image_learner.evaluation import class_decision, evaluation
 from image_learner.training import ludwig_config, model_fit
 from image_learner.training import provenance
 import split_utils
@@ -53,6 +53,8 @@ class CrossValidation:
     fold_baselines: list | None = None  # regression: each fold's training-row median (its out-of-fold baseline)
     ensemble: dict | None = None  # --ensemble folds / folds+refit: fold_ensemble.make_record, and "weights" (paths)
     refit_test: np.ndarray | None = None  # with an ensemble: the refit's outputs on the test rows (its comparison)
+    fold_decisions: list | None = None  # --class-decision balanced: each fold's (class_decision.choose), on its
+    # validation part; the delivered model's is chosen on the pooled out-of-fold rows (fit_and_score)
 
 
 def final_epochs(kept_epochs) -> int:
@@ -82,6 +84,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     proba = np.full((len(table), model_fit.n_outputs(data)), np.nan)
     predicted = np.empty(len(table), dtype=object)
     kept, sizes, thresholds, histories, why, warnings, baselines = [], [], [], [], [], [], []
+    decisions = []  # multiclass, --class-decision balanced: each fold's, like a binary fold's threshold
     test = ~in_folds
     members = []  # with an ensemble: per fold, its weights file, class order, scaling and test-row outputs
     for fold in range(1, k + 1):
@@ -113,10 +116,18 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
             threshold = choice.value
             thresholds.append(threshold)
             why[-1]["threshold_policy"] = choice.provenance
+        offsets = None
+        if data.task == "multiclass" and opts.class_decision == "balanced":
+            decision = class_decision.choose(rows.loc[rows["split"] == 1, "label"], validation,
+                                             model_fit.class_order(data), rows.loc[rows["split"] == 0, "label"])
+            offsets = decision["offsets"]
+            decisions.append(decision)
+            why[-1]["decision_policy"] = class_decision.describe(decision, f"fold {fold}'s validation part")
         if data.task == "regression":  # the out-of-fold baseline: what this fold's model could have learnt
             baselines.append(float(np.median(rows.loc[rows["split"] == 0, "label"].astype(float))))
         proba[target] = oof
-        predicted[target] = evaluation.predicted_labels(data.task, model_fit.class_order(data), oof, threshold)
+        predicted[target] = evaluation.predicted_labels(data.task, model_fit.class_order(data), oof, threshold,
+                                                        offsets)
         kept.append(fit.trained.best_epoch)
         sizes.append({"fold": fold, "train": int((rows["split"] == 0).sum()),
                       "validation": int((rows["split"] == 1).sum()), "predicted": int(target.sum())})
@@ -155,7 +166,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
     return CrossValidation(final, final_opts, proba, predicted, threshold, thresholds, kept, sizes,
                            history[["fold", *[c for c in history.columns if c != "fold"]]],
                            choice.provenance if choice else None, why, warnings, baselines or None,
-                           record, refit_test)
+                           record, refit_test, decisions or None)
 
 
 def _keep_member(data, fit, test_rows: pd.DataFrame, opts, fold_dir: str, work: str, fold: int) -> dict:
@@ -211,14 +222,15 @@ def _numbers(values: dict) -> dict:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n"}
 
 
-def summarise(predictions: pd.DataFrame, score, kept_epochs, thresholds=()) -> dict:
+def summarise(predictions: pd.DataFrame, score, kept_epochs, thresholds=(), alphas=()) -> dict:
     """metrics.json's "cross_validation" entry from predictions.csv's out-of-fold rows: per fold the
     metrics (``score`` on that fold alone), its size and kept epoch; the mean and sample sd (ddof 1)
     across folds of every number; and the pooled out-of-fold metrics with seeded bootstrap intervals (the
     rows' sample id and duplicate group columns drawn whole, bootstrap.py; "ci95_basis" counts the groups).
 
     ``score(predictions, splits)`` scores the rows whose ``split`` is in ``splits``, with intervals for
-    "test" (metrics.metrics_by_split's shape); the fold rows are scored under those names."""
+    "test" (metrics.metrics_by_split's shape); the fold rows are scored under those names. ``thresholds``
+    (binary) and ``alphas`` (the balanced decision's): each fold's, recorded with it."""
     oof = predictions[predictions["split"] == SPLIT_NAME]
     folds = []
     for i, fold in enumerate(sorted(oof["fold"].astype(int).unique())):
@@ -227,6 +239,8 @@ def summarise(predictions: pd.DataFrame, score, kept_epochs, thresholds=()) -> d
         entry = {"fold": int(fold), **values, "kept_epoch": int(kept_epochs[i])}
         if thresholds:
             entry["threshold"] = float(thresholds[i])
+        if alphas:
+            entry["decision_alpha"] = float(alphas[i])
         folds.append(entry)
     names = sorted(set.intersection(*(set(_numbers(f)) for f in folds))) if folds else []
     names = [n for n in names if n != "fold"]
