@@ -35,6 +35,16 @@ def test_the_balanced_rule_raises_balanced_accuracy_on_new_rows_and_costs_accura
     chosen = evaluation.predicted_labels("multiclass", CLASSES, proba, None, record["offsets"])
     assert record["balanced_accuracy_chosen"] == pytest.approx(balanced_accuracy_score(labels, chosen))
     assert record["accuracy_chosen"] == pytest.approx(np.mean(chosen == labels))
+    # the curve: every alpha tried, scored the same way; the chosen one is its highest balanced accuracy
+    curve = record["curve"]
+    assert [point["alpha"] for point in curve] == list(class_decision.ALPHAS)
+    for point in curve:
+        moved = evaluation.predicted_labels("multiclass", CLASSES, proba, None,
+                                            point["alpha"] * class_decision.log_priors(train_labels, CLASSES))
+        assert point["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, moved))
+        assert point["accuracy"] == pytest.approx(np.mean(moved == labels))
+    assert max(p["balanced_accuracy"] for p in curve) == record["balanced_accuracy_chosen"]
+    assert curve[0]["accuracy"] == record["accuracy_argmax"]
     # new rows (a test set): the gain holds, accuracy falls; probabilities are untouched (labels only)
     test_labels, test_proba = _skewed(3000, seed=3)
     plain = evaluation.predicted_labels("multiclass", CLASSES, test_proba, None)

@@ -179,7 +179,10 @@ def test_the_balanced_decision_is_tuned_per_fold_and_the_delivered_one_on_the_po
     expected = decision["alpha"] * class_decision.log_priors(predictions["true_label"], manifest["classes"])
     np.testing.assert_allclose(manifest["class_offsets"], expected)
     assert manifest["training"]["options"]["class_decision"] == "balanced"
-    assert "pooled out-of-fold rows" in (cv_run / "report.html").read_text()
+    report = (cv_run / "report.html").read_text()
+    assert "pooled out-of-fold rows" in report and "each fold's own out-of-fold predictions used that" in report
+    assert [p["alpha"] for p in decision["curve"]] == list(class_decision.ALPHAS)
+    assert f"{decision['alpha']}: " in report and "(chosen)" in report  # the trade, every alpha tried
 
 
 def test_cross_validated_model_predicts(cv_run, tmp_path):

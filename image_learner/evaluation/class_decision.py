@@ -50,7 +50,8 @@ def balanced_accuracy(true_index: np.ndarray, predicted_index: np.ndarray) -> fl
 
 def choose(labels, proba: np.ndarray, classes: list[str], train_labels) -> dict:
     """The balanced decision fitted on these rows (meant for the validation split): alpha, the offsets to
-    record, and the rows' balanced accuracy and accuracy with the argmax and with the chosen alpha."""
+    record, the rows' balanced accuracy and accuracy with the argmax and with the chosen alpha, and
+    ``curve``: both for every alpha tried (the trade the choice made, for the report)."""
     index = {c: i for i, c in enumerate(classes)}
     true = np.array([index[str(v)] for v in labels], dtype=int)
     priors = log_priors(train_labels, classes)
@@ -64,7 +65,9 @@ def choose(labels, proba: np.ndarray, classes: list[str], train_labels) -> dict:
     return {"rule": "balanced", "alpha": alpha, "offsets": offsets, "rows": int(len(true)),
             "balanced_accuracy_argmax": scores[0] if scores else math.nan,
             "balanced_accuracy_chosen": scores[ALPHAS.index(alpha)] if scores else math.nan,
-            "accuracy_argmax": accuracy(0.0), "accuracy_chosen": accuracy(alpha)}
+            "accuracy_argmax": accuracy(0.0), "accuracy_chosen": accuracy(alpha),
+            "curve": [{"alpha": a, "balanced_accuracy": score, "accuracy": accuracy(a)}
+                      for a, score in zip(ALPHAS, scores)]}
 
 
 def describe(record: dict | None, chosen_on: str) -> str:
