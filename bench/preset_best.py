@@ -15,6 +15,8 @@ balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - de
     python bench/preset_best.py --compare [--image-size 128] [--work DIR]   # the paired table (best at that size)
     python bench/preset_best.py --compare --compare-arms best_each best --image-size 160   # two arms, one size
     python bench/preset_best.py --tta-check [--work DIR]   # dihedral TTA on the best model: chosen on validation
+    python bench/preset_best.py --arm best_each_balanced --image-size 160 --seed 43   # a replication, another split
+    python bench/preset_best.py --arm cv3_each_balanced --image-size 160   # 3 folds of the seed-42 non-test rows
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
 tens of minutes here.
@@ -45,7 +47,14 @@ ARMS = {"defaults": [], "best": ["--preset", "best"],
                                "--class-decision", "balanced"],
         # the same over 20 epochs (cosine over 20): the per-image run's validation still peaked late (epoch 9 of 12)
         "best_each_balanced_e20": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
-                                   "--class-decision", "balanced", "--epochs", "20"]}
+                                   "--class-decision", "balanced", "--epochs", "20"],
+        # the same as best_each_balanced, cross-validated instead: 3 folds of the non-test rows, the delivered model
+        # the mean of the 3 fold models (the refit trained too, for the run's own comparison), alpha chosen on the
+        # ~5,900 pooled out-of-fold rows instead of 735 validation rows; the test rows are the seed-42 split's
+        # (CV_TEST_FROM), given as a split column, so it pairs with every seed-42 arm
+        "cv3_each_balanced": ["--preset", "best", "--augmentation", "dihedral,resized_crop,color_jitter",
+                              "--class-decision", "balanced", "--cross-validation", "3", "--ensemble", "folds"]}
+CV_TEST_FROM = "run-best160"  # whose split.csv gives a cross-validated arm its test rows (the seed-42 split)
 COMMON = ["--model-name", "tf_efficientnet_lite0", "--sample-id-column", "lesion_id",
           "--random-split", "--no-audit", "--no-report"]
 SEED = 42  # the measurements' seed; another (--seed) is a replication on another split, in its own folder
@@ -64,8 +73,16 @@ def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEE
     if not os.path.exists(csv):
         csv, zip_path = build_ham(7347, data)
     out = os.path.join(work, arm_folder(name, size, seed))
+    common = COMMON
+    if "--cross-validation" in ARMS[name]:  # the seed-42 split's test rows as a split column; folds over the rest
+        split = pd.read_csv(os.path.join(work, CV_TEST_FROM, "split.csv")).set_index("image")["split"]
+        table = pd.read_csv(csv)
+        table["split"] = np.where(split.loc[table["image_path"]].to_numpy() == "test", "test", "train")
+        csv = os.path.join(data, "ham_7347_cv_test_split.csv")
+        table.to_csv(csv, index=False)
+        common = [option for option in COMMON if option != "--random-split"]
     cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
-           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON,
+           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *common,
            "--random-seed", str(seed), "--image-size", str(size), *ARMS[name],
            "--preprocessing-workers", str(threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -108,12 +125,23 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
         summary = json.load(open(os.path.join(work, folders[name], "run_summary.json")))
         values["run_summary"] = {k: summary["training"].get(k) for k in ("best_epoch", "epochs_run")}
         values["run_summary"]["image_size"] = summary["model"].get("image_size")
-        history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv")).set_index("epoch")
-        kept = history.loc[values["run_summary"]["best_epoch"]]
-        values["validation_at_kept_epoch"] = {  # Ludwig's, one view, on the validation rows
-            "balanced_accuracy": float(kept["validation_balanced_accuracy"]),
-            "accuracy": float(kept["validation_accuracy"]), "roc_auc": float(kept["validation_roc_auc"])}
-        values["train_balanced_accuracy_at_kept_epoch"] = float(kept["train_balanced_accuracy"])
+        history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv"))
+        if "fold" in history:  # cross-validated: no validation split; the pooled out-of-fold rows instead
+            found = json.load(open(os.path.join(work, folders[name], "metrics.json")))
+            pooled = found["cross_validation"]["pooled"]
+            values["pooled_out_of_fold"] = {k: pooled.get(k) for k in ("n", "balanced_accuracy", "accuracy",
+                                                                       "roc_auc_macro")}
+            values["cross_validation"] = summary.get("cross_validation")
+            values["class_decision"] = {k: v for k, v in (summary.get("class_decision") or {}).items()
+                                        if k != "offsets"}
+            values["ensemble_vs_refit"] = {k: found["ensemble"].get(k) for k in ("ensemble_test", "refit_test",
+                                                                                 "paired_difference")}
+        else:
+            kept = history.set_index("epoch").loc[values["run_summary"]["best_epoch"]]
+            values["validation_at_kept_epoch"] = {  # Ludwig's, one view, on the validation rows
+                "balanced_accuracy": float(kept["validation_balanced_accuracy"]),
+                "accuracy": float(kept["validation_accuracy"]), "roc_auc": float(kept["validation_roc_auc"])}
+            values["train_balanced_accuracy_at_kept_epoch"] = float(kept["train_balanced_accuracy"])
         arm_file = os.path.join(work, f"arm-{folders[name][4:]}.json")
         if os.path.exists(arm_file):
             values["arm"] = json.load(open(arm_file))
