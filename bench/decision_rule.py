@@ -15,7 +15,9 @@ Two estimates per run:
   lesions split in halves at random (200 times), alpha chosen on one half and scored on the other, both ways;
   the mean gain in balanced accuracy and change in accuracy;
 - on the test rows: alpha chosen on all validation rows, plain vs adjusted paired over the same 1,000 lesion
-  resamples (95% intervals).
+  resamples (95% intervals);
+and each part's balanced accuracy and accuracy for every alpha (``curves``): the validation curve is what the
+choice saw, the test curve a hindsight bound on what any alpha could have given (nothing is chosen from it).
 
     python bench/decision_rule.py [--work /work/bench_runs/preset] [--runs run-best160 run-best_each160 ...]
 
@@ -37,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import paired_arms, paired_delta  # noqa: E402
 from image_learner.evaluation import class_decision  # noqa: E402
 
-RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best224")
+RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best224",
+        "run-best_each_balanced160-s43")  # the last: the per-image run repeated on another split (seed 43)
 
 
 def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: int = 200, seed: int = 0) -> dict:
@@ -80,8 +83,18 @@ def one_run(run: str, lesions: pd.Series, n: int = 1000) -> dict:
            "train_class_frequencies": np.exp(class_decision.log_priors(train, classes)).round(4).tolist(),
            "alpha_chosen_on_validation": chosen["alpha"],
            "validation_cross_fitted": cross_fitted(labels, true, proba, classes, train, groups)}
+    # every alpha on both parts: the validation curve is what the choice saw; the test curve is a hindsight
+    # bound (what any alpha would have given), reported, never used to choose
+    priors = class_decision.log_priors(train, classes)
+    out["curves"] = {part: [{"alpha": a, **{name: round(value, 4) for name, value in zip(
+        ("balanced_accuracy", "accuracy"), (class_decision.balanced_accuracy(t, class_decision.decide(p, a * priors)),
+                                            float(np.mean(class_decision.decide(p, a * priors) == t))))}}
+                             for a in class_decision.ALPHAS]
+                     for part, (_, _, t, p, _) in parts.items()}
     rows, labels, true, proba, groups = parts["test"]
-    arms = {"argmax": rows, "adjusted": rows.assign(
+    # both from the probabilities (a run made with --class-decision balanced wrote adjusted labels already)
+    arms = {"argmax": rows.assign(predicted_label=np.asarray(classes)[class_decision.decide(proba, None)]),
+            "adjusted": rows.assign(
         predicted_label=np.asarray(classes)[class_decision.decide(proba, chosen["offsets"])])}
     points, samples = paired_arms(arms, classes, groups, ("balanced_accuracy", "accuracy"), n)
     out["test"] = {name: dict(points[name]) for name in arms}

@@ -16,6 +16,7 @@ balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - de
     python bench/preset_best.py --compare --compare-arms best_each best --image-size 160   # two arms, one size
     python bench/preset_best.py --tta-check [--work DIR]   # dihedral TTA on the best model: chosen on validation
     python bench/preset_best.py --arm best_each_balanced --image-size 160 --seed 43   # a replication, another split
+    python bench/preset_best.py --summarise best_each_balanced --image-size 160 --seed 43   # one arm's numbers
     python bench/preset_best.py --arm cv3_each_balanced --image-size 160   # 3 folds of the seed-42 non-test rows
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
@@ -151,6 +152,23 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
     return out
 
 
+def summarise_arm(work: str, name: str, size: int, seed: int) -> dict:
+    """One arm alone (a replication on another split has no paired baseline): its test metrics with the tool's
+    own intervals (metrics.json), kept epoch, decision and wall time."""
+    folder = os.path.join(work, arm_folder(name, size, seed))
+    found = json.load(open(os.path.join(folder, "metrics.json")))["test"]
+    summary = json.load(open(os.path.join(folder, "run_summary.json")))
+    keys = ("balanced_accuracy", "accuracy", "roc_auc_macro")
+    out = {"arm": name, "image_size": size, "seed": seed, "test_images": found["n"],
+           "test": {k: found[k] for k in keys}, "test_ci95": {k: found["ci95"][k] for k in keys},
+           "best_epoch": summary["training"].get("best_epoch"), "epochs_run": summary["training"].get("epochs_run"),
+           "class_decision": {k: v for k, v in (summary.get("class_decision") or {}).items() if k != "offsets"}}
+    arm_file = os.path.join(work, f"arm-{arm_folder(name, size, seed)[4:]}.json")
+    if os.path.exists(arm_file):
+        out["arm_record"] = json.load(open(arm_file))
+    return out
+
+
 def tta_check(work: str, arm: str = "best", n: int = 1000) -> dict:
     """Whether dihedral test-time augmentation helps the ``arm`` model: decided on its VALIDATION images
     (balanced accuracy, none vs dihedral, both through ``predict`` so the two differ in the views alone),
@@ -196,6 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm", choices=tuple(ARMS))
     parser.add_argument("--compare", action="store_true")
+    parser.add_argument("--summarise", metavar="ARM", choices=tuple(ARMS),
+                        help="one arm's test metrics alone (with --image-size, --seed)")
     parser.add_argument("--tta-check", action="store_true", help="dihedral TTA on the best model: validation, test")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=SEED, help="with --arm: the split's and training's seed")
@@ -207,6 +227,8 @@ def main() -> None:
     os.makedirs(args.work, exist_ok=True)
     if args.arm:
         print(json.dumps(run_arm(args.arm, args.work, args.threads, args.image_size, args.seed), indent=2))
+    if args.summarise:
+        print(json.dumps(summarise_arm(args.work, args.summarise, args.image_size, args.seed), indent=2, default=float))
     if args.tta_check:
         print(json.dumps(tta_check(args.work), indent=2, default=float))
     if args.compare:
