@@ -20,6 +20,7 @@ and each part's balanced accuracy and accuracy for every alpha (``curves``): the
 choice saw, the test curve a hindsight bound on what any alpha could have given (nothing is chosen from it).
 
     python bench/decision_rule.py [--work /work/bench_runs/preset] [--runs run-best160 run-best_each160 ...]
+    python bench/decision_rule.py --one-se   # also a one-standard-error rule for alpha, cross-fitted (a rival)
 
 The runs are bench/preset_best.py's (all 7,347 images of ham10000_200x150; HAM10000: Tschandl et al., Sci. Data
 5, 180161 (2018), CC BY-NC-SA 4.0). Not a test: it reports numbers.
@@ -43,14 +44,36 @@ RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best
         "run-best_each_balanced160-s43")  # the last: the per-image run repeated on another split (seed 43)
 
 
-def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: int = 200, seed: int = 0) -> dict:
-    """Alpha chosen on one random half of the validation groups, scored on the other, both ways."""
+def one_se_alpha(true, proba, priors, groups, rng, resamples: int = 200) -> float:
+    """The one-standard-error rule (Breiman et al., CART): the smallest alpha whose balanced accuracy is within
+    one bootstrap standard error (resampling the groups whole) of the best alpha's. A rival to the tool's rule,
+    tried here only."""
+    scores = np.array([class_decision.balanced_accuracy(true, class_decision.decide(proba, a * priors))
+                       for a in class_decision.ALPHAS])
+    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
+    best_labels, ids = class_decision.decide(proba, class_decision.ALPHAS[best] * priors), np.unique(groups)
+    spread = []
+    for _ in range(resamples):
+        rows = np.concatenate([np.flatnonzero(groups == g) for g in rng.choice(ids, len(ids))])
+        spread.append(class_decision.balanced_accuracy(true[rows], best_labels[rows]))
+    return class_decision.ALPHAS[int(np.flatnonzero(scores >= scores[best] - np.std(spread))[0])]
+
+
+def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: int = 200, seed: int = 0,
+                 rule: str = "tool") -> dict:
+    """Alpha chosen on one random half of the validation groups, scored on the other, both ways; ``rule``
+    "tool" (class_decision.choose) or "one_se" (one_se_alpha)."""
     rng = np.random.default_rng(seed)
     gains, accuracy_changes, alphas = [], [], []
+    priors = class_decision.log_priors(train_labels, classes)
     for _ in range(repeats):
         first = (rng.random(groups.max() + 1) < 0.5)[groups]
         for fit, score in ((first, ~first), (~first, first)):
-            record = class_decision.choose(labels[fit], proba[fit], classes, train_labels)
+            if rule == "one_se":
+                alpha = one_se_alpha(true[fit], proba[fit], priors, groups[fit], rng)
+                record = {"alpha": alpha, "offsets": alpha * priors}
+            else:
+                record = class_decision.choose(labels[fit], proba[fit], classes, train_labels)
             plain, moved = class_decision.decide(proba[score], None), class_decision.decide(proba[score],
                                                                                               record["offsets"])
             gains.append(class_decision.balanced_accuracy(true[score], moved)
@@ -64,7 +87,7 @@ def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: in
             "halves_scored": len(gains)}
 
 
-def one_run(run: str, lesions: pd.Series, n: int = 1000) -> dict:
+def one_run(run: str, lesions: pd.Series, n: int = 1000, one_se: bool = False) -> dict:
     table = pd.read_csv(os.path.join(run, "predictions.csv"))
     classes = [c[len("prob_"):] for c in table.columns if c.startswith("prob_")]
     index = {c: i for i, c in enumerate(classes)}
@@ -83,6 +106,9 @@ def one_run(run: str, lesions: pd.Series, n: int = 1000) -> dict:
            "train_class_frequencies": np.exp(class_decision.log_priors(train, classes)).round(4).tolist(),
            "alpha_chosen_on_validation": chosen["alpha"],
            "validation_cross_fitted": cross_fitted(labels, true, proba, classes, train, groups)}
+    if one_se:  # the rival rule, validation only (fewer repeats: each choice bootstraps)
+        out["validation_cross_fitted_one_se_rule"] = cross_fitted(labels, true, proba, classes, train, groups,
+                                                                  repeats=50, rule="one_se")
     # every alpha on both parts: the validation curve is what the choice saw; the test curve is a hindsight
     # bound (what any alpha would have given), reported, never used to choose
     priors = class_decision.log_priors(train, classes)
@@ -108,10 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", default="/work/bench_runs/preset")
     parser.add_argument("--runs", nargs="+", default=list(RUNS))
+    parser.add_argument("--one-se", action="store_true", help="also cross-fit the one-standard-error rule")
     args = parser.parse_args()
     lesions = pd.read_csv(os.path.join(args.work, "data", "ham_7347.csv")).set_index("image_path")["lesion_id"]
     warnings.simplefilter("ignore")
-    result = {run: one_run(os.path.join(args.work, run), lesions) for run in args.runs}
+    result = {run: one_run(os.path.join(args.work, run), lesions, one_se=args.one_se) for run in args.runs}
     print(json.dumps(result, indent=2, default=float))
 
 
