@@ -183,6 +183,9 @@ def test_the_balanced_decision_is_tuned_per_fold_and_the_delivered_one_on_the_po
     assert "pooled out-of-fold rows" in report and "each fold's own out-of-fold predictions used that" in report
     assert [p["alpha"] for p in decision["curve"]] == list(class_decision.ALPHAS)
     assert f"{decision['alpha']}: " in report and "(chosen)" in report  # the trade, every alpha tried
+    log = (cv_run / "training_log.txt").read_text()
+    for fold, alpha in enumerate(cv["fold_decision_alphas"], 1):  # each fold's choice is in the log too
+        assert f"fold {fold} of 3: decision: balanced (logit adjustment), alpha {alpha:g} chosen on" in log
 
 
 def test_cross_validated_model_predicts(cv_run, tmp_path):

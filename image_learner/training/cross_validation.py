@@ -123,6 +123,7 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
             offsets = decision["offsets"]
             decisions.append(decision)
             why[-1]["decision_policy"] = class_decision.describe(decision, f"fold {fold}'s validation part")
+            log(f"fold {fold} of {k}: {why[-1]['decision_policy']}")
         if data.task == "regression":  # the out-of-fold baseline: what this fold's model could have learnt
             baselines.append(float(np.median(rows.loc[rows["split"] == 0, "label"].astype(float))))
         proba[target] = oof
