@@ -44,19 +44,18 @@ RUNS = ("run-defaults", "run-best", "run-best160", "run-best_each160", "run-best
         "run-best_each_balanced160-s43")  # the last: the per-image run repeated on another split (seed 43)
 
 
-def one_se_alpha(true, proba, priors, groups, rng, resamples: int = 200) -> float:
+def one_se_alpha(record: dict, true, proba, groups, rng, resamples: int = 200) -> float:
     """The one-standard-error rule (Breiman et al., CART): the smallest alpha whose balanced accuracy is within
-    one bootstrap standard error (resampling the groups whole) of the best alpha's. A rival to the tool's rule,
+    one bootstrap standard error (resampling the groups whole) of the best alpha's, from the tool's choice on
+    the same rows (``record``: class_decision.choose, its curve and best alpha). A rival to the tool's rule,
     tried here only."""
-    scores = np.array([class_decision.balanced_accuracy(true, class_decision.decide(proba, a * priors))
-                       for a in class_decision.ALPHAS])
-    best = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0])
-    best_labels, ids = class_decision.decide(proba, class_decision.ALPHAS[best] * priors), np.unique(groups)
+    scores = np.array([point["balanced_accuracy"] for point in record["curve"]])
+    best_labels, ids = class_decision.decide(proba, record["offsets"]), np.unique(groups)
     spread = []
     for _ in range(resamples):
         rows = np.concatenate([np.flatnonzero(groups == g) for g in rng.choice(ids, len(ids))])
         spread.append(class_decision.balanced_accuracy(true[rows], best_labels[rows]))
-    return class_decision.ALPHAS[int(np.flatnonzero(scores >= scores[best] - np.std(spread))[0])]
+    return class_decision.ALPHAS[int(np.flatnonzero(scores >= record["balanced_accuracy_chosen"] - np.std(spread))[0])]
 
 
 def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: int = 200, seed: int = 0,
@@ -69,11 +68,10 @@ def cross_fitted(labels, true, proba, classes, train_labels, groups, repeats: in
     for _ in range(repeats):
         first = (rng.random(groups.max() + 1) < 0.5)[groups]
         for fit, score in ((first, ~first), (~first, first)):
+            record = class_decision.choose(labels[fit], proba[fit], classes, train_labels)
             if rule == "one_se":
-                alpha = one_se_alpha(true[fit], proba[fit], priors, groups[fit], rng)
+                alpha = one_se_alpha(record, true[fit], proba[fit], groups[fit], rng)
                 record = {"alpha": alpha, "offsets": alpha * priors}
-            else:
-                record = class_decision.choose(labels[fit], proba[fit], classes, train_labels)
             plain, moved = class_decision.decide(proba[score], None), class_decision.decide(proba[score],
                                                                                               record["offsets"])
             gains.append(class_decision.balanced_accuracy(true[score], moved)
@@ -111,12 +109,9 @@ def one_run(run: str, lesions: pd.Series, n: int = 1000, one_se: bool = False) -
                                                                   repeats=50, rule="one_se")
     # every alpha on both parts: the validation curve is what the choice saw; the test curve is a hindsight
     # bound (what any alpha would have given), reported, never used to choose
-    priors = class_decision.log_priors(train, classes)
-    out["curves"] = {part: [{"alpha": a, **{name: round(value, 4) for name, value in zip(
-        ("balanced_accuracy", "accuracy"), (class_decision.balanced_accuracy(t, class_decision.decide(p, a * priors)),
-                                            float(np.mean(class_decision.decide(p, a * priors) == t))))}}
-                             for a in class_decision.ALPHAS]
-                     for part, (_, _, t, p, _) in parts.items()}
+    out["curves"] = {part: [{key: round(value, 4) for key, value in point.items()}  # the tool's own curve
+                            for point in class_decision.choose(part_labels, p, classes, train, part)["curve"]]
+                     for part, (_, part_labels, _, p, _) in parts.items()}
     rows, labels, true, proba, groups = parts["test"]
     # both from the probabilities (a run made with --class-decision balanced wrote adjusted labels already)
     arms = {"argmax": rows.assign(predicted_label=np.asarray(classes)[class_decision.decide(proba, None)]),

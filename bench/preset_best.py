@@ -67,6 +67,21 @@ def arm_folder(name: str, size: int = 128, seed: int = SEED) -> str:
     return (f"run-{name}" if size == 128 else f"run-{name}{size}") + ("" if seed == SEED else f"-s{seed}")
 
 
+def arm_record_path(work: str, folder: str) -> str:
+    """Where run_arm writes an arm's command, wall time and load (arm-best160.json for run-best160)."""
+    return os.path.join(work, f"arm-{folder[len('run-'):]}.json")
+
+
+def _arm_record(work: str, folder: str) -> dict | None:
+    path = arm_record_path(work, folder)
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def _decision_facts(summary: dict) -> dict:
+    """run_summary.json's class decision without the per-class offsets."""
+    return {k: v for k, v in (summary.get("class_decision") or {}).items() if k != "offsets"}
+
+
 def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEED) -> dict:
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
@@ -96,7 +111,7 @@ def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEE
               "wall_s": round(time.time() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
               "load_before": load_before,
               "load_after": os.getloadavg()}
-    with open(os.path.join(work, f"arm-{arm_folder(name, size, seed)[4:]}.json"), "w") as handle:
+    with open(arm_record_path(work, arm_folder(name, size, seed)), "w") as handle:
         json.dump(record, handle, indent=2)
     return record
 
@@ -133,8 +148,7 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
             values["pooled_out_of_fold"] = {k: pooled.get(k) for k in ("n", "balanced_accuracy", "accuracy",
                                                                        "roc_auc_macro")}
             values["cross_validation"] = summary.get("cross_validation")
-            values["class_decision"] = {k: v for k, v in (summary.get("class_decision") or {}).items()
-                                        if k != "offsets"}
+            values["class_decision"] = _decision_facts(summary)
             values["ensemble_vs_refit"] = {k: found["ensemble"].get(k) for k in ("ensemble_test", "refit_test",
                                                                                  "paired_difference")}
         else:
@@ -143,9 +157,8 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
                 "balanced_accuracy": float(kept["validation_balanced_accuracy"]),
                 "accuracy": float(kept["validation_accuracy"]), "roc_auc": float(kept["validation_roc_auc"])}
             values["train_balanced_accuracy_at_kept_epoch"] = float(kept["train_balanced_accuracy"])
-        arm_file = os.path.join(work, f"arm-{folders[name][4:]}.json")
-        if os.path.exists(arm_file):
-            values["arm"] = json.load(open(arm_file))
+        if record := _arm_record(work, folders[name]):
+            values["arm"] = record
         out[name] = values
     for metric in ("balanced_accuracy", "accuracy", "roc_auc_macro", "ece"):
         out[f"delta_{metric}"] = paired_delta(points, samples, new, base, metric)
@@ -162,10 +175,9 @@ def summarise_arm(work: str, name: str, size: int, seed: int) -> dict:
     out = {"arm": name, "image_size": size, "seed": seed, "test_images": found["n"],
            "test": {k: found[k] for k in keys}, "test_ci95": {k: found["ci95"][k] for k in keys},
            "best_epoch": summary["training"].get("best_epoch"), "epochs_run": summary["training"].get("epochs_run"),
-           "class_decision": {k: v for k, v in (summary.get("class_decision") or {}).items() if k != "offsets"}}
-    arm_file = os.path.join(work, f"arm-{arm_folder(name, size, seed)[4:]}.json")
-    if os.path.exists(arm_file):
-        out["arm_record"] = json.load(open(arm_file))
+           "class_decision": _decision_facts(summary)}
+    if record := _arm_record(work, arm_folder(name, size, seed)):
+        out["arm_record"] = record
     return out
 
 

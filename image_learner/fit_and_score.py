@@ -78,9 +78,9 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     decision = None
     if data.task == "multiclass" and opts.class_decision == "balanced":  # on validation rows too, never test
         train = data.table["split"].to_numpy() == 0
-        decision = dict(class_decision.choose(data.table["label"][validation], proba[validation], classes,
-                                              data.table["label"][train]), chosen_on="validation rows")
-        log(class_decision.describe(decision, "validation split"))
+        decision = class_decision.choose(data.table["label"][validation], proba[validation], classes,
+                                         data.table["label"][train], "validation rows")
+        log(class_decision.describe(decision))
     for warning in warnings:
         log(f"WARNING: {warning}")
     trust_record = _trust_record(data, classes, proba, validation, coverage, temperature, "validation split")
@@ -165,9 +165,9 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
     decision = None
     if data.task == "multiclass" and opts.class_decision == "balanced":  # on the scaled pooled out-of-fold
         # probabilities, as the threshold above; each fold row keeps its own fold's decision (cv.predicted)
-        decision = dict(class_decision.choose(data.table["label"][pooled], proba[pooled], classes,
-                                              data.table["label"][pooled]), chosen_on="pooled out-of-fold rows")
-        log(class_decision.describe(decision, "pooled out-of-fold predictions"))
+        decision = class_decision.choose(data.table["label"][pooled], proba[pooled], classes,
+                                         data.table["label"][pooled], "pooled out-of-fold rows")
+        log(class_decision.describe(decision))
         predicted = np.where(pooled, cv.predicted,
                              evaluation.predicted_labels(data.task, classes, proba, None, decision["offsets"]))
     trust_record = _trust_record(data, classes, proba, pooled, coverage, temperature,

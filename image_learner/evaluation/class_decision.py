@@ -48,34 +48,33 @@ def balanced_accuracy(true_index: np.ndarray, predicted_index: np.ndarray) -> fl
     return float(np.mean(recalls)) if recalls else math.nan
 
 
-def choose(labels, proba: np.ndarray, classes: list[str], train_labels) -> dict:
-    """The balanced decision fitted on these rows (meant for the validation split): alpha, the offsets to
-    record, the rows' balanced accuracy and accuracy with the argmax and with the chosen alpha, and
-    ``curve``: both for every alpha tried (the trade the choice made, for the report)."""
+def choose(labels, proba: np.ndarray, classes: list[str], train_labels, chosen_on: str = "validation rows") -> dict:
+    """The balanced decision fitted on these rows (meant for the validation split; ``chosen_on`` names them):
+    alpha, the offsets to record, the rows' balanced accuracy and accuracy with the argmax and with the chosen
+    alpha, and ``curve``: both for every alpha tried (the trade the choice made, for the report)."""
     index = {c: i for i, c in enumerate(classes)}
     true = np.array([index[str(v)] for v in labels], dtype=int)
     priors = log_priors(train_labels, classes)
-    scores = [balanced_accuracy(true, decide(proba, a * priors)) for a in ALPHAS] if len(true) else []
-    alpha = ALPHAS[int(np.flatnonzero(np.array(scores) >= max(scores) - 1e-12)[0])] if scores else 0.0
-    offsets = (alpha * priors).tolist()
+    decided = [decide(proba, a * priors) for a in ALPHAS] if len(true) else []
+    curve = [{"alpha": a, "balanced_accuracy": balanced_accuracy(true, d), "accuracy": float(np.mean(d == true))}
+             for a, d in zip(ALPHAS, decided)]
+    scores = np.array([point["balanced_accuracy"] for point in curve])
+    chosen = int(np.flatnonzero(scores >= scores.max() - 1e-12)[0]) if curve else 0  # the smallest on a tie
+    none = {"balanced_accuracy": math.nan, "accuracy": math.nan}  # no rows: nothing measured
+    argmax, best = (curve[0], curve[chosen]) if curve else (none, none)
+    return {"rule": "balanced", "alpha": ALPHAS[chosen], "offsets": (ALPHAS[chosen] * priors).tolist(),
+            "rows": int(len(true)), "chosen_on": chosen_on,
+            "balanced_accuracy_argmax": argmax["balanced_accuracy"],
+            "balanced_accuracy_chosen": best["balanced_accuracy"],
+            "accuracy_argmax": argmax["accuracy"], "accuracy_chosen": best["accuracy"], "curve": curve}
 
-    def accuracy(a):
-        return float(np.mean(decide(proba, a * priors) == true)) if len(true) else math.nan
 
-    return {"rule": "balanced", "alpha": alpha, "offsets": offsets, "rows": int(len(true)),
-            "balanced_accuracy_argmax": scores[0] if scores else math.nan,
-            "balanced_accuracy_chosen": scores[ALPHAS.index(alpha)] if scores else math.nan,
-            "accuracy_argmax": accuracy(0.0), "accuracy_chosen": accuracy(alpha),
-            "curve": [{"alpha": a, "balanced_accuracy": score, "accuracy": accuracy(a)}
-                      for a, score in zip(ALPHAS, scores)]}
-
-
-def describe(record: dict | None, chosen_on: str) -> str:
+def describe(record: dict | None) -> str:
     """One log/report line."""
     if not record:
         return "decision: the most probable class (argmax)"
     return (f"decision: balanced (logit adjustment), alpha {record['alpha']:g} chosen on the {record['rows']} "
-            f"rows of the {chosen_on} for balanced accuracy ({record['balanced_accuracy_argmax']:.3f} with the "
+            f"{record['chosen_on']} for balanced accuracy ({record['balanced_accuracy_argmax']:.3f} with the "
             f"argmax -> {record['balanced_accuracy_chosen']:.3f}; accuracy {record['accuracy_argmax']:.3f} -> "
             f"{record['accuracy_chosen']:.3f})")
 

@@ -119,10 +119,11 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
         offsets = None
         if data.task == "multiclass" and opts.class_decision == "balanced":
             decision = class_decision.choose(rows.loc[rows["split"] == 1, "label"], validation,
-                                             model_fit.class_order(data), rows.loc[rows["split"] == 0, "label"])
+                                             model_fit.class_order(data), rows.loc[rows["split"] == 0, "label"],
+                                             f"validation rows of fold {fold}")
             offsets = decision["offsets"]
             decisions.append(decision)
-            why[-1]["decision_policy"] = class_decision.describe(decision, f"fold {fold}'s validation part")
+            why[-1]["decision_policy"] = class_decision.describe(decision)
             log(f"fold {fold} of {k}: {why[-1]['decision_policy']}")
         if data.task == "regression":  # the out-of-fold baseline: what this fold's model could have learnt
             baselines.append(float(np.median(rows.loc[rows["split"] == 0, "label"].astype(float))))
