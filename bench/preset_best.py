@@ -82,6 +82,39 @@ def _decision_facts(summary: dict) -> dict:
     return {k: v for k, v in (summary.get("class_decision") or {}).items() if k != "offsets"}
 
 
+def seed42_split(work: str, csv: str, zip_path: str, threads: int) -> str:
+    """split.csv of the seed-42 arms (CV_TEST_FROM's). Where that run is missing (a fresh machine), the same
+    command is run for one epoch without TTA into split-42/: the split depends on the seed, the data and the
+    grouping only (seen: 5,141 / 735 / 1,471 images, 1,388 test lesions either way)."""
+    path = os.path.join(work, CV_TEST_FROM, "split.csv")
+    if os.path.exists(path):
+        return path
+    out = os.path.join(work, "split-42")
+    if not os.path.exists(os.path.join(out, "split.csv")):
+        cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
+               "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON,
+               "--random-seed", str(SEED), "--image-size", "160", *ARMS["best"], "--epochs", "1", "--tta", "none",
+               "--preprocessing-workers", str(threads)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        if (result := subprocess.run(cmd, env=env, capture_output=True, text=True)).returncode:
+            raise SystemExit(f"the seed-42 split failed:\n{result.stderr[-3000:]}")
+    return os.path.join(out, "split.csv")
+
+
+def cross_validation_facts(folder: str) -> dict:
+    """A cross-validated arm's pooled out-of-fold metrics, per-fold facts, decision and ensemble-vs-refit
+    comparison (metrics.json, run_summary.json); empty for a run with one split."""
+    found = json.load(open(os.path.join(folder, "metrics.json")))
+    if "cross_validation" not in found:
+        return {}
+    summary = json.load(open(os.path.join(folder, "run_summary.json")))
+    pooled = found["cross_validation"]["pooled"]
+    return {"pooled_out_of_fold": {k: pooled.get(k) for k in ("n", "balanced_accuracy", "accuracy", "roc_auc_macro")},
+            "cross_validation": summary.get("cross_validation"), "class_decision": _decision_facts(summary),
+            "ensemble_vs_refit": {k: (found.get("ensemble") or {}).get(k)
+                                  for k in ("ensemble_test", "refit_test", "paired_difference")}}
+
+
 def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEED) -> dict:
     data = os.path.join(work, "data")
     os.makedirs(data, exist_ok=True)
@@ -91,7 +124,7 @@ def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEE
     out = os.path.join(work, arm_folder(name, size, seed))
     common = COMMON
     if "--cross-validation" in ARMS[name]:  # the seed-42 split's test rows as a split column; folds over the rest
-        split = pd.read_csv(os.path.join(work, CV_TEST_FROM, "split.csv")).set_index("image")["split"]
+        split = pd.read_csv(seed42_split(work, csv, zip_path, threads)).set_index("image")["split"]
         table = pd.read_csv(csv)
         table["split"] = np.where(split.loc[table["image_path"]].to_numpy() == "test", "test", "train")
         csv = os.path.join(data, "ham_7347_cv_test_split.csv")
@@ -143,14 +176,7 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
         values["run_summary"]["image_size"] = summary["model"].get("image_size")
         history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv"))
         if "fold" in history:  # cross-validated: no validation split; the pooled out-of-fold rows instead
-            found = json.load(open(os.path.join(work, folders[name], "metrics.json")))
-            pooled = found["cross_validation"]["pooled"]
-            values["pooled_out_of_fold"] = {k: pooled.get(k) for k in ("n", "balanced_accuracy", "accuracy",
-                                                                       "roc_auc_macro")}
-            values["cross_validation"] = summary.get("cross_validation")
-            values["class_decision"] = _decision_facts(summary)
-            values["ensemble_vs_refit"] = {k: found["ensemble"].get(k) for k in ("ensemble_test", "refit_test",
-                                                                                 "paired_difference")}
+            values.update(cross_validation_facts(os.path.join(work, folders[name])))
         else:
             kept = history.set_index("epoch").loc[values["run_summary"]["best_epoch"]]
             values["validation_at_kept_epoch"] = {  # Ludwig's, one view, on the validation rows
@@ -176,6 +202,7 @@ def summarise_arm(work: str, name: str, size: int, seed: int) -> dict:
            "test": {k: found[k] for k in keys}, "test_ci95": {k: found["ci95"][k] for k in keys},
            "best_epoch": summary["training"].get("best_epoch"), "epochs_run": summary["training"].get("epochs_run"),
            "class_decision": _decision_facts(summary)}
+    out.update(cross_validation_facts(folder))
     if record := _arm_record(work, arm_folder(name, size, seed)):
         out["arm_record"] = record
     return out

@@ -244,5 +244,8 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: in
     ensemble_value, refit_value = (float("nan") if v is None else v for v in values)
     log(f"fold ensemble vs refit on the {record['test_rows']} test images: {metric.replace('_', ' ')} "
         f"{ensemble_value:.3f} vs {refit_value:.3f} (difference {paired['ensemble_minus_refit']:+.3f}, "
-        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f})")
+        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f})"
+        + ("; accuracy {:.3f} vs {:.3f} (difference {:+.3f}, {:+.3f} to {:+.3f})".format(
+            outputs["ensemble_test"]["accuracy"], outputs["refit_test"]["accuracy"],
+            paired["accuracy"]["ensemble_minus_refit"], *paired["accuracy"]["ci95"]) if "accuracy" in paired else ""))
     return {**record, **outputs, "paired_difference": paired}

@@ -14,6 +14,7 @@ import pytest
 import image_learner_cli
 from conftest import DEMO_ZIP, TEST_DATA, make_zip
 from image_learner.errors import InputError
+from image_learner.evaluation import bootstrap
 from image_learner.model import fold_ensemble
 
 SPLIT_CSV = os.path.join(TEST_DATA, "ham10000_demo_split_column.csv")
@@ -115,6 +116,14 @@ def test_the_paired_difference_is_the_difference_of_the_metrics_on_the_same_resa
     paired = fold_ensemble.paired_difference(truth, ensemble, refit, groups, "multiclass", n_resamples=200)
     assert paired["ensemble_minus_refit"] == pytest.approx((2 / 3 + 1 + 1) / 3 - (1 / 3 + 1 / 2 + 0) / 3)
     assert paired["ci95"][0] <= paired["ensemble_minus_refit"] <= paired["ci95"][1] and paired["groups"] == 6
+    assert paired["accuracy"]["ensemble_minus_refit"] == pytest.approx(5 / 6 - 2 / 6)  # 5 hits against 2
+    assert paired["accuracy"]["ci95"][0] <= 0.5 <= paired["accuracy"]["ci95"][1]
+    by_hand = []  # the accuracy difference on each of the same resamples, computed one at a time
+    for weights in bootstrap.resample_weights(6, groups, 200, 42):
+        for column in weights.T:
+            by_hand.append(((ensemble == truth) * column).sum() / column.sum() - ((refit == truth) * column).sum()
+                           / column.sum())
+    assert paired["accuracy"]["ci95"] == pytest.approx(list(np.percentile(by_hand, [2.5, 97.5])))
     same = fold_ensemble.paired_difference(truth, ensemble, ensemble, groups, "multiclass", n_resamples=200)
     assert same["ensemble_minus_refit"] == 0 and same["ci95"] == [0.0, 0.0]  # paired: no spread of its own
     values = fold_ensemble.paired_difference(np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 3.0]),
@@ -183,8 +192,13 @@ def test_the_metrics_compare_the_ensemble_with_the_refit_on_the_test_rows_only(e
                                                            - comparison["refit_test"]["balanced_accuracy"])
     assert paired["ci95"][0] <= paired["ensemble_minus_refit"] <= paired["ci95"][1]
     assert paired["groups"] == test["sample_id"].nunique() < 28  # lesions drawn whole
+    # accuracy's paired difference too (the two can move apart)
+    assert paired["accuracy"]["ensemble_minus_refit"] == pytest.approx(comparison["ensemble_test"]["accuracy"]
+                                                                       - comparison["refit_test"]["accuracy"])
+    assert paired["accuracy"]["ci95"][0] <= paired["accuracy"]["ensemble_minus_refit"] <= paired["accuracy"]["ci95"][1]
     report = (ensemble_run / "report.html").read_text()
     assert "fold ensemble" in report and "refit" in report and "paired 95% interval" in report
+    assert "<b>accuracy: " in report
 
 
 def test_predict_averages_the_fold_models_as_training_did(ensemble_run, tmp_path):

@@ -154,26 +154,35 @@ def describe(record: dict | None) -> str:
 def paired_difference(truth, ensemble, refit, groups, task: str, n_resamples: int = 1000, seed: int = 42) -> dict:
     """The ensemble's headline test metric minus the refit's (balanced accuracy from the predicted labels; a
     regression: MAE, lower is better) on the same rows, with a paired 95% percentile interval: both scored on
-    the same resamples, groups (sample id, duplicate group) drawn whole (evaluation/bootstrap.py)."""
+    the same resamples, groups (sample id, duplicate group) drawn whole (evaluation/bootstrap.py). A
+    classification also gets accuracy's paired difference on those resamples (``accuracy``): the two can
+    move apart, an ensemble trading the common classes' hits for the rare ones'."""
     from image_learner.evaluation import bootstrap
 
     truth, ensemble, refit = np.asarray(truth), np.asarray(ensemble), np.asarray(refit)
     if task == "regression":
         gap = np.abs(ensemble.astype(float) - truth.astype(float)) - np.abs(refit.astype(float) - truth.astype(float))
-
-        def value(weights):
-            return gap @ weights / weights.sum(axis=0)
+        values = {"mae": lambda weights: gap @ weights / weights.sum(axis=0)}
     else:
         onehot = np.stack([truth == c for c in sorted(set(truth))]).astype(float)  # classes x rows
         gap = (ensemble == truth).astype(float) - (refit == truth).astype(float)
 
-        def value(weights):  # the mean over the classes drawn of each class's recall difference
+        def balanced(weights):  # the mean over the classes drawn of each class's recall difference
             drawn = onehot @ weights
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.nanmean(np.where(drawn > 0, (onehot * gap) @ weights / drawn, np.nan), axis=0)
-    point = float(value(np.ones((len(truth), 1)))[0])
-    samples = np.concatenate([value(w) for w in bootstrap.resample_weights(len(truth), groups, n_resamples, seed)])
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return {"metric": "mae" if task == "regression" else "balanced_accuracy", "ensemble_minus_refit": point,
-            "ci95": [float(low), float(high)], "resamples": n_resamples, "seed": seed,
-            "groups": int(np.max(groups)) + 1 if len(groups) else 0}
+
+        values = {"balanced_accuracy": balanced, "accuracy": lambda weights: gap @ weights / weights.sum(axis=0)}
+    samples = {metric: [] for metric in values}
+    for weights in bootstrap.resample_weights(len(truth), groups, n_resamples, seed):  # chunks: capped memory
+        for metric, value in values.items():
+            samples[metric].append(value(weights))
+    found = {metric: {"ensemble_minus_refit": float(value(np.ones((len(truth), 1)))[0]),
+                      "ci95": [float(v) for v in np.percentile(np.concatenate(samples[metric]), [2.5, 97.5])]}
+             for metric, value in values.items()}
+    metric = next(iter(values))
+    out = {"metric": metric, **found[metric], "resamples": n_resamples, "seed": seed,
+           "groups": int(np.max(groups)) + 1 if len(groups) else 0}
+    if "accuracy" in found:
+        out["accuracy"] = found["accuracy"]
+    return out
