@@ -91,14 +91,24 @@ def seed42_split(work: str, csv: str, zip_path: str, threads: int) -> str:
         return path
     out = os.path.join(work, "split-42")
     if not os.path.exists(os.path.join(out, "split.csv")):
-        cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
-               "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *COMMON,
-               "--random-seed", str(SEED), "--image-size", "160", *ARMS["best"], "--epochs", "1", "--tta", "none",
-               "--preprocessing-workers", str(threads)]
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        if (result := subprocess.run(cmd, env=env, capture_output=True, text=True)).returncode:
-            raise SystemExit(f"the seed-42 split failed:\n{result.stderr[-3000:]}")
+        run_tool(tool_command(csv, zip_path, out, COMMON, SEED, 160, [*ARMS["best"], "--epochs", "1", "--tta", "none"],
+                              threads), threads, "the seed-42 split")
     return os.path.join(out, "split.csv")
+
+
+def tool_command(csv: str, zip_path: str, out: str, common: list[str], seed: int, size: int, options: list[str],
+                 threads: int) -> list[str]:
+    """The CLI command of an arm (lite0 from the offline weights)."""
+    return [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
+            "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *common,
+            "--random-seed", str(seed), "--image-size", str(size), *options, "--preprocessing-workers", str(threads)]
+
+
+def run_tool(cmd: list[str], threads: int, what: str) -> None:
+    """Runs ``cmd`` on ``threads`` threads; a failure stops the benchmark with the end of its stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if (result := subprocess.run(cmd, env=env, capture_output=True, text=True)).returncode:
+        raise SystemExit(f"{what} failed:\n{result.stderr[-3000:]}")
 
 
 def cross_validation_facts(folder: str) -> dict:
@@ -130,15 +140,9 @@ def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEE
         csv = os.path.join(data, "ham_7347_cv_test_split.csv")
         table.to_csv(csv, index=False)
         common = [option for option in COMMON if option != "--random-split"]
-    cmd = [sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "--csv-file", csv, "--image-zip", zip_path,
-           "--output-dir", out, "--overwrite", "--pretrained-weights", lite0_weights(), *common,
-           "--random-seed", str(seed), "--image-size", str(size), *ARMS[name],
-           "--preprocessing-workers", str(threads)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = tool_command(csv, zip_path, out, common, seed, size, ARMS[name], threads)
     load_before, started = os.getloadavg(), time.time()
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    run_tool(cmd, threads, name)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     record = {"arm": name, "image_size": size, "seed": seed, "command": cmd[1:], "threads": threads,
               "wall_s": round(time.time() - started, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
@@ -174,10 +178,10 @@ def compare(work: str, n: int = 1000, best_size: int = 128, new: str = "best", b
         summary = json.load(open(os.path.join(work, folders[name], "run_summary.json")))
         values["run_summary"] = {k: summary["training"].get(k) for k in ("best_epoch", "epochs_run")}
         values["run_summary"]["image_size"] = summary["model"].get("image_size")
-        history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv"))
-        if "fold" in history:  # cross-validated: no validation split; the pooled out-of-fold rows instead
-            values.update(cross_validation_facts(os.path.join(work, folders[name])))
+        if facts := cross_validation_facts(os.path.join(work, folders[name])):  # no validation split: the pooled
+            values.update(facts)  # out-of-fold rows instead
         else:
+            history = pd.read_csv(os.path.join(work, folders[name], "training_history.csv"))
             kept = history.set_index("epoch").loc[values["run_summary"]["best_epoch"]]
             values["validation_at_kept_epoch"] = {  # Ludwig's, one view, on the validation rows
                 "balanced_accuracy": float(kept["validation_balanced_accuracy"]),

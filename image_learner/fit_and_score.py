@@ -244,8 +244,14 @@ def _ensemble_comparison(data, cv, temperature, threshold, fold, score, seed: in
     ensemble_value, refit_value = (float("nan") if v is None else v for v in values)
     log(f"fold ensemble vs refit on the {record['test_rows']} test images: {metric.replace('_', ' ')} "
         f"{ensemble_value:.3f} vs {refit_value:.3f} (difference {paired['ensemble_minus_refit']:+.3f}, "
-        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f})"
-        + ("; accuracy {:.3f} vs {:.3f} (difference {:+.3f}, {:+.3f} to {:+.3f})".format(
-            outputs["ensemble_test"]["accuracy"], outputs["refit_test"]["accuracy"],
-            paired["accuracy"]["ensemble_minus_refit"], *paired["accuracy"]["ci95"]) if "accuracy" in paired else ""))
+        f"paired 95% interval {low_high[0]:+.3f} to {low_high[1]:+.3f}){_accuracy_gap(outputs, paired)}")
     return {**record, **outputs, "paired_difference": paired}
+
+
+def _accuracy_gap(outputs: dict, paired: dict) -> str:
+    """The log's accuracy clause of the ensemble comparison (a classification's; empty for a regression)."""
+    if "accuracy" not in paired:
+        return ""
+    gap = paired["accuracy"]
+    return (f"; accuracy {outputs['ensemble_test']['accuracy']:.3f} vs {outputs['refit_test']['accuracy']:.3f} "
+            f"(difference {gap['ensemble_minus_refit']:+.3f}, {gap['ci95'][0]:+.3f} to {gap['ci95'][1]:+.3f})")

@@ -160,19 +160,25 @@ def paired_difference(truth, ensemble, refit, groups, task: str, n_resamples: in
     from image_learner.evaluation import bootstrap
 
     truth, ensemble, refit = np.asarray(truth), np.asarray(ensemble), np.asarray(refit)
-    if task == "regression":
+    if task == "regression":  # per row: absolute error difference; else: hit difference
         gap = np.abs(ensemble.astype(float) - truth.astype(float)) - np.abs(refit.astype(float) - truth.astype(float))
-        values = {"mae": lambda weights: gap @ weights / weights.sum(axis=0)}
+    else:
+        gap = (ensemble == truth).astype(float) - (refit == truth).astype(float)
+
+    def mean_gap(weights):  # MAE's or accuracy's difference on each resample
+        return gap @ weights / weights.sum(axis=0)
+
+    if task == "regression":
+        values = {"mae": mean_gap}
     else:
         onehot = np.stack([truth == c for c in sorted(set(truth))]).astype(float)  # classes x rows
-        gap = (ensemble == truth).astype(float) - (refit == truth).astype(float)
 
         def balanced(weights):  # the mean over the classes drawn of each class's recall difference
             drawn = onehot @ weights
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.nanmean(np.where(drawn > 0, (onehot * gap) @ weights / drawn, np.nan), axis=0)
 
-        values = {"balanced_accuracy": balanced, "accuracy": lambda weights: gap @ weights / weights.sum(axis=0)}
+        values = {"balanced_accuracy": balanced, "accuracy": mean_gap}
     samples = {metric: [] for metric in values}
     for weights in bootstrap.resample_weights(len(truth), groups, n_resamples, seed):  # chunks: capped memory
         for metric, value in values.items():
