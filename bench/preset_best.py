@@ -18,6 +18,7 @@ balanced accuracy, accuracy, macro ROC-AUC, ECE and their differences (best - de
     python bench/preset_best.py --arm best_each_balanced --image-size 160 --seed 43   # a replication, another split
     python bench/preset_best.py --summarise best_each_balanced --image-size 160 --seed 43   # one arm's numbers
     python bench/preset_best.py --arm cv3_each_balanced --image-size 160   # 3 folds of the seed-42 non-test rows
+    python bench/preset_best.py --arm cv3_each_balanced --image-size 160 --seed 43   # the seed-43 split's test rows
 
 Arms may run at the same time (one thread each on this 2-core machine). Not a test: each arm trains for
 tens of minutes here.
@@ -82,17 +83,20 @@ def _decision_facts(summary: dict) -> dict:
     return {k: v for k, v in (summary.get("class_decision") or {}).items() if k != "offsets"}
 
 
-def seed42_split(work: str, csv: str, zip_path: str, threads: int) -> str:
-    """split.csv of the seed-42 arms (CV_TEST_FROM's). Where that run is missing (a fresh machine), the same
-    command is run for one epoch without TTA into split-42/: the split depends on the seed, the data and the
-    grouping only (seen: 5,141 / 735 / 1,471 images, 1,388 test lesions either way)."""
-    path = os.path.join(work, CV_TEST_FROM, "split.csv")
+def test_split(work: str, csv: str, zip_path: str, threads: int, seed: int = SEED) -> str:
+    """split.csv whose test rows a cross-validated arm of this seed keeps aside: the single-split arms' (seed 42:
+    CV_TEST_FROM's; another seed: its best_each_balanced160 replication's). Where that run is missing (a fresh
+    machine), the best arm's command is run for one epoch without TTA into split-<seed>/: the split depends on
+    the seed, the data and the grouping only (seed 42, seen: 5,141 / 735 / 1,471 images, 1,388 test lesions
+    either way)."""
+    made_by = CV_TEST_FROM if seed == SEED else arm_folder("best_each_balanced", 160, seed)
+    path = os.path.join(work, made_by, "split.csv")
     if os.path.exists(path):
         return path
-    out = os.path.join(work, "split-42")
+    out = os.path.join(work, f"split-{seed}")
     if not os.path.exists(os.path.join(out, "split.csv")):
-        run_tool(tool_command(csv, zip_path, out, COMMON, SEED, 160, [*ARMS["best"], "--epochs", "1", "--tta", "none"],
-                              threads), threads, "the seed-42 split")
+        run_tool(tool_command(csv, zip_path, out, COMMON, seed, 160, [*ARMS["best"], "--epochs", "1", "--tta", "none"],
+                              threads), threads, f"the seed-{seed} split")
     return os.path.join(out, "split.csv")
 
 
@@ -133,11 +137,12 @@ def run_arm(name: str, work: str, threads: int, size: int = 128, seed: int = SEE
         csv, zip_path = build_ham(7347, data)
     out = os.path.join(work, arm_folder(name, size, seed))
     common = COMMON
-    if "--cross-validation" in ARMS[name]:  # the seed-42 split's test rows as a split column; folds over the rest
-        split = pd.read_csv(seed42_split(work, csv, zip_path, threads)).set_index("image")["split"]
+    if "--cross-validation" in ARMS[name]:  # the single split's test rows (same seed) as a split column; folds
+        # over the rest
+        split = pd.read_csv(test_split(work, csv, zip_path, threads, seed)).set_index("image")["split"]
         table = pd.read_csv(csv)
         table["split"] = np.where(split.loc[table["image_path"]].to_numpy() == "test", "test", "train")
-        csv = os.path.join(data, "ham_7347_cv_test_split.csv")
+        csv = os.path.join(data, "ham_7347_cv_test_split" + ("" if seed == SEED else f"_s{seed}") + ".csv")
         table.to_csv(csv, index=False)
         common = [option for option in COMMON if option != "--random-split"]
     cmd = tool_command(csv, zip_path, out, common, seed, size, ARMS[name], threads)
