@@ -79,7 +79,8 @@ def single_split(data, opts, out: str, work: str, timer, ddp_workers: int = 0,
     if data.task == "multiclass" and opts.class_decision == "balanced":  # on validation rows too, never test
         train = data.table["split"].to_numpy() == 0
         decision = class_decision.choose(data.table["label"][validation], proba[validation], classes,
-                                         data.table["label"][train], "validation rows")
+                                         data.table["label"][train], "validation rows",
+                                         bootstrap.cluster_ids(data.table[validation]), opts.random_seed)
         log(class_decision.describe(decision))
     for warning in warnings:
         log(f"WARNING: {warning}")
@@ -166,7 +167,8 @@ def cross_validate(data, opts, split_probabilities, out: str, work: str, timer, 
     if data.task == "multiclass" and opts.class_decision == "balanced":  # on the scaled pooled out-of-fold
         # probabilities, as the threshold above; each fold row keeps its own fold's decision (cv.predicted)
         decision = class_decision.choose(data.table["label"][pooled], proba[pooled], classes,
-                                         data.table["label"][pooled], "pooled out-of-fold rows")
+                                         data.table["label"][pooled], "pooled out-of-fold rows",
+                                         bootstrap.cluster_ids(data.table[pooled]), opts.random_seed)
         log(class_decision.describe(decision))
         predicted = np.where(pooled, cv.predicted,
                              evaluation.predicted_labels(data.task, classes, proba, None, decision["offsets"]))

@@ -185,7 +185,14 @@ def test_the_balanced_decision_is_tuned_per_fold_and_the_delivered_one_on_the_po
     assert f"{decision['alpha']}: " in report and "(chosen)" in report  # the trade, every alpha tried
     log = (cv_run / "training_log.txt").read_text()
     for fold, alpha in enumerate(cv["fold_decision_alphas"], 1):  # each fold's choice is in the log too
-        assert f"fold {fold} of 3: decision: balanced (logit adjustment), alpha {alpha:g} chosen on" in log
+        said = (f", alpha {alpha:g} chosen on the" if alpha else
+                (", alpha 0 chosen on the", " kept the argmax: no alpha beat it beyond noise on the"))
+        assert any(f"fold {fold} of 3: decision: balanced (logit adjustment){x}" in log
+                   for x in ((said,) if alpha else said))
+    # the delivered choice's gate: every alpha's paired gain bound recorded, the chosen one's above 0 (or the argmax)
+    chosen = next(p for p in decision["curve"] if p["alpha"] == decision["alpha"])
+    assert decision["alpha"] == 0 or chosen["gain_lower"] > 0
+    assert decision["resamples"] == 1000 and decision["groups"] <= 140
 
 
 def test_cross_validated_model_predicts(cv_run, tmp_path):

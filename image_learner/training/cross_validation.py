@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from image_learner.evaluation import class_decision, evaluation
+from image_learner.evaluation import bootstrap, class_decision, evaluation
 from image_learner.training import ludwig_config, model_fit
 from image_learner.training import provenance
 import split_utils
@@ -118,9 +118,10 @@ def run(data, opts, split_probabilities, work: str, model_dir: str, timer, ddp_w
             why[-1]["threshold_policy"] = choice.provenance
         offsets = None
         if data.task == "multiclass" and opts.class_decision == "balanced":
-            decision = class_decision.choose(rows.loc[rows["split"] == 1, "label"], validation,
-                                             model_fit.class_order(data), rows.loc[rows["split"] == 0, "label"],
-                                             f"validation rows of fold {fold}")
+            part = rows[rows["split"] == 1]
+            decision = class_decision.choose(part["label"], validation, model_fit.class_order(data),
+                                             rows.loc[rows["split"] == 0, "label"], f"validation rows of fold {fold}",
+                                             bootstrap.cluster_ids(part), opts.random_seed)
             offsets = decision["offsets"]
             decisions.append(decision)
             why[-1]["decision_policy"] = class_decision.describe(decision)
