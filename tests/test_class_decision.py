@@ -116,6 +116,10 @@ def test_the_choice_is_the_best_alpha_whose_gain_clears_its_noise():
     expected = np.percentile(samples - samples[:, :1], 2.5, axis=0)
     np.testing.assert_allclose([p["gain_lower"] for p in record["curve"]][1:], expected[1:])
     assert class_decision.choose(labels, proba, CLASSES, train_labels, groups=np.arange(600), seed=5) == record
+    # a higher alpha passed over for its noise is named in the log line
+    passed = dict(record, alpha=0.2, highest_alpha=0.3)
+    assert class_decision.describe(passed).endswith("; alpha 0.3 scored higher but its gain was within noise")
+    assert "within noise" not in class_decision.describe(dict(record, highest_alpha=record["alpha"]))
 
 
 def test_nothing_to_gain_keeps_the_argmax():

@@ -255,3 +255,29 @@ def test_a_cross_validated_final_model_plots_the_train_curve_of_the_selection_me
     html = report_plots.learning_curves(history, 2, "the median kept epoch of the folds", ("loss",), selection)
     assert '"name":"train balanced accuracy"' in html and "picks the kept epoch" not in html
     assert "kept epoch 2" not in html and "validation images" not in html
+
+
+@pytest.mark.parametrize("alpha, highest, said", [
+    (0.3, 0.3, "0.3: "),
+    (0.2, 0.3, "α 0.3 scored higher there but its gain was within noise"),
+    (0.0, 0.7, "none was, so the argmax is kept (the highest, α 0.7, was within noise)"),
+])
+def test_the_balanced_decision_says_how_its_alpha_beat_its_noise(tmp_path, alpha, highest, said):
+    from image_learner.evaluation import class_decision
+
+    classes = ["akiec", "mel", "nv"]
+    run = write_run(str(tmp_path / "run"), classes)
+    table = pd.read_csv(os.path.join(run, "predictions.csv"))
+    part = table[table["split"] == "validation"]
+    record = class_decision.choose(part["true_label"], part[[f"prob_{c}" for c in classes]].to_numpy(), classes,
+                                   table.loc[table["split"] == "train", "true_label"], groups=np.arange(len(part)))
+    record.update(alpha=alpha, highest_alpha=highest)
+    summary = json.load(open(os.path.join(run, "run_summary.json")))
+    summary["class_decision"] = record
+    with open(os.path.join(run, "run_summary.json"), "w") as handle:
+        json.dump(summary, handle)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", open(report_builder.build_report(run), encoding="utf-8").read()))
+    assert ("whose gain over the argmax is more than noise (the 95% lower bound of the paired gain, over 1000 "
+            "resamples of the 10 groups of those rows, above 0)") in text
+    assert said in text and f"{alpha}: " in text and "in brackets, the lower bound of the gain over the argmax" in text
+    assert ("none was" in text) == (alpha == 0) and ("scored higher there" in text) == (0 < alpha < highest)

@@ -116,10 +116,13 @@ def describe(record: dict | None) -> str:
                 f"(the highest, alpha {top['alpha']:g}: balanced accuracy {record['balanced_accuracy_argmax']:.3f} -> "
                 f"{top['balanced_accuracy']:.3f}, 95% lower bound of the gain {top['gain_lower']:+.3f}; accuracy "
                 f"{record['accuracy_argmax']:.3f} -> {top['accuracy']:.3f})")
+    passed_over = record.get("highest_alpha", record["alpha"]) != record["alpha"]
     return (f"decision: balanced (logit adjustment), alpha {record['alpha']:g} chosen on the {rows} "
             f"for balanced accuracy ({record['balanced_accuracy_argmax']:.3f} with the "
             f"argmax -> {record['balanced_accuracy_chosen']:.3f}; accuracy {record['accuracy_argmax']:.3f} -> "
-            f"{record['accuracy_chosen']:.3f})")
+            f"{record['accuracy_chosen']:.3f})"
+            + (f"; alpha {record['highest_alpha']:g} scored higher but its gain was within noise"
+               if passed_over else ""))
 
 
 def check_offsets(value, n_classes: int) -> bool:
