@@ -96,6 +96,8 @@ def main() -> None:
               "test": {name: {k: round(v, 4) for k, v in point.items()
                               if k in ("balanced_accuracy", "accuracy", "roc_auc_macro", "expected_calibration_error")}
                        for name, point in points.items()},
+              "test_ci95": {name: {m: metrics.percentile_intervals({m: samples[name][m]})[m]
+                                   for m in ("balanced_accuracy", "accuracy")} for name in arms},
               "paired": {f"{new} - {old}": {m: paired_delta(points, samples, new, old, m)
                                             for m in ("balanced_accuracy", "accuracy")}
                          for new, old in (("ensemble_gated", "refit_gated"), ("refit_gated", "refit_ungated"),
