@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from image_learner.evaluation import bootstrap
+from image_learner.evaluation import bootstrap, metrics
 
 RULES = ("argmax", "balanced")
 DEFAULT_RULE = "argmax"
@@ -54,22 +54,16 @@ def balanced_accuracy(true_index: np.ndarray, predicted_index: np.ndarray) -> fl
 
 def resampled_balanced_accuracy(true_index: np.ndarray, decided: list, groups=None,
                                 n_resamples: int = bootstrap.N_RESAMPLES, seed: int = 42) -> np.ndarray:
-    """(resamples, len(decided)): each decision's balanced accuracy in each group-bootstrap resample of the rows
-    (bootstrap.resample_weights: groups drawn whole, the same draws for every decision, so differences are
-    paired). A class is averaged in a resample only where it has a drawn row, as balanced_accuracy does."""
+    """(resamples, len(decided)): each decision's balanced accuracy in each group-bootstrap resample of the rows,
+    as the intervals compute it (metrics.bootstrap_samples: groups drawn whole, a class averaged only where the
+    resample drew a row of it); the same seed and groups for every decision, so the draws are shared and the
+    differences paired."""
     true_index = np.asarray(true_index, dtype=int)
-    onehot = np.eye(int(true_index.max()) + 1 if len(true_index) else 1)[true_index]
-    parts = []
-    for weights in bootstrap.resample_weights(len(true_index), groups, n_resamples, seed):
-        totals = onehot.T @ weights  # (classes, chunk): drawn rows of each class
-        present = totals > 0
-        scores = []
-        for predicted in decided:
-            hits = (onehot * (np.asarray(predicted) == true_index)[:, None]).T @ weights
-            recall = np.divide(hits, totals, out=np.zeros_like(hits), where=present)
-            scores.append(recall.sum(axis=0) / np.maximum(present.sum(axis=0), 1))
-        parts.append(np.stack(scores, axis=1))
-    return np.concatenate(parts) if parts else np.empty((0, len(decided)))
+    names = np.array([str(c) for c in range(1 + max(int(np.max(d, initial=0)) for d in [true_index, *decided]))])
+    unused = np.zeros((len(true_index), len(names)))  # probabilities: only ROC-AUC would read them
+    return np.column_stack([metrics.bootstrap_samples(names[true_index], unused, names, names[np.asarray(predicted)],
+                                                      ("balanced_accuracy",), n_resamples, seed, groups)
+                            ["balanced_accuracy"] for predicted in decided])
 
 
 def choose(labels, proba: np.ndarray, classes: list[str], train_labels, chosen_on: str = "validation rows",

@@ -160,17 +160,15 @@ def paired_difference(truth, ensemble, refit, groups, task: str, n_resamples: in
     from image_learner.evaluation import bootstrap
 
     truth, ensemble, refit = np.asarray(truth), np.asarray(ensemble), np.asarray(refit)
-    if task == "regression":  # per row: absolute error difference; else: hit difference
-        gap = np.abs(ensemble.astype(float) - truth.astype(float)) - np.abs(refit.astype(float) - truth.astype(float))
-    else:
-        gap = (ensemble == truth).astype(float) - (refit == truth).astype(float)
 
     def mean_gap(weights):  # MAE's or accuracy's difference on each resample
         return gap @ weights / weights.sum(axis=0)
 
-    if task == "regression":
+    if task == "regression":  # per row: the absolute errors' difference
+        gap = np.abs(ensemble.astype(float) - truth.astype(float)) - np.abs(refit.astype(float) - truth.astype(float))
         values = {"mae": mean_gap}
-    else:
+    else:  # per row: the hits' difference
+        gap = (ensemble == truth).astype(float) - (refit == truth).astype(float)
         onehot = np.stack([truth == c for c in sorted(set(truth))]).astype(float)  # classes x rows
 
         def balanced(weights):  # the mean over the classes drawn of each class's recall difference
