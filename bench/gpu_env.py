@@ -60,7 +60,7 @@ DEVICE_HAS = set("""
 CARRY = ("ludwig", "timm", "plotly", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
          "typing-extensions", "marshmallow", "dataclasses-json", "decorator", "dill", "retry", "jsonschema",
          "jsonschema-specifications", "referencing", "rpds-py", "httpx2", "httpcore2", "truststore",
-         "backports-zstd", "wcwidth")
+         "backports-zstd", "wcwidth", "cleanlab", "termcolor")
 # The GPU machine brings its own CUDA stack, under names that differ from ours (nvidia-cublas-cu13).
 OWN_GPU_STACK = re.compile(r"^(nvidia-|cuda-|triton|torch$|torchvision$|torchaudio$)")
 
