@@ -112,12 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="random split proportions; 0 for validation or test means no such split (otherwise an "
                             "empty split or a class missing from train or test stops the run). With a split column "
                             "lacking validation rows: the share of train carved out as validation")
-    split.add_argument("--cross-validation", type=int, default=0, metavar="K",
-                       help="K-fold cross-validation (K >= 2; 0: off): folds stratified by label and grouped like "
-                            "the split; each fold's model trains on the other folds (validation carved from them "
-                            "by the validation share of --split-probabilities) and predicts its fold; the "
-                            "delivered model is retrained on all non-test images for the median kept epoch. A "
-                            "split column's test rows stay a held-out test set")
+    split.add_argument("--cross-validation", type=int, default=None, metavar="K",
+                       help=_from_preset("cross_validation",
+                                         "K-fold cross-validation (K >= 2; 0: off): folds stratified by label and "
+                                         "grouped like the split; each fold's model trains on the other folds "
+                                         "(validation carved from them by the validation share of "
+                                         "--split-probabilities) and predicts its fold; the delivered model is "
+                                         "retrained on all non-test images for the median kept epoch. A split "
+                                         "column's test rows stay a held-out test set"))
+    split.add_argument("--hold-out-test", action=argparse.BooleanOptionalAction, default=None,
+                       help=_from_preset("hold_out_test",
+                                         "with --cross-validation and no split column: hold out the test share of "
+                                         "--split-probabilities (the rows one split with this seed would test "
+                                         "on) as a test set the delivered model is scored on once; the folds "
+                                         "are made of the rest"))
     split.add_argument("--ensemble", choices=("refit", "folds", "folds+refit"), default="refit",
                        help="with --cross-validation: what predict uses. refit: the model retrained on all "
                             "non-test images; folds: the mean of the K fold models' outputs; folds+refit: the mean "
@@ -177,12 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help=_from_preset("tta", "test-time augmentation: average the model's outputs over the "
                             "image and its left-right mirror (flips) or over 4 quarter turns, each mirrored (dihedral), in "
                             "evaluation and, recorded in the model, in predict; none: each image once"))
-    train.add_argument("--class-decision", choices=CLASS_DECISIONS, default="argmax",
-                       help="multiclass tasks: argmax predicts the most probable class; balanced moves the decision "
-                            "towards the rare classes (logit adjustment by the training class frequencies, its "
-                            "strength tuned on the validation split for balanced accuracy, recorded in the model "
-                            "for predict): higher balanced accuracy, lower accuracy. Probabilities, ROC-AUC and "
-                            "prediction sets are unchanged. Not with --cross-validation")
+    train.add_argument("--class-decision", choices=CLASS_DECISIONS, default=None,
+                       help=_from_preset("class_decision",
+                                         "multiclass tasks: argmax predicts the most probable class; balanced moves "
+                                         "the decision towards the rare classes (logit adjustment by the training "
+                                         "class frequencies, its strength tuned on the validation split, or the "
+                                         "out-of-fold rows with --cross-validation, for balanced accuracy; recorded "
+                                         "in the model for predict): higher balanced accuracy, lower accuracy. "
+                                         "Probabilities, ROC-AUC and prediction sets are unchanged"))
     cut = train.add_mutually_exclusive_group()
     cut.add_argument("--threshold-metric", choices=THRESHOLD_POLICIES, default=None,
                      help="binary tasks: the decision threshold maximises this on the validation split "

@@ -114,6 +114,9 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
                                     converted_dir=os.path.join(work, "converted"), resize_to=opts.image_size,
                                     skipped_files=unpacked.skipped)
     log(f"task: {data.task}; {data.task_reason}")
+    note = presets.fit_to_task(opts, request.preset[1], data.task)  # again: the matched rows decide the task
+    if note:
+        log(f"note: {note}")
     resolve_task_options(opts, data.task)
     for warning in data.warnings:
         log(f"WARNING: {warning}")
@@ -137,7 +140,7 @@ def _run_stages(request: RunRequest, out: str, work: str) -> dict:
         image_health.write_csv(data.health, data.table, os.path.join(out, image_health.CSV_NAME))
         log(image_health.log_line(data.health_summary))
     log(f"validation metric (kept epoch, early stop): {opts.validation_metric}; "
-        + presets.describe(request.preset[0], request.preset[1], asdict(opts)))
+        + presets.describe(request.preset[0], request.preset[1], {**asdict(request.data), **asdict(opts)}))
 
     found = search_run.run(request, data, images_dir, work, timer, _ddp_workers(request), out) if request.search \
         else None  # sets the winner's settings on opts: the test rows are touched by it alone, below

@@ -43,6 +43,8 @@ class RunRequest:
 def from_args(args) -> RunRequest:
     """The request of an ``image-learner`` (train) command line: argparse's namespace (image_learner_cli.py) ->
     RunRequest, the preset's options filled in where the user typed none (training/presets.py)."""
+    chosen, from_preset = presets.resolve(args.preset, {o: getattr(args, o) for o in presets.PRESET_OPTIONS})
+    data_chosen = {o: chosen.pop(o) for o in presets.DATA_OPTIONS}
     data = dataset_prep.DataOptions(
         image_column=args.image_column, target_column=args.target_column,
         sample_id_column=args.sample_id_column or None, split_column=args.split_column or None,
@@ -51,18 +53,16 @@ def from_args(args) -> RunRequest:
         leakage_guard=args.leakage_guard, leakage_max_distance=args.leakage_max_distance,
         positive_label=args.positive_label or None, max_bad_image_fraction=args.max_bad_image_fraction,
         max_missing_fraction=args.max_missing_fraction, workers=max(1, args.preprocessing_workers),
-        cross_validation=args.cross_validation, task=args.task,
+        task=args.task, folds_optional="cross_validation" in from_preset, **data_chosen,
         drop_unhealthy=image_health.parse_drop_option(args.drop_unhealthy),
         subgroup_columns=subgroups.parse_spec(args.subgroup_columns),
         tabular_columns=tabular.parse_spec(args.tabular_columns))
-    chosen, from_preset = presets.resolve(args.preset, {o: getattr(args, o) for o in presets.PRESET_OPTIONS})
     training = ludwig_config.TrainingOptions(
         model_name=args.model_name, image_size=args.image_size, use_pretrained=args.use_pretrained,
         fine_tune=args.fine_tune, pretrained_weights=args.pretrained_weights or None, batch_size=args.batch_size,
         random_seed=args.random_seed, preprocessing_workers=max(1, args.preprocessing_workers), device=args.device,
         mixed_precision=args.mixed_precision, validation_metric=args.validation_metric,
-        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold,
-        class_decision=args.class_decision, **chosen)
+        threshold_metric=args.threshold_metric or "youden", threshold=args.threshold, **chosen)
     limits = ZipLimits(args.max_unzipped_bytes, args.max_zip_members, args.max_zip_ratio)
     return RunRequest(args.csv_file, args.image_zip, args.output_dir, data, training, limits,
                       overwrite=args.overwrite, make_report=not args.no_report,

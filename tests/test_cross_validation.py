@@ -285,3 +285,40 @@ def test_cross_validation_report_says_how_many_lesions_the_intervals_rest_on(cv_
     assert pooled["ci95_basis"]["grouped_by"] == ["sample id", "duplicate group"]
     report = " ".join((cv_run / "report.html").read_text().split())
     assert "95% intervals over 1,000 resamples of 70 groups of the 140 out-of-fold images" in report
+
+
+def _fold_codes(labels, groups, warnings=None, **options):
+    """folds.fold_codes on a table of ``labels`` and ``groups`` with a random split (no split column)."""
+    from image_learner.data import dataset_prep, folds
+
+    table = pd.DataFrame({"stratum": labels, "group": groups})
+    info, warnings = {}, [] if warnings is None else warnings
+    codes = folds.fold_codes(table, None, None, False, None, dataset_prep.DataOptions(**options), info, False,
+                             warnings)
+    return codes, table, info
+
+
+def test_a_held_out_test_set_is_the_one_split_would_test_on_and_the_rest_forms_the_folds():
+    labels, groups = _dataset()
+    codes, table, info = _fold_codes(labels, groups, cross_validation=3, hold_out_test=True, random_seed=5)
+    single = split_utils.random_split(labels, groups, (0.7, 0.1, 0.2), seed=5)
+    assert ((codes == 2) == (single == 2)).all() and set(codes.tolist()) == {0, 2}
+    assert (table["fold"][codes == 2] == 0).all() and set(table["fold"][codes == 0]) == {1, 2, 3}
+    expected = split_utils.assign_folds(labels[codes == 0], groups[codes == 0], 3, seed=5)
+    assert (table["fold"][codes == 0].to_numpy() == expected).all()  # the folds of the remaining rows
+    assert "the test rows of the seeded random split (0.2 of the images" in info["method"] and info["folds"] == 3
+    without, table, _ = _fold_codes(labels, groups, cross_validation=3, random_seed=5)
+    assert (without == 0).all() and (table["fold"] > 0).all()  # the default: every row in a fold
+
+
+def test_a_presets_folds_that_do_not_fit_give_one_split_with_a_warning_and_typed_ones_stop():
+    labels, groups = _dataset()
+    few = groups < 9  # 3 groups per class: too few for 4 folds
+    warnings = []
+    codes, table, info = _fold_codes(labels[few], groups[few], warnings, cross_validation=4, folds_optional=True)
+    assert codes is None and "fold" not in table and "folds" not in info
+    assert warnings == [f"the preset's 4-fold cross-validation does not fit this set (--cross-validation 4 needs at "
+                        f"least 4 groups of every class{warnings[0].split('of every class', 1)[1]}"]
+    assert warnings[0].endswith("): one train/validation/test split instead")
+    with pytest.raises(InputError, match="--cross-validation 4 needs at least 4 groups"):
+        _fold_codes(labels[few], groups[few], cross_validation=4)

@@ -28,7 +28,7 @@ def _form(**changes):
         "__tool_directory__": ROOT, "input_csv": "/data/meta.csv", "image_zip": "/data/images.zip",
         "image_column": "1", "target_column": "2", "task": "auto", "sample_id_column": None,
         "subgroup_columns": None, "tabular_columns": None,
-        "data_split": {"method": "random"}, "cross_validation": {"enabled": "no"},
+        "data_split": {"method": "random"}, "cross_validation": {"enabled": "preset"},
         "backbone": {"source": "curated", "model_name": "caformer_s18_384"},
         "use_pretrained": "--use-pretrained", "fine_tune": "--fine-tune", "image_size": None,
         "preset": "fast", "augmentation": None,
@@ -38,7 +38,7 @@ def _form(**changes):
                      "leakage_guard": "--leakage-guard", "positive_label": "", "max_missing_fraction": 0.1,
                      "validation_metric": "auto", "coverage": 0.9, "tta": "preset",
                      "decision_threshold": {"mode": "tuned", "threshold_metric": "youden"},
-                     "class_decision": "argmax"},
+                     "class_decision": "preset"},
         "data_licence": "not stated",
         "data_health": {"drop_unhealthy": None, "output_csv": False},
         "audit": {"audit": "--audit", "output_label_issues": False, "output_embeddings": False},
@@ -110,12 +110,26 @@ def test_default_form_is_the_tutorial_run(source):
     assert args.leakage_guard and args.positive_label is None
     assert args.max_missing_fraction == 0.1
     assert (args.validation_metric, args.threshold_metric, args.threshold) == ("auto", "youden", None)
-    assert args.cross_validation == 0  # off by default
+    assert args.cross_validation is None and args.class_decision is None and args.hold_out_test is None  # the preset's
+    assert (request.data.cross_validation, request.training.class_decision) == (0, "argmax")  # fast: off
 
 
 def test_cross_validation_maps_to_its_flag(source):
-    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 4, "ensemble": "refit"})
+    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 4, "ensemble": "refit",
+                                                  "hold_out_test": "no"})
     assert args.cross_validation == 4 and args.random_split and args.ensemble == "refit"
+    assert args.hold_out_test is False
+
+
+@pytest.mark.parametrize("enabled, folds, held_out", [("preset", 3, True), ("no", 0, True), ("yes", 5, True)])
+def test_the_best_presets_folds_unless_the_form_says_otherwise(source, enabled, folds, held_out):
+    args, _ = _cli_args(source, preset="best", cross_validation={"enabled": enabled, "folds": 5, "ensemble": "refit",
+                                                                 "hold_out_test": "preset"})
+    request = run_request.from_args(args)
+    assert (request.data.cross_validation, request.data.hold_out_test) == (folds, held_out)
+    assert request.training.class_decision == "balanced"
+    args, _ = _cli_args(source, preset="best", training={"class_decision": "argmax"})
+    assert run_request.from_args(args).training.class_decision == "argmax"
 
 
 def test_every_other_field_maps_to_its_flag(source):
@@ -313,8 +327,9 @@ def test_tabular_columns_map_to_their_flag(source):
 
 @pytest.mark.parametrize("ensemble", ["folds", "folds+refit"])
 def test_the_fold_ensemble_maps_to_its_flag(source, ensemble):
-    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 3, "ensemble": ensemble})
-    assert args.cross_validation == 3 and args.ensemble == ensemble
+    args, _ = _cli_args(source, cross_validation={"enabled": "yes", "folds": 3, "ensemble": ensemble,
+                                                  "hold_out_test": "yes"})
+    assert args.cross_validation == 3 and args.ensemble == ensemble and args.hold_out_test is True
     assert _cli_args(source)[0].ensemble == "refit"  # without cross-validation: no flag, the default
 
 

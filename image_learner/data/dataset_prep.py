@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from image_learner.data import image_health, task_choice
+from image_learner.data import folds, image_health, task_choice
 from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images, unreadable_images_note
 from image_learner.data.image_check import copy_png_level
 from image_learner.data.leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
@@ -36,6 +36,9 @@ class DataOptions:
     max_missing_fraction: float = 0.1  # CSV rows without an image; above this the run stops
     workers: int = 1  # processes that decode and hash the images
     cross_validation: int = 0  # K folds (K >= 2) instead of a train/validation/test split; 0: off
+    # with cross_validation and no split column: the test rows of the seeded split held out of the folds
+    hold_out_test: bool = False
+    folds_optional: bool = False  # a preset's folds: a set too small for them falls back to one split
     task: str = "auto"  # task_choice.TASKS
     health: bool = True  # image-health scores (image_health.py) from the image check's decode
     drop_unhealthy: tuple[str, ...] = ()  # image_health.ISSUES removed before the split (--drop-unhealthy)
@@ -178,10 +181,9 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
     # What the split stratifies by: the class, or a regression target's quantile bin (per group).
     strata = split_utils.quantile_bins(table["label"], table["group"]) if regression else table["label"]
     table["stratum"] = np.asarray(strata)  # the folds' validation parts are carved by it too (cross_validation)
-    if options.cross_validation:
-        codes = _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
-                                        split_info, regression)
-    elif split_col:
+    codes = folds.fold_codes(table, matched, split_col, split_found_by_name, split_ignored, options, split_info,
+                             regression, warnings) if options.cross_validation else None
+    if codes is None and split_col:
         codes = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
         present = set(codes.tolist())
         if present == {0}:
@@ -192,7 +194,7 @@ def prepare(csv_path: str, image_root: str, image_files: list[str], options: Dat
             codes = split_utils.carve_validation(strata, codes, table["group"],
                                                  options.split_probabilities, options.random_seed)
             split_info["method"] += ", validation carved out of train (seeded, stratified, grouped)"
-    else:
+    elif codes is None:
         codes = split_utils.random_split(strata, table["group"], options.split_probabilities,
                                          options.random_seed)
         split_info["method"] = "random, stratified by " + (
@@ -293,34 +295,6 @@ def _summary_of(values: pd.Series) -> dict:
         return {"n": 0}
     return {"n": int(len(values)), "mean": float(values.mean()), "std": float(values.std(ddof=0)),
             "min": float(values.min()), "median": float(values.median()), "max": float(values.max())}
-
-
-def _cross_validation_split(table, matched, split_col, split_found_by_name, split_ignored, options,
-                            split_info, regression: bool = False) -> np.ndarray:
-    """Split codes (0 for the fold rows, 2 for a user column's test rows, held out) and the ``fold``
-    column of ``table`` (1..K, 0 for held-out rows); describes the split in ``split_info``."""
-    k = options.cross_validation
-    codes = np.zeros(len(table), dtype=np.int64)
-    split_info["method"] = (f"{k}-fold cross-validation, stratified by "
-                            + ("quantile bins of the target" if regression else "label") + ", seeded")
-    if split_col:
-        user = split_utils.parse_split_column(matched[split_col], split_col, matched["csv_line"])
-        codes[user == 2] = 2
-        split_info["method"] += (f"; the test rows of split column {split_col!r} held out as the test set, its "
-                                 "train and validation rows form the folds"
-                                 + (" (column used because of its name; --random-split ignores it)"
-                                    if split_found_by_name else ""))
-    elif split_ignored:
-        split_info["method"] += f" (column {split_ignored!r} ignored: --random-split)"
-    in_folds = codes == 0
-    if not in_folds.any():
-        raise InputError(f"split column {split_col!r} marks every row as test: nothing is left for the folds")
-    folds = np.zeros(len(table), dtype=np.int64)
-    folds[in_folds] = split_utils.assign_folds(table["stratum"].to_numpy()[in_folds],
-                                               table["group"].to_numpy()[in_folds], k, options.random_seed)
-    table["fold"] = folds
-    split_info["folds"] = k
-    return codes
 
 
 def _class_counts(table: pd.DataFrame, classes, k: int) -> dict:
