@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """Ablation of our trainer (image_learner/training/fast_trainer.py, issue 22): Ludwig's stock trainer, then
-each change stacked (metrics every N batches, no loss scaler in bfloat16, pinned copies, cuDNN benchmark =
-our trainer), then the raw timm loop (bench/throughput.py's ``raw_loop``, images pre-decoded on the device,
+each change stacked (metrics every N batches, no loss scaler in bfloat16, pinned copies, cuDNN benchmark,
+batches read ahead = our trainer), then the raw timm loop (bench/throughput.py's ``raw_loop``, images pre-decoded on the device,
 NCHW and channels-last). Each variant runs in a fresh process; whole epochs are timed with a device sync
 at the epoch's boundaries only (never per batch: that would hide the very waits measured). Prints images/s
 (median of the epochs after the first), the ratio to the faster raw loop, peak memory (GPU: max allocated;
 CPU: the process's peak RSS) and the last epoch's (default 3) validation metrics of stock vs ours.
 
     python bench/gpu_ablation.py [--smoke] [--model caformer_s18] [--size 384] [--images 512] [--epochs 3]
-        [--precisions bfloat16 float32] [--variants stock metrics bf16_no_scaler pinned_copy ours raw]
+        [--precisions bfloat16 float32] [--variants stock metrics bf16_no_scaler pinned_copy cudnn_benchmark ours raw]
 On the GPU machine: ``bash bench/gpu_check.sh ablation`` (header of that file).
 """
 
@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The stacked variants: each adds one change to the previous one ("ours" = all of them).
 STACK = {"stock": (), "metrics": ("metrics",), "bf16_no_scaler": ("metrics", "bf16_no_scaler"),
          "pinned_copy": ("metrics", "bf16_no_scaler", "pinned_copy"),
-         "ours": ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark")}
+         "cudnn_benchmark": ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark"),
+         "ours": ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark", "batches_ahead")}
 VARIANTS = (*STACK, "raw")
 SMOKE = dict(model="test_efficientnet", size=32, images=48, batch=8, epochs=3, precisions=["float32"])
 FULL = dict(model="caformer_s18", size=384, images=512, batch=32, epochs=3, precisions=["bfloat16", "float32"])
@@ -180,6 +181,9 @@ def parent(a) -> dict:
                 results["runs"][f"{precision} {variant}"] = res
                 print(f"[{time.time() - started:6.0f} s] {precision} {variant}: {res['images_per_s']:.1f} img/s, "
                       f"peak {res['peak_gib']:.2f} GiB ({res['peak_kind']})", flush=True)
+                if a.json:  # after every variant: a run stopped at its time limit keeps what it measured
+                    with open(a.json, "w") as handle:
+                        json.dump(results, handle, indent=1)
     results["load_after"] = os.getloadavg()
     return results
 

@@ -203,7 +203,7 @@ def predict_once(model_zip: str, csv: str, zip_path: str, out: str, batch: int, 
     started = time.time()
     done = subprocess.run([sys.executable, os.path.join(ROOT, "image_learner_cli.py"), "predict", "--model",
                            model_zip, "--image-zip", zip_path, "--csv-file", csv, "--output-dir", out,
-                           "--batch-size", str(batch), *extra], capture_output=True, text=True)
+                           "--batch-size", str(batch), "--overwrite", *extra], capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"predict failed:\n{done.stderr[-3000:]}")
     with open(os.path.join(out, "run_summary.json")) as handle:

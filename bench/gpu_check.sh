@@ -23,11 +23,15 @@
 #        run(command="bash bench/gpu_check.sh ablation", carry=[".gpu_carry"], timeout_s=540)
 #      $OUT/gpu_ablation.json and $OUT/gpu_ablation.log come back. Its CPU smoke (tiny model, ~7 min on
 #      2 shared cores, GPU-less packages blocked as in step 2): bash bench/gpu_check.sh ablation-smoke
-#   5. issue 22's goals in one call (~6-8 min): the ablation of stock / ours / raw loop in bfloat16 and float32
-#      on 1,024 images, then the tutorial's scale (1 and 3 epochs) and predict of 1,500 and 8 images, then
-#      (only while time is left) the intermediate stacked variants in bfloat16:
-#        run(command="bash bench/gpu_check.sh issue22", carry=[".gpu_carry"], timeout_s=480)
-#      $OUT/issue22.log and the JSON files come back. CPU smoke: bash bench/gpu_check.sh issue22-smoke
+#   5. issue 22's goals in two calls back to back (the machine stays warm 30 s between them). Measured on
+#      2026-12-04: each ablation variant takes ~55 s in its fresh process (imports, model, Ludwig's
+#      preprocessing), the tutorial's two runs ~170 s, predict ~65 s.
+#      a. the ablation, bfloat16 (stock, the four earlier changes, ours = all five, raw loop) and float32
+#         (ours, raw loop), 512 training images; ~6 min:
+#           run(command="bash bench/gpu_check.sh issue22", carry=[".gpu_carry"], timeout_s=420)
+#      b. the tutorial's scale (1 and 3 epochs) and predict of 1,500 and 8 images; ~4 min:
+#           run(command="bash bench/gpu_check.sh issue22-tutorial", carry=[".gpu_carry"], timeout_s=300)
+#      $OUT/issue22*.log and the JSON files come back. CPU smoke: bash bench/gpu_check.sh issue22-smoke
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode=${1:-}
@@ -60,11 +64,11 @@ ablation-smoke)
     ;;
 issue22-smoke)
     scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
-    as_on_the_gpu_machine bench/gpu_ablation.py --smoke --images 48 --variants stock ours raw \
+    as_on_the_gpu_machine bench/gpu_ablation.py --smoke --images 48 --variants stock cudnn_benchmark ours raw \
         --json "$scratch/ablation.json"
     as_on_the_gpu_machine bench/gpu_check.py --smoke --parts tutorial predict --work "$scratch/work"
     ;;
-run|profile|ablation|issue22)
+run|profile|ablation|issue22|issue22-tutorial)
     if [ ! -f "$carry/overlay.tar.gz" ]; then
         echo "error: $carry/overlay.tar.gz missing: run 'bash bench/gpu_check.sh prepare' here and carry $carry" >&2
         exit 2
@@ -76,24 +80,19 @@ run|profile|ablation|issue22)
     tar -xzf "$carry/overlay.tar.gz" -C "$site"
     out=${OUT:-/tmp}
     set -o pipefail
-    if [ "$mode" = issue22 ]; then  # issue 22's goals, most important first; each step time-limited
-        started=$SECONDS
+    if [ "$mode" = issue22 ]; then  # issue 22's trainer ablation; JSON written after every variant
         export PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
         {
-            timeout 260 "$py" bench/gpu_ablation.py --images 1024 --precisions bfloat16 float32 \
-                --variants stock ours raw --timeout 100 --json "$out/gpu_ablation.json" || echo "ablation: rc $?"
-            timeout 230 "$py" bench/gpu_check.py --parts tutorial predict --work /tmp/gpu_check_work \
-                || echo "tutorial/predict: rc $?"
-            left=$((420 - (SECONDS - started)))
-            if [ "$left" -gt 100 ]; then
-                timeout "$left" "$py" bench/gpu_ablation.py --images 1024 --precisions bfloat16 \
-                    --variants metrics bf16_no_scaler pinned_copy --timeout 90 \
-                    --json "$out/gpu_ablation_stacked.json" || echo "stacked: rc $?"
-            else
-                echo "stacked variants skipped: ${left} s left"
-            fi
-            echo "issue22 total: $((SECONDS - started)) s"
+            timeout 250 "$py" bench/gpu_ablation.py --images 512 --precisions bfloat16 \
+                --variants stock cudnn_benchmark ours raw --timeout 90 --json "$out/gpu_ablation_bf16.json" \
+                || echo "bfloat16 ablation: rc $?"
+            timeout 130 "$py" bench/gpu_ablation.py --images 512 --precisions float32 --variants ours raw \
+                --timeout 90 --json "$out/gpu_ablation_fp32.json" || echo "float32 ablation: rc $?"
         } 2>&1 | tee "$out/issue22.log"
+    elif [ "$mode" = issue22-tutorial ]; then  # issue 22's tutorial projection and predict
+        PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+            timeout 270 "$py" bench/gpu_check.py --parts tutorial predict --work /tmp/gpu_check_work 2>&1 \
+            | tee "$out/issue22_tutorial.log"
     elif [ "$mode" = ablation ]; then  # bench/gpu_ablation.py: issue 22's trainer ablation (~5 min)
         PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
             timeout 500 "$py" bench/gpu_ablation.py --timeout 150 --json "$out/gpu_ablation.json" 2>&1 \
@@ -107,7 +106,7 @@ run|profile|ablation|issue22)
     fi
     ;;
 *)
-    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile|ablation|ablation-smoke|issue22|issue22-smoke   (see the header of this file)" >&2
+    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile|ablation|ablation-smoke|issue22|issue22-tutorial|issue22-smoke   (see the header of this file)" >&2
     exit 2
     ;;
 esac

@@ -4,6 +4,7 @@ run its per-epoch validation metrics and kept epoch are those of Ludwig's own tr
 
 import inspect
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,10 @@ OVERRIDDEN = {
                         "snapshot_weights", "on_best_batch_size_updated", "tune_for_training",
                         "global_max_sequence_length"),
     "_batch_to_tensors": ("self", "batch"),
+    "_train_loop": ("self", "batcher", "progress_tracker", "save_path", "train_summary_writer", "progress_bar",
+                    "training_set", "validation_set", "test_set", "start_time", "validation_summary_writer",
+                    "test_summary_writer", "model_hyperparameters_path", "output_features", "metrics_names",
+                    "checkpoint_manager", "final_steps_per_checkpoint", "early_stopping_steps", "profiler"),
 }
 
 
@@ -46,7 +51,12 @@ def test_ludwig_names_the_trainer_relies_on_are_unchanged():
         assert attribute in init + inspect.getsource(Trainer._forward_pass) + inspect.getsource(
             Trainer._backward_pass) + inspect.getsource(Trainer._optimizer_step), attribute
     assert "self._update_training_metrics(model_outputs, targets)" in inspect.getsource(Trainer.train_step)
-    assert "self._batch_to_tensors(batch)" in inspect.getsource(Trainer._train_loop)
+    train_loop = inspect.getsource(Trainer._train_loop)
+    assert "self._batch_to_tensors(batch)" in train_loop
+    # BatchesAhead offers the loop these two calls of its batcher, and nothing else of it is used there
+    assert {call for call in ("batcher.last_batch()", "batcher.next_batch()") if call in train_loop} == {
+        "batcher.last_batch()", "batcher.next_batch()"}
+    assert set(re.findall(r"batcher\.\w+", train_loop)) == {"batcher.last_batch", "batcher.next_batch"}
     assert "self.run_evaluation(" in inspect.getsource(Trainer._eval_and_checkpoint)
     evaluation = inspect.getsource(Trainer.run_evaluation)
     assert "self.model.get_metrics()" in evaluation and "self.model.reset_metrics()" in evaluation
@@ -86,7 +96,7 @@ def _tiny_table(directory) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _train(table, work, changes):
+def _train(table, work, changes, augmentation=()):
     from ludwig.callbacks import Callback
 
     from image_learner import run_files
@@ -99,7 +109,7 @@ def _train(table, work, changes):
             Which.name = type(trainer).__name__
 
     options = ludwig_config.TrainingOptions(model_name="test_efficientnet", image_size=32, use_pretrained=False,
-                                            epochs=2, early_stop=0, batch_size=8, augmentation=[])
+                                            epochs=2, early_stop=0, batch_size=8, augmentation=list(augmentation))
     config = ludwig_config.build_ludwig_config(options, "multiclass", train_rows=48)
     os.makedirs(work)
     fast_trainer.select(changes)
@@ -137,3 +147,76 @@ def test_same_validation_metrics_and_kept_epoch_as_ludwigs_trainer(tmp_path, mon
     counts = [c for c in train if "loss" not in c]
     np.testing.assert_allclose(uneven.history[counts].to_numpy(), stock.history[counts].to_numpy(), rtol=1e-5)
     np.testing.assert_allclose(uneven.history["train_loss"], stock.history["train_loss"], rtol=0.05)
+
+
+class _Batches:
+    """A stand-in for Ludwig's batcher: ``n`` batches, each drawn from torch's global generator as Ludwig's
+    augmentations draw; ``fail_at``: the batch whose reading raises."""
+
+    def __init__(self, n, fail_at=None):
+        self.n, self.read, self.fail_at = n, 0, fail_at
+
+    def last_batch(self):
+        return self.read >= self.n
+
+    def next_batch(self):
+        import torch
+
+        if self.read == self.fail_at:
+            raise OSError(f"image {self.read} unreadable")
+        self.read += 1
+        return {"image": torch.rand(4, 3).numpy()}
+
+
+def test_batches_read_ahead_are_the_synchronous_ones_in_order_with_the_same_draws():
+    import torch
+
+    torch.manual_seed(3)
+    synchronous = _Batches(7)
+    expected = [synchronous.next_batch()["image"] for _ in range(7)]
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    ahead = fast_trainer.BatchesAhead(_Batches(7), depth=2)
+    got = []
+    while not ahead.last_batch():
+        got.append(ahead.next_batch()["image"])
+    ahead.close()
+    assert len(got) == 7 and all((g == e).all() for g, e in zip(got, expected))
+    assert torch.equal(torch.rand(1), after)  # the generator left where the synchronous reading leaves it
+    with pytest.raises(StopIteration):
+        ahead.next_batch()
+
+
+def test_an_error_while_reading_ahead_is_raised_in_the_training_thread_and_close_stops_early():
+    ahead = fast_trainer.BatchesAhead(_Batches(5, fail_at=2), depth=1)
+    ahead.next_batch(), ahead.next_batch()
+    with pytest.raises(OSError, match="image 2 unreadable"):
+        ahead.next_batch()
+    ahead.close()
+    early = fast_trainer.BatchesAhead(_Batches(1000), depth=2)
+    early.next_batch()
+    early.close()  # mid-epoch: the thread stops within a few batches and is joined
+    assert not early._thread.is_alive() and early._batcher.read <= 5
+
+
+def test_reading_ahead_with_augmentation_gives_ludwigs_numbers(tmp_path, monkeypatch):
+    """On the CPU (forced: the tiny model draws nothing itself), with per-image augmentation drawing from the
+    global generator: the trainer reading batches ahead gives Ludwig's validation history exactly."""
+    monkeypatch.setattr(fast_trainer, "AHEAD_ON_CPU", True)
+    epochs_read_ahead = []
+
+    class Counted(fast_trainer.BatchesAhead):
+        def close(self):
+            epochs_read_ahead.append(self._batcher.steps_per_epoch)
+            super().close()
+
+    monkeypatch.setattr(fast_trainer, "BatchesAhead", Counted)
+    table = _tiny_table(tmp_path)
+    stock, _ = _train(table, str(tmp_path / "stock"), (), augmentation=["dihedral", "color_jitter"])
+    ahead, name = _train(table, str(tmp_path / "ahead"), ("batches_ahead",),
+                         augmentation=["dihedral", "color_jitter"])
+    assert name == "ImageLearnerTrainer_batches_ahead" and epochs_read_ahead == [6, 6]  # 2 epochs of 6 batches
+    validation = [c for c in stock.history.columns if c.startswith("validation_")]
+    pd.testing.assert_frame_equal(ahead.history[validation], stock.history[validation], check_exact=True)
+    train = [c for c in stock.history.columns if c.startswith("train_")]
+    pd.testing.assert_frame_equal(ahead.history[train], stock.history[train], check_exact=True)

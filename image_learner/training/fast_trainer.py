@@ -15,6 +15,13 @@ applied only where it matters, none touching the validation metrics or the weigh
 - ``pinned_copy`` (CUDA only): each batch array is copied once into pinned host memory and sent with a
   non-blocking copy; Ludwig copies it on the host (``np.array(copy=True)``), then from pageable memory.
 - ``cudnn_benchmark`` (CUDA only): cuDNN picks its fastest convolution algorithms for the fixed image size.
+- ``batches_ahead`` (CUDA only): the next batches are read, decoded and augmented by one background thread
+  while the GPU trains on this one (``BatchesAhead``). The config turns Ludwig's own prefetching off (its
+  thread starts before the epoch and drops batches at ``set_epoch``, so the augmentations' draws from torch's
+  global generator depended on timing); this thread starts with each epoch's loop and reads the batches in
+  order, so the draws are those of the synchronous path. On a CPU the model's own draws (dropout) would
+  interleave with them on the same generator, so there it stays off. Measured on an H200 (BENCHMARKS.md):
+  without it, a caformer_s18 batch took the GPU's time plus ~85-90 ms of host work.
 
 ``select`` chooses the changes (the benchmarks stack them one by one); no change at all registers
 Ludwig's own ``Trainer``. tests/test_fast_trainer.py pins every Ludwig name used here.
@@ -22,8 +29,10 @@ Ludwig's own ``Trainer``. tests/test_fast_trainer.py pins every Ludwig name used
 
 from __future__ import annotations
 
-CHANGES = ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark")
+CHANGES = ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark", "batches_ahead")
 METRICS_EVERY = 16  # batches whose outputs are kept before one metrics update
+BATCHES_AHEAD = 2  # batches the background thread may hold ready
+AHEAD_ON_CPU = False  # tests only: the CPU's model draws nothing in tests/test_fast_trainer.py's tiny model
 
 _selected: tuple[str, ...] = CHANGES
 _classes: dict[tuple[str, ...], type] = {}
@@ -79,6 +88,70 @@ def _concatenated(parts: list[dict]):
     return first
 
 
+class BatchesAhead:
+    """Ludwig's batcher, read ``depth`` batches ahead by one background thread, in order, for one epoch.
+
+    Offers what ``Trainer._train_loop`` calls (``last_batch``, ``next_batch``); an error in the thread is
+    raised by ``next_batch``; ``close`` stops the thread and waits for it (the loop may stop mid-epoch)."""
+
+    _END = object()
+
+    def __init__(self, batcher, depth: int = BATCHES_AHEAD):
+        import queue
+        import threading
+
+        self._batcher = batcher
+        self._ready = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="image-learner-batches", daemon=True)
+        self._thread.start()
+        self._next = self._ready.get()
+
+    def _read(self) -> None:
+        item = self._END
+        try:
+            while not self._stop.is_set() and not self._batcher.last_batch():
+                self._put(("batch", self._batcher.next_batch()))
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread, raised there
+            item = ("error", err)
+        self._put(item)
+        if item is not self._END:
+            self._put(self._END)
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def last_batch(self) -> bool:
+        return self._next is self._END
+
+    def next_batch(self):
+        if self._next is self._END:
+            raise StopIteration()
+        kind, value = self._next
+        if kind == "error":
+            raise value
+        self._next = self._ready.get()
+        return value
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a put
+                self._ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
 def _build(changes: frozenset) -> type:
     import numpy as np
     import torch
@@ -92,6 +165,7 @@ def _build(changes: frozenset) -> type:
             self._kept_outputs: list[tuple[dict, dict]] = []
             cuda = torch.device(self.device).type == "cuda"
             self._pinned = "pinned_copy" in changes and cuda
+            self._ahead = "batches_ahead" in changes and (cuda or AHEAD_ON_CPU)
             if "cudnn_benchmark" in changes and cuda:
                 torch.backends.cudnn.benchmark = True
             # Ludwig's autocast("cuda") uses torch's default dtype, which devices.autocast_default sets.
@@ -123,6 +197,15 @@ def _build(changes: frozenset) -> type:
             result = super().tune_batch_size(*args, **kwargs)
             self._kept_outputs = []  # Ludwig resets the metrics after its trial steps: drop their outputs too
             return result
+
+        def _train_loop(self, batcher, *args, **kwargs):
+            if not self._ahead:
+                return super()._train_loop(batcher, *args, **kwargs)
+            ahead = BatchesAhead(batcher)
+            try:
+                return super()._train_loop(ahead, *args, **kwargs)
+            finally:
+                ahead.close()
 
         def _batch_to_tensors(self, batch):
             if not self._pinned:

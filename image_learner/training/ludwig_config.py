@@ -207,8 +207,8 @@ def build_ludwig_config(options: TrainingOptions, task: str, class_weights: dict
         # thread starts when the batcher is made and is stopped by set_epoch(0) after however many batches the
         # machine's load let it prepare, so the RNG state training starts from depended on timing (and any
         # draw in the training step would interleave with it). 0 decodes and augments each batch in the
-        # training thread, in order. Costs the overlap of decoding with the step; on a GPU a batch took 111 ms
-        # lazy vs 113 ms pre-decoded (BENCHMARKS.md), so decoding is not what limits throughput.
+        # training thread, in order. On a GPU that overlap matters (BENCHMARKS.md, "GPU, measured"): our
+        # trainer reads the batches ahead itself, in order, each epoch (fast_trainer.BatchesAhead).
         image_feature["preprocessing"]["prefetch_size"] = 0
 
     if task == "binary":
