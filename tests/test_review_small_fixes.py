@@ -216,7 +216,7 @@ def test_readme_states_the_measured_gpu_throughput():
     assert "not measured yet" not in readme
     paragraph = readme[readme.index("GPU throughput"):][:600]
     assert "H200" in paragraph and "H200" in benchmarks
-    for number in ("258", "153", "3.8 minutes"):  # each figure quoted is BENCHMARKS.md's
-        assert number in paragraph and number in benchmarks
-    assert re.search(r"\| \(b\) tool, mixed precision \(bfloat16\) \| 258\.2 \|", benchmarks)
-    assert re.search(r"\| \(b\) tool, float32 \| 152\.9 \|", benchmarks)
+    for number in ("215", "130", "0.43", "0.62", "5.7 min", "10.4 s", "362 images/s"):  # BENCHMARKS.md's figures
+        assert number in paragraph and number in benchmarks, number
+    assert re.search(r"\| bfloat16 \| ours \(all four changes\) \| 215\.4 \| \*\*0\.43\*\*", benchmarks)
+    assert re.search(r"\| float32 \| ours \| 130\.2 .*\| \*\*0\.62\*\*", benchmarks)
