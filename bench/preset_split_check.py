@@ -21,11 +21,10 @@ import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import image_learner_cli  # noqa: E402
+import split_utils  # noqa: E402
 from image_learner import run_request  # noqa: E402
 from image_learner.data import dataset_prep  # noqa: E402
 from image_learner.data.input_utils import extract_images  # noqa: E402
-
-SPLIT_NAMES = {0: "train", 1: "validation", 2: "test"}
 
 
 def main() -> None:
@@ -46,7 +45,7 @@ def main() -> None:
                                     resize_to=request.training.image_size, skipped_files=unpacked.skipped)
     table = data.table
     ours = pd.DataFrame({"image": table["image"].astype(str).to_numpy(),
-                         "split": [SPLIT_NAMES[c] for c in table["split"]],
+                         "split": [split_utils.SPLIT_NAMES[c] for c in table["split"]],
                          "fold": table["fold"].to_numpy() if "fold" in table else 0})
     reference = pd.read_csv(a.reference, dtype={"image": str})[["image", "split", "fold"]]
     both = ours.merge(reference, on="image", how="outer", suffixes=("_preset", "_reference"), indicator=True)

@@ -150,3 +150,10 @@ def test_best_on_a_regression_runs_without_class_weights_and_records_the_preset(
             "instead") in log
     assert "preset best: early_stop 0, learning_rate 0.0003" in log and "cross_validation 3, hold_out_test True" in log
     assert "fold 3 of 3" in log
+
+
+def test_hold_out_test_takes_no_value(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _request("--hold-out-test=yes")
+    assert stop.value.code == 2
+    assert "argument --hold-out-test/--no-hold-out-test: ignored explicit argument 'yes'" in capsys.readouterr().err

@@ -50,9 +50,8 @@ def _fold_split(table, matched, split_col, split_found_by_name, split_ignored, o
         codes[held_out] = 2
         split_info["method"] += (f"; the test rows of the seeded random split ({options.split_probabilities[2]:g} "
                                  "of the images, stratified, grouped) held out as the test set, the rest form the "
-                                 "folds" + (f" (column {split_ignored!r} ignored: --random-split)"
-                                            if split_ignored else ""))
-    elif split_ignored:
+                                 "folds")
+    if split_ignored:  # set only without a split column
         split_info["method"] += f" (column {split_ignored!r} ignored: --random-split)"
     in_folds = codes == 0
     if not in_folds.any():

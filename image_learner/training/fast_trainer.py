@@ -29,6 +29,9 @@ Ludwig's own ``Trainer``. tests/test_fast_trainer.py pins every Ludwig name used
 
 from __future__ import annotations
 
+import queue
+import threading
+
 CHANGES = ("metrics", "bf16_no_scaler", "pinned_copy", "cudnn_benchmark", "batches_ahead")
 METRICS_EVERY = 16  # batches whose outputs are kept before one metrics update
 BATCHES_AHEAD = 2  # batches the background thread may hold ready
@@ -97,9 +100,6 @@ class BatchesAhead:
     _END = object()
 
     def __init__(self, batcher, depth: int = BATCHES_AHEAD):
-        import queue
-        import threading
-
         self._batcher = batcher
         self._ready = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -119,8 +119,6 @@ class BatchesAhead:
             self._put(self._END)
 
     def _put(self, item) -> None:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._ready.put(item, timeout=0.1)
@@ -141,8 +139,6 @@ class BatchesAhead:
         return value
 
     def close(self) -> None:
-        import queue
-
         self._stop.set()
         while self._thread.is_alive():
             try:  # unblock a put
