@@ -26,7 +26,7 @@ from image_learner.evaluation import subgroups
 from image_learner.evaluation import tta
 from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
-from image_learner.training import presets, provenance, search_run
+from image_learner.training import host_allocator, presets, provenance, search_run
 import split_utils
 from image_learner.data.input_utils import InputError, extract_images, read_metadata_csv, resolve_column
 from image_learner import console
@@ -98,7 +98,7 @@ def final_summary(summary: dict, out: str, report: bool) -> list[str]:
 
 
 def _run_stages(request: RunRequest, out: str, work: str) -> dict:
-    timer = StageTimer()
+    timer = StageTimer(after_stage=host_allocator.release)  # what a stage freed, back to the kernel
     opts = request.training
     images_dir = os.path.join(work, "images")
     check_task_options_early(request)

@@ -38,10 +38,12 @@ def log_skipped_members(unpacked) -> None:
 
 
 class StageTimer:
-    """Logs '<stage> …' and '<stage> done in N s'; keeps the seconds per stage for run_summary.json."""
+    """Logs '<stage> …' and '<stage> done in N s'; keeps the seconds per stage for run_summary.json.
+    ``after_stage``: called when a stage has finished (the pipeline hands freed memory back there)."""
 
-    def __init__(self):
+    def __init__(self, after_stage=None):
         self.seconds: dict[str, float] = {}
+        self.after_stage = after_stage
 
     @contextmanager
     def stage(self, name: str):
@@ -50,6 +52,8 @@ class StageTimer:
         yield
         self.seconds[name] = round(time.time() - started, 2)
         log(f"{name} done in {self.seconds[name]:.1f} s")
+        if self.after_stage:
+            self.after_stage()
 
 
 def scratch_leftovers(out: str) -> list[str]:

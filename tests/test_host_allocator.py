@@ -28,18 +28,22 @@ libc.free.argtypes = (ctypes.c_void_p,)
 def rss_kib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 // 1024
 before = rss_kib()
-blocks = [libc.malloc(1 << 20) for _ in range(64)]
+size, count = int(sys.argv[2]) << 20, int(sys.argv[3])
+blocks = [libc.malloc(size) for _ in range(count)]
 for block in blocks:
-    ctypes.memset(block, 1, 1 << 20)
+    ctypes.memset(block, 1, size)
 for block in blocks:
     libc.free(block)
-print(applied, rss_kib() - before)
+released = host_allocator.release() if sys.argv[4:] == ["release"] else False
+print(applied, rss_kib() - before, released)
 """
 
 
-def _probe(mode: str, env: dict) -> tuple[bool, int]:
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(root=ROOT), mode], env=env, check=True,
-                         capture_output=True, text=True, timeout=60).stdout.split()
+def _probe(mode: str, env: dict, mib: int = 1, count: int = 64, release: bool = False) -> tuple[bool, int]:
+    out = subprocess.run([sys.executable, "-c", _PROBE.format(root=ROOT), mode, str(mib), str(count),
+                          *(["release"] if release else [])],
+                         env=env, check=True, capture_output=True, text=True, timeout=60).stdout.split()
+    assert (out[2] == "True") == (release and out[0] == "True"), out  # release acts where tune applied
     return out[0] == "True", int(out[1])
 
 
@@ -66,3 +70,39 @@ def test_the_tuned_heap_keeps_freed_memory_that_glibcs_defaults_give_back():
     # and a user's setting leaves glibc as it was
     applied_over_user, kept_user = _probe("tuned", dict(env, MALLOC_ARENA_MAX="4"))
     assert not applied_over_user and kept_user < 16 * 1024
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries are left alone")
+def test_blocks_above_glibcs_largest_mmap_threshold_stay_in_the_heap_too():
+    # lite0's largest activations at 224 px, batch 32, are 51-154 MB: above 32 MiB, glibc's largest mmap
+    # threshold, so they were mmapped and faulted in again every step until mmap was turned off (M_MMAP_MAX 0).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    applied, kept_tuned = _probe("tuned", env, mib=96, count=1)
+    _, kept_default = _probe("default", env, mib=96, count=1)
+    assert applied
+    assert kept_tuned > 80 * 1024, kept_tuned
+    assert kept_default < 16 * 1024, kept_default
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries are left alone")
+def test_release_hands_the_kept_memory_back_where_a_stage_ends():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    _, kept = _probe("tuned", env, mib=96, count=1, release=True)
+    assert kept < 16 * 1024, kept
+    _, kept_untuned = _probe("default", env, mib=96, count=1, release=True)  # nothing to do, nothing done
+    assert kept_untuned < 16 * 1024, kept_untuned
+
+
+def test_the_stage_timer_calls_after_stage_once_a_stage_has_finished():
+    from image_learner.run_files import StageTimer
+
+    calls = []
+    timer = StageTimer(after_stage=lambda: calls.append(sorted(timer.seconds)))
+    with timer.stage("a"):
+        assert calls == []
+    with timer.stage("b"):
+        pass
+    assert calls == [["a"], ["a", "b"]]
+    with pytest.raises(RuntimeError), timer.stage("c"):
+        raise RuntimeError("failed")
+    assert len(calls) == 2  # a failed stage ends the run: nothing to hand back for

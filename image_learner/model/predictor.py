@@ -19,7 +19,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from image_learner.training import devices
+from image_learner.training import devices, host_allocator
 from image_learner.evaluation import calibration
 from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood
@@ -113,7 +113,7 @@ def predict(request: PredictRequest) -> pd.DataFrame:
 
 
 def _predict_in(request: PredictRequest, out: str, work: str, started: float) -> pd.DataFrame:
-    timer = StageTimer()
+    timer = StageTimer(after_stage=host_allocator.release)  # what a stage freed, back to the kernel
     with timer.stage("unpacking and validating the model"):
         # the model ZIP has its own limits (model_archive.MODEL_LIMITS); request.zip_limits are the images'
         model_dir, manifest = model_archive.unpack_model(request.model_zip, os.path.join(work, "model_zip"),

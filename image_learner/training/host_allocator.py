@@ -8,9 +8,14 @@ and about a quarter of the process's CPU time in the kernel. A plain timm loop p
 and gains about as much from these settings.
 
 ``tune`` keeps up to 1 GiB of freed memory in the heap (``M_TRIM_THRESHOLD``), grows the heap in steps of
-256 MiB (``M_TOP_PAD``), and fixes the mmap threshold at 32 MiB, glibc's largest (fixing it also stops
-the dynamic adjustment). The price is resident memory kept between steps: measured +0.3-0.4 GB of peak RSS
-on the same run. Numbers do not change: only where memory comes from does.
+256 MiB (``M_TOP_PAD``) and turns ``mmap`` off for single blocks (``M_MMAP_MAX`` 0): a block above glibc's
+mmap threshold (at most 32 MiB) is otherwise mapped on ``malloc`` and unmapped on ``free``, and lite0's
+largest activations at 224 px, batch 32, are 51-154 MB, so with only the first two settings the tool still
+took 100,000-500,000 minor faults a training step (BENCHMARKS.md, "mmap off"). Now every block comes from
+the heap and is reused by the next step. The price is resident memory kept between steps (BENCHMARKS.md
+measures the peak). ``release`` hands the heap's free memory back between stages (``malloc_trim``), so what
+training freed does not sit under the next stage's peak. Numbers do not change: only where memory comes from
+does.
 
 A user's own ``MALLOC_*`` variables or malloc ``GLIBC_TUNABLES`` win: nothing is changed then. Other C
 libraries (musl, macOS) are left alone.
@@ -23,9 +28,9 @@ import os
 import platform
 
 # mallopt's parameter numbers (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4
 MIB = 1 << 20
-SETTINGS = ((M_MMAP_THRESHOLD, 32 * MIB), (M_TRIM_THRESHOLD, 1024 * MIB), (M_TOP_PAD, 256 * MIB))
+SETTINGS = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1024 * MIB), (M_TOP_PAD, 256 * MIB))
 
 
 def user_has_chosen(environ=None) -> bool:
@@ -47,8 +52,27 @@ def apply(settings) -> bool:
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
+_tuned = False  # whether tune() applied SETTINGS in this process: release() acts only then
+
+
 def tune(environ=None) -> bool:
     """Apply SETTINGS to this process's allocator; True when applied. Safe to call twice."""
+    global _tuned
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or user_has_chosen(environ):
         return False
-    return apply(SETTINGS)
+    _tuned = apply(SETTINGS)
+    return _tuned
+
+
+def release() -> bool:
+    """Hand the free memory the tuned heap keeps back to the kernel (glibc's ``malloc_trim(0)``); call it
+    where a stage ends. Does nothing (False) where ``tune`` did not apply SETTINGS."""
+    if not _tuned:
+        return False
+    try:
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    malloc_trim(0)
+    return True
