@@ -11,7 +11,7 @@ and gains about as much from these settings.
 256 MiB (``M_TOP_PAD``) and turns ``mmap`` off for single blocks (``M_MMAP_MAX`` 0): a block above glibc's
 mmap threshold (at most 32 MiB) is otherwise mapped on ``malloc`` and unmapped on ``free``, and lite0's
 largest activations at 224 px, batch 32, are 51-154 MB, so with only the first two settings the tool still
-took 100,000-500,000 minor faults a training step (BENCHMARKS.md, "mmap off"). Now every block comes from
+took 100,000-960,000 minor faults a training step (BENCHMARKS.md, "mmap off"). Now every block comes from
 the heap and is reused by the next step. The price is resident memory kept between steps (BENCHMARKS.md
 measures the peak). ``release`` hands the heap's free memory back between stages (``malloc_trim``), so what
 training freed does not sit under the next stage's peak. Numbers do not change: only where memory comes from
