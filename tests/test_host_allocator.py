@@ -39,6 +39,11 @@ print(applied, rss_kib() - before, released)
 """
 
 
+def _env_without_malloc_settings() -> dict:
+    """This environment less any malloc setting of the user's (which would stop the tuning)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+
 def _probe(mode: str, env: dict, mib: int = 1, count: int = 64, release: bool = False) -> tuple[bool, int]:
     out = subprocess.run([sys.executable, "-c", _PROBE.format(root=ROOT), mode, str(mib), str(count),
                           *(["release"] if release else [])],
@@ -55,13 +60,13 @@ def test_a_users_own_malloc_settings_win():
 
 
 def test_every_setting_fits_mallopts_int():
-    # mallopt takes a C int: a larger value would be refused (or, through an untyped call, wrap round).
+    # mallopt takes a C int, and ctypes wraps a larger value round without a word (2**32 becomes 0), typed or not.
     assert all(-2**31 <= value < 2**31 for _, value in host_allocator.SETTINGS)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries are left alone")
 def test_the_tuned_heap_keeps_freed_memory_that_glibcs_defaults_give_back():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = _env_without_malloc_settings()
     applied, kept_tuned = _probe("tuned", env)
     _, kept_default = _probe("default", env)
     assert applied
@@ -76,7 +81,7 @@ def test_the_tuned_heap_keeps_freed_memory_that_glibcs_defaults_give_back():
 def test_blocks_above_glibcs_largest_mmap_threshold_stay_in_the_heap_too():
     # lite0's largest activations at 224 px, batch 32, are 51-154 MB: above 32 MiB, glibc's largest mmap
     # threshold, so they were mmapped and faulted in again every step until mmap was turned off (M_MMAP_MAX 0).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = _env_without_malloc_settings()
     applied, kept_tuned = _probe("tuned", env, mib=96, count=1)
     _, kept_default = _probe("default", env, mib=96, count=1)
     assert applied
@@ -86,7 +91,7 @@ def test_blocks_above_glibcs_largest_mmap_threshold_stay_in_the_heap_too():
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries are left alone")
 def test_release_hands_the_kept_memory_back_where_a_stage_ends():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = _env_without_malloc_settings()
     _, kept = _probe("tuned", env, mib=96, count=1, release=True)
     assert kept < 16 * 1024, kept
     _, kept_untuned = _probe("default", env, mib=96, count=1, release=True)  # nothing to do, nothing done

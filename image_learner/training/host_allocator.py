@@ -40,16 +40,23 @@ def user_has_chosen(environ=None) -> bool:
             or "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""))
 
 
+def _c_function(name: str, argtypes: tuple):
+    """The C library's ``name`` with its argument and int result types declared (so Python ints are passed
+    as those C types, not guessed); None where there is no such function."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
+
+
 def apply(settings) -> bool:
     """``mallopt(parameter, value)`` for each pair, unconditionally (``tune`` decides whether); True when
-    glibc took every one. The argument types are declared: a value over 2**31 - 1 raises instead of
-    wrapping round silently."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+    glibc took every one. ctypes does not check a C int's range (2**32 wraps round to 0):
+    tests/test_host_allocator.py keeps every value of SETTINGS inside one."""
+    mallopt = _c_function("mallopt", (ctypes.c_int, ctypes.c_int))
+    return mallopt is not None and all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
 _tuned = False  # whether tune() applied SETTINGS in this process: release() acts only then
@@ -67,12 +74,8 @@ def tune(environ=None) -> bool:
 def release() -> bool:
     """Hand the free memory the tuned heap keeps back to the kernel (glibc's ``malloc_trim(0)``); call it
     where a stage ends. Does nothing (False) where ``tune`` did not apply SETTINGS."""
-    if not _tuned:
+    malloc_trim = _c_function("malloc_trim", (ctypes.c_size_t,)) if _tuned else None
+    if malloc_trim is None:
         return False
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     malloc_trim(0)
     return True
