@@ -71,11 +71,17 @@ def test_training_copies_give_ludwig_the_same_arrays_as_level_one(tmp_path, side
 def test_dataset_prep_writes_stored_copies_within_the_disk_cap(tmp_path, monkeypatch):
     root, names = _images(tmp_path, [(40, 30), (50, 50)])
     matched = pd.DataFrame({"image_file": names})
+    stored_size = 32 * (1 + 32 * 3) + 68
     kept, _ = dataset_prep._check_images(matched, root, str(tmp_path / "c"), 0.05, resize_to=32)
-    assert [os.path.getsize(p) for p in kept["read_path"]] == [32 * (1 + 32 * 3) + 68] * 3  # stored
+    assert [os.path.getsize(p) for p in kept["read_path"]] == [stored_size] * 3  # stored
+    # any other caller (the search's copies, a benchmark) gets the same copies unless it asks for a level
+    direct = image_check.check_images(root, names, str(tmp_path / "e"), resize_to=32)
+    assert [os.path.getsize(p) for p in direct.paths] == [stored_size] * 3
     monkeypatch.setattr(image_check, "STORED_COPIES_MAX_BYTES", 3 * 32 * 32 * 3 - 1)  # one byte short
     kept, _ = dataset_prep._check_images(matched, root, str(tmp_path / "d"), 0.05, resize_to=32)
-    assert all(os.path.getsize(p) != 32 * (1 + 32 * 3) + 68 for p in kept["read_path"])  # deflated
+    assert all(os.path.getsize(p) != stored_size for p in kept["read_path"])  # deflated
+    direct = image_check.check_images(root, names, str(tmp_path / "f"), resize_to=32)
+    assert all(os.path.getsize(p) != stored_size for p in direct.paths)
 
 
 def test_copy_level_caps_the_scratch_disk():

@@ -13,7 +13,6 @@ import pandas as pd
 
 from image_learner.data import folds, image_health, task_choice
 from image_learner.data.image_check import DEFAULT_MAX_BAD_FRACTION, check_images, unreadable_images_note
-from image_learner.data.image_check import copy_png_level
 from image_learner.data.leakage_guard import DEFAULT_MAX_DISTANCE, check_max_distance, duplicate_groups
 import split_utils
 from image_learner.data.input_utils import (IMAGE_EXTENSIONS, InputError, label_text, listed, match_rows_to_images,
@@ -326,8 +325,7 @@ def _check_images(matched: pd.DataFrame, image_root: str, converted_dir: str, ma
                   workers: int = 1, resize_to: int | None = None, health: bool = True):
     """Decode every image once: drop unreadable ones (stop above ``max_bad_fraction``), convert odd ones."""
     files = list(dict.fromkeys(matched["image_file"]))
-    checked = check_images(image_root, files, converted_dir, workers, resize_to, health,
-                           png_level=copy_png_level(len(files), resize_to))
+    checked = check_images(image_root, files, converted_dir, workers, resize_to, health)  # training's copies
     unreadable = unreadable_images_note(checked.bad, len(files), max_bad_fraction)
     notes = [unreadable] if unreadable else []
     if checked.converted:

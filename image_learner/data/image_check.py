@@ -168,7 +168,7 @@ def _fingerprint(img: Image.Image) -> tuple:
 
 def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: int = 1,
                  resize_to: int | None = None, health: bool = True, fingerprints: bool = True,
-                 png_level: int = 1) -> CheckedImages:
+                 png_level: int | None = None) -> CheckedImages:
     """Check every image under ``root``; converted (and, with ``resize_to``, resized) copies are
     written below ``converted_dir``.
 
@@ -177,7 +177,10 @@ def check_images(root: str, rel_paths: list[str], converted_dir: str, workers: i
     properties (image_properties.py) from the same decoded image. Without ``fingerprints`` no leakage-guard hashes
     or thumbnails are computed (``hashes`` and ``thumbs`` stay empty). ``png_level``: the copies' zlib level
     (0: stored, ``write_stored_png``, 147 KB at 224 px; 1: ~53 KB, 14x slower to write and 4x slower to
-    decode; training picks it with ``copy_png_level``; BENCHMARKS.md, "Image check against PIL loops")."""
+    decode; BENCHMARKS.md, "Image check against PIL loops"); None: as training writes them
+    (``copy_png_level``), so a benchmark that calls this reads the copies a run reads."""
+    if png_level is None:
+        png_level = copy_png_level(len(rel_paths), resize_to)
     jobs = [(root, rel, converted_dir, resize_to, fingerprints, health, png_level) for rel in rel_paths]
     if workers > 1 and len(jobs) >= MIN_IMAGES_PER_POOL:
         outcomes = _check_in_pool(jobs, workers)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import split_utils
-from image_learner.data.image_check import check_images, copy_png_level
+from image_learner.data.image_check import check_images
 from image_learner.data.input_utils import write_output_csv
 from image_learner.errors import InputError
 from image_learner.run_files import log
@@ -113,8 +113,7 @@ class SizedCopies:
         missing = list(dict.fromkeys(f for f in rows["image_file"] if f not in known))
         if missing:
             checked = check_images(self.images_dir, missing, os.path.join(self.work, f"search-{size}px"),
-                                   self.workers, size, health=False, fingerprints=False,
-                                   png_level=copy_png_level(len(missing), size))
+                                   self.workers, size, health=False, fingerprints=False)
             if checked.bad:  # read once already by dataset_prep: only a file changed under the run
                 name, why = next(iter(checked.bad.items()))
                 raise InputError(f"image {name} could not be read again: {why}")
