@@ -323,7 +323,7 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from image_learner.training import host_allocator
+    from image_learner import host_allocator
 
     for name in THREAD_VARIABLES:
         if os.environ.get(name, "unset").strip() == "":

@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from image_learner.training import host_allocator  # noqa: E402
+from image_learner import host_allocator  # noqa: E402
 
 
 def set_allocator(a) -> str:

@@ -116,7 +116,7 @@ def run_raw(table: pd.DataFrame, a) -> dict:
 
 def child(a) -> None:
     """One variant in this (fresh) process; prints one JSON line."""
-    from image_learner.training import host_allocator
+    from image_learner import host_allocator
 
     # Every variant with the allocator the tool's command line sets (so the raw loop gets it too), unless
     # --glibc-defaults measures both without it.

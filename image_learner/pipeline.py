@@ -26,7 +26,8 @@ from image_learner.evaluation import subgroups
 from image_learner.evaluation import tta
 from image_learner.model import fold_ensemble, model_card, model_manifest
 from image_learner.training import model_fit
-from image_learner.training import host_allocator, presets, provenance, search_run
+from image_learner import host_allocator
+from image_learner.training import presets, provenance, search_run
 import split_utils
 from image_learner.data.input_utils import InputError, extract_images, read_metadata_csv, resolve_column
 from image_learner import console

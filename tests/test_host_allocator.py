@@ -1,4 +1,4 @@
-"""The host allocator settings (image_learner/training/host_allocator.py): applied where glibc is, never over
+"""The host allocator settings (image_learner/host_allocator.py): applied where glibc is, never over
 a user's own, and they do what they are for (freed memory stays in the process instead of being faulted in
 again), measured in a fresh process on 64 MiB."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from image_learner.training import host_allocator
+from image_learner import host_allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -20,7 +20,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 _PROBE = """
 import ctypes, sys
 sys.path.insert(0, {root!r})
-from image_learner.training import host_allocator
+from image_learner import host_allocator
 applied = host_allocator.tune() if sys.argv[1] == "tuned" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
@@ -111,3 +111,28 @@ def test_the_stage_timer_calls_after_stage_once_a_stage_has_finished():
     with pytest.raises(RuntimeError), timer.stage("c"):
         raise RuntimeError("failed")
     assert len(calls) == 2  # a failed stage ends the run: nothing to hand back for
+
+
+def _worker_is_tuned() -> bool:
+    return host_allocator._tuned
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings are glibc's; other C libraries are left alone")
+def test_the_image_checks_workers_tune_their_allocator(monkeypatch):
+    # spawned workers start a fresh interpreter (no mallopt of the parent's): without their own tuning each
+    # image's ~150 KB buffers were faulted in again (BENCHMARKS.md, "The image check's workers")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from image_learner.data import image_check
+
+    for name in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=image_check._start_worker) as pool:
+        assert pool.submit(_worker_is_tuned).result(timeout=120)
+    with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        assert not pool.submit(_worker_is_tuned).result(timeout=120)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # a user's own setting reaches the workers and wins there too
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=image_check._start_worker) as pool:
+        assert not pool.submit(_worker_is_tuned).result(timeout=120)

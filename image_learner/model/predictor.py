@@ -19,7 +19,8 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from image_learner.training import devices, host_allocator
+from image_learner import host_allocator
+from image_learner.training import devices
 from image_learner.evaluation import calibration
 from image_learner.evaluation import evaluation
 from image_learner.evaluation import ood

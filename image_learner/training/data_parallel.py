@@ -334,7 +334,7 @@ def check_readable(paths, host: str | None = None) -> None:
 
 def _worker(job_path: str) -> int:
     tie_to_parent()  # torchrun gone (even by SIGKILL): this worker goes too
-    from image_learner.training import host_allocator
+    from image_learner import host_allocator
 
     host_allocator.tune()  # as the command line does in one process
     import pandas as pd
