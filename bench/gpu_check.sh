@@ -29,7 +29,8 @@
 #      a. the ablation, bfloat16 (stock, the four earlier changes, ours = all five, raw loop) and float32
 #         (ours, raw loop), 512 training images; ~6 min:
 #           run(command="bash bench/gpu_check.sh issue22", carry=[".gpu_carry"], timeout_s=420)
-#      b. the tutorial's scale (1 and 3 epochs) and predict of 1,500 and 8 images; ~4 min:
+#      b. a 384 px batch's host work on that machine's 16 cores (bench/batch_assembly.py, ~20 s), then the
+#         tutorial's scale (1 and 3 epochs) and predict of 1,500 and 8 images; ~4 min:
 #           run(command="bash bench/gpu_check.sh issue22-tutorial", carry=[".gpu_carry"], timeout_s=300)
 #      $OUT/issue22*.log and the JSON files come back. CPU smoke: bash bench/gpu_check.sh issue22-smoke
 set -euo pipefail
@@ -66,6 +67,7 @@ issue22-smoke)
     scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
     as_on_the_gpu_machine bench/gpu_ablation.py --smoke --images 48 --variants stock cudnn_benchmark ours raw \
         --json "$scratch/ablation.json"
+    as_on_the_gpu_machine bench/batch_assembly.py --source "$carry/ham10000" --sizes 384 --threads 2 --repeats 2
     as_on_the_gpu_machine bench/gpu_check.py --smoke --parts tutorial predict --work "$scratch/work"
     ;;
 run|profile|ablation|issue22|issue22-tutorial)
@@ -90,9 +92,12 @@ run|profile|ablation|issue22|issue22-tutorial)
                 --timeout 90 --json "$out/gpu_ablation_fp32.json" || echo "float32 ablation: rc $?"
         } 2>&1 | tee "$out/issue22.log"
     elif [ "$mode" = issue22-tutorial ]; then  # issue 22's tutorial projection and predict
-        PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-            timeout 270 "$py" bench/gpu_check.py --parts tutorial predict --work /tmp/gpu_check_work 2>&1 \
-            | tee "$out/issue22_tutorial.log"
+        export PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+        {  # first: does batches_ahead's one thread assemble a 384 px batch faster than the GPU trains it?
+            timeout 20 "$py" bench/batch_assembly.py --source "$carry/ham10000" --sizes 384 --threads 16 \
+                --repeats 5 || echo "batch assembly: rc $?"
+            timeout 250 "$py" bench/gpu_check.py --parts tutorial predict --work /tmp/gpu_check_work
+        } 2>&1 | tee "$out/issue22_tutorial.log"
     elif [ "$mode" = ablation ]; then  # bench/gpu_ablation.py: issue 22's trainer ablation (~5 min)
         PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
             timeout 500 "$py" bench/gpu_ablation.py --timeout 150 --json "$out/gpu_ablation.json" 2>&1 \

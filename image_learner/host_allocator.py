@@ -15,7 +15,8 @@ took 100,000-960,000 minor faults a training step (BENCHMARKS.md, "mmap off"). N
 the heap and is reused by the next step. The price is resident memory kept between steps (BENCHMARKS.md
 measures the peak). ``release`` hands the heap's free memory back between stages (``malloc_trim``), so what
 training freed does not sit under the next stage's peak. Numbers do not change: only where memory comes from
-does.
+does. Every process of a run calls ``tune`` first: the command line's, the DDP workers and the image check's
+spawned workers (there each image's buffers were faulted in again: BENCHMARKS.md, "The image check's workers").
 
 A user's own ``MALLOC_*`` variables or malloc ``GLIBC_TUNABLES`` win: nothing is changed then. Other C
 libraries (musl, macOS) are left alone.

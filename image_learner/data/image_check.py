@@ -232,7 +232,7 @@ def _check_in_pool(jobs: list, workers: int) -> list:
 def _start_worker() -> None:
     """Workers leave Ctrl-C to the main process, which stops them (no traceback from every worker), and
     keep freed image buffers in their heap as the main process does (``host_allocator.tune``): with glibc's
-    defaults each image's ~150 KB arrays were unmapped and faulted in again, ~220 minor faults an image
-    (the check's CPU -18% without them; BENCHMARKS.md, "The image check's workers")."""
+    defaults each image's ~150 KB arrays were unmapped and faulted in again, ~220 minor faults an image;
+    tuned, the check takes a fifth less CPU (BENCHMARKS.md, "The image check's workers")."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     host_allocator.tune()
