@@ -55,9 +55,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def run_tool(table: pd.DataFrame, a, changes: tuple[str, ...]) -> dict:
-    """One tool training through ludwig_trainer.train with the trainer ``changes``; epoch seconds and the
-    last epoch's validation metrics."""
+def run_tool(table: pd.DataFrame, a, changes: tuple[str, ...], callbacks: tuple = ()) -> dict:
+    """One tool training through ludwig_trainer.train with the trainer ``changes`` (and Ludwig ``callbacks``
+    of a caller's: bench/same_process_step.py); epoch seconds and the last epoch's validation metrics."""
     from throughput import EpochTimer
 
     from image_learner import run_files
@@ -82,7 +82,7 @@ def run_tool(table: pd.DataFrame, a, changes: tuple[str, ...]) -> dict:
     timer = SyncedEpochTimer()
     with tempfile.TemporaryDirectory() as work, run_files.scratch_tempdir(work) as scratch:
         trained = ludwig_trainer.train(table, config, scratch, os.path.join(work, "model"), 42, "multiclass",
-                                       "balanced_accuracy", callbacks=[timer])
+                                       "balanced_accuracy", callbacks=[timer, *callbacks])
     steps = -(-train_rows // a.batch)
     if timer.batches != [steps] * a.epochs:
         raise RuntimeError(f"expected {a.epochs} epochs of {steps} batches, timed {timer.batches}")
