@@ -126,7 +126,7 @@ def test_the_image_checks_workers_tune_their_allocator(monkeypatch):
 
     from image_learner.data import image_check
 
-    for name in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+    for name in set(os.environ) - set(_env_without_malloc_settings()):
         monkeypatch.delenv(name)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn, initializer=image_check._start_worker) as pool:
