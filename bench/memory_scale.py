@@ -15,7 +15,7 @@ timings of run_summary.json (approximate to the unlisted start-up seconds). ``--
 checkout whose CLI runs (before/after).
 
     python bench/memory_scale.py [--counts 1000 3000 7347] [--size 224] [--model tf_efficientnet_lite0] \
-        [--batch-size 32] [--work /tmp/memory_scale] [--tool-root CHECKOUT]
+        [--batch-size 32] [--work /tmp/memory_scale] [--tool-root CHECKOUT] [--env NAME=VALUE ...] [--timeline]
 """
 
 import argparse
@@ -33,18 +33,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, build_ham, build_repeated, lite0_weights  # noqa: E402
 
 
-def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, float, float]:
-    """Run cmd; (wall s, peak RSS GB summed over it and its children, seconds after start of the peak)."""
+def run_sampled(cmd: list[str], env: dict | None = None, timeline: bool = False) -> tuple[float, float, float]:
+    """Run cmd; (wall s, peak RSS GB summed over it and its children, seconds after start of the peak).
+    ``timeline``: also print each line the tool logs with the RSS (GiB) of that moment and the peak so far."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE if timeline else subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT if timeline else subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
-    peak, at, done = [0], [0.0], threading.Event()
+    peak, at, now, done = [0], [0.0], [0], threading.Event()
 
     def sample():
         parent = psutil.Process(proc.pid)
         while not done.is_set():
             try:
                 rss = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+                now[0] = rss
                 if rss > peak[0]:
                     peak[0], at[0] = rss, time.perf_counter() - started
             except psutil.Error:
@@ -53,7 +56,15 @@ def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, float, 
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, err = proc.communicate()
+    err = ""
+    if timeline:  # the tool's log and its errors, one stream, read as it comes (no pipe left to fill up)
+        for line in proc.stdout:
+            err = (err + line)[-3000:]
+            print(f"  {time.perf_counter() - started:6.1f} s  RSS {now[0] / 2**30:.2f} GiB (peak so far "
+                  f"{peak[0] / 2**30:.2f})  {line.rstrip()[:140]}", flush=True)
+        proc.wait()
+    else:
+        _, err = proc.communicate()
     done.set()
     if proc.returncode:
         raise RuntimeError(err[-3000:])
@@ -84,6 +95,8 @@ def main() -> None:
     parser.add_argument("--tool-root", default=ROOT, help="checkout whose image_learner_cli.py runs (before/after)")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="environment for the tool's process (e.g. glibc's MALLOC_ARENA_MAX=2)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print every line the tool logs with the RSS of that moment (where the memory goes)")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     weights = ["--pretrained-weights", lite0_weights()] if args.model == "tf_efficientnet_lite0" else [
@@ -100,7 +113,7 @@ def main() -> None:
                "--image-size", str(args.size), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                "--sample-id-column", "lesion_id"]
         load = os.getloadavg()[0]
-        wall, peak, at = run_sampled(cmd, env)
+        wall, peak, at = run_sampled(cmd, env, args.timeline)
         with open(os.path.join(out, "run_summary.json")) as handle:
             timings = json.load(handle)["timings_s"]
         timings = {k: v for k, v in timings.items() if isinstance(v, (int, float)) and k != "total"}
