@@ -24,7 +24,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,17 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-
-def run_child(variant: str, table: str, a) -> dict:
-    """One gpu_ablation.py child in a fresh process; its RESULT line as a dict."""
-    cmd = [sys.executable, os.path.join(HERE, "gpu_ablation.py"), "--child", variant, "--table", table,
-           "--model", a.model, "--size", str(a.size), "--batch", str(a.batch), "--epochs", str(a.epochs),
-           "--precision", "float32", "--threads", str(a.threads)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-    lines = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-    if run.returncode or not lines:
-        raise RuntimeError(f"{variant} child failed (rc {run.returncode}):\n{run.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+from gpu_ablation import prepare, run_child  # noqa: E402
 
 
 def summarise(rounds: list[dict], seed: int = 0, resamples: int = 10_000) -> dict:
@@ -79,18 +68,14 @@ def main() -> None:
     if a.smoke:
         a.model, a.size, a.images, a.batch, a.epochs, a.rounds = "test_efficientnet", 32, 48, 8, 3, 2
     with tempfile.TemporaryDirectory() as folder:
-        table = a.table
-        if table is None:
-            from gpu_ablation import prepare
-
-            table = prepare(a, folder)
+        table = a.table or prepare(a, folder)
         rounds, started = [], time.time()
         for k in range(1, a.rounds + 1):
             order = ("raw", "ours") if k % 2 else ("ours", "raw")
             result = {}
             for variant in order:
                 load = os.getloadavg()[0]
-                result[variant] = run_child(variant, table, a)
+                result[variant] = run_child(variant, table, a, "float32")
                 result[variant]["load_before"] = load
             rounds.append(result)
             raw, ours = result["raw"], result["ours"]

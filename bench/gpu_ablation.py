@@ -160,6 +160,20 @@ def prepare(a, folder: str) -> str:
     return path
 
 
+def run_child(variant: str, table: str, a, precision: str) -> dict:
+    """One variant in a fresh process of this script (``--child``); its RESULT line as a dict. RuntimeError
+    with the child's exit code and the end of its stderr when it fails."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--table", table,
+           "--model", a.model, "--size", str(a.size), "--batch", str(a.batch),
+           "--epochs", str(a.epochs), "--precision", precision, "--threads", str(a.threads or 0),
+           *(["--glibc-defaults"] if getattr(a, "glibc_defaults", False) else [])]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+    line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
+    if run.returncode or not line:
+        raise RuntimeError(f"FAILED rc {run.returncode}\n{run.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
+
+
 def parent(a) -> dict:
     """Every precision x variant in its own process; the table of results."""
     started = time.time()
@@ -168,16 +182,11 @@ def parent(a) -> dict:
         table = prepare(a, folder)
         for precision in a.precisions:
             for variant in a.variants:
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--table", table,
-                       "--model", a.model, "--size", str(a.size), "--batch", str(a.batch),
-                       "--epochs", str(a.epochs), "--precision", precision, "--threads", str(a.threads or 0),
-                       *(["--glibc-defaults"] if a.glibc_defaults else [])]
-                run = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                line = [x for x in run.stdout.splitlines() if x.startswith("RESULT ")]
-                if run.returncode or not line:
-                    print(f"{precision} {variant}: FAILED rc {run.returncode}\n{run.stderr[-3000:]}", flush=True)
+                try:
+                    res = run_child(variant, table, a, precision)
+                except RuntimeError as failure:
+                    print(f"{precision} {variant}: {failure}", flush=True)
                     continue
-                res = json.loads(line[-1][len("RESULT "):])
                 results["runs"][f"{precision} {variant}"] = res
                 print(f"[{time.time() - started:6.0f} s] {precision} {variant}: {res['images_per_s']:.1f} img/s, "
                       f"peak {res['peak_gib']:.2f} GiB ({res['peak_kind']})", flush=True)
