@@ -43,6 +43,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from image_learner import job_cpus
     from image_learner.data import image_check
     from image_learner.data import image_health
     from image_learner.data import input_utils
@@ -201,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--threshold", type=float, default=None,
                      help="binary tasks: a fixed decision threshold on P(positive), between 0 and 1, instead of "
                           "tuning one (an error for other tasks)")
-    train.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
-                       help="processes decoding and resizing images")
+    train.add_argument("--preprocessing-workers", type=int, default=job_cpus.default_workers(),
+                       help="processes that decode, check and resize the images before training; by default the "
+                            "CPUs this job may use (its affinity, capped by GALAXY_SLOTS), at most "
+                            f"{job_cpus.MAX_DEFAULT_WORKERS}")
     train.add_argument("--coverage", type=float, default=0.9,
                        help="conformal prediction sets (classes) or intervals (regression) holding the true answer "
                             "this often, set on the validation rows (out-of-fold with --cross-validation); 0: off")
@@ -235,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
+    from image_learner import job_cpus
     from image_learner.data import input_utils
     from image_learner.evaluation.tta import MODES as TTA_MODES
 
@@ -252,8 +256,10 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-evaluate", action="store_true",
                         help="only predict, even when the CSV has a label column")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--preprocessing-workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="threads that decode and resize the images (by training's rules) while the network runs")
+    parser.add_argument("--preprocessing-workers", type=int, default=job_cpus.default_workers(),
+                        help="threads that decode and resize the images (by training's rules) while the network "
+                             "runs; by default the CPUs this job may use (its affinity, capped by GALAXY_SLOTS), at "
+                             f"most {job_cpus.MAX_DEFAULT_WORKERS}")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous run in --output-dir")
     parser.add_argument("--verbose", action="store_true",
                         help="also show Ludwig's and the libraries' output on the console (always in "

@@ -18,6 +18,7 @@ cost of each step in one process, which says where the time goes.
     python bench/check_vs_loop.py --source /work/shared/data/ham10000/ham10000_200x150 --count 7347 --size 224
     python bench/check_vs_loop.py --source /work/shared/data/ham10000/originals_600x450 --count 258 --size 224 \
         --loops stored png0 png1 png6 memory
+    python bench/check_vs_loop.py --source ... --workers 1 2 8 --loops stored --no-level1   # a row per worker count
 """
 
 import argparse
@@ -98,7 +99,9 @@ def main() -> None:
     parser.add_argument("--source", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--count", type=int, default=1000, help="first N images (sorted names), repeated if fewer")
     parser.add_argument("--size", type=int, nargs="+", default=[224])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="the tool's worker processes; several: one row each, the loops timed once")
+    parser.add_argument("--no-level1", action="store_true", help="skip the tool at zlib level 1 (before issue 22 #3)")
     parser.add_argument("--loops", nargs="+", default=["stored", "png0", "png1"],
                         choices=["stored", "png0", "png1", "png6", "memory"])
     args = parser.parse_args()
@@ -117,26 +120,31 @@ def main() -> None:
             shape = f"{first.size[0]}x{first.size[1]} {first.format}"
         rows = []
         for size in args.size:
-            row = {"size": size, "images": args.count, "image": shape, "cpu_count": os.cpu_count(),
-                   "workers": args.workers, "load_before": os.getloadavg()[0]}
+            loops = {"load_before": os.getloadavg()[0]}
             for kind in args.loops:
                 out = os.path.join(work, f"loop_{kind}_{size}")
                 os.makedirs(out)
-                row[f"loop_{kind}_s"], row[f"loop_{kind}_cpu_s"] = (round(v, 2) for v in loop(paths, out, size, kind))
+                seconds = loop(paths, out, size, kind)
+                loops[f"loop_{kind}_s"], loops[f"loop_{kind}_cpu_s"] = (round(v, 2) for v in seconds)
                 shutil.rmtree(out)  # a fresh folder each time: overwriting files waits on their writeback
-            level = copy_png_level(args.count, size)
-            for label, png_level in (("tool", level), ("tool_level1", 1)):
-                out = os.path.join(work, f"{label}_{size}")
-                row[f"{label}_s"], row[f"{label}_cpu_s"] = (round(v, 2) for v in tool(root, rel, out, args.workers,
-                                                                                      size, png_level))
-                shutil.rmtree(out)
-            row["tool_png_level"] = level
-            for kind in args.loops:
-                row[f"ratio_vs_{kind}"] = round(row[f"loop_{kind}_s"] / row["tool_s"], 2)
-                row[f"ratio_level1_tool_vs_{kind}"] = round(row[f"loop_{kind}_s"] / row["tool_level1_s"], 2)
-            row["ms_per_image_one_process"] = steps(paths[:200], size, work)
-            row["load_after"] = os.getloadavg()[0]
-            rows.append(row)
+            per_image = steps(paths[:200], size, work)
+            for workers in args.workers:
+                row = {"size": size, "images": args.count, "image": shape, "cpu_count": os.cpu_count(),
+                       "workers": workers, **loops}
+                level = copy_png_level(args.count, size)
+                for label, png_level in (("tool", level), ("tool_level1", 1))[:1 if args.no_level1 else 2]:
+                    out = os.path.join(work, f"{label}_{size}")
+                    row[f"{label}_s"], row[f"{label}_cpu_s"] = (round(v, 2) for v in tool(root, rel, out, workers,
+                                                                                          size, png_level))
+                    shutil.rmtree(out)
+                row["tool_png_level"] = level
+                for kind in args.loops:
+                    row[f"ratio_vs_{kind}"] = round(row[f"loop_{kind}_s"] / row["tool_s"], 2)
+                    if not args.no_level1:
+                        row[f"ratio_level1_tool_vs_{kind}"] = round(row[f"loop_{kind}_s"] / row["tool_level1_s"], 2)
+                row["ms_per_image_one_process"] = per_image
+                row["load_after"] = os.getloadavg()[0]
+                rows.append(row)
     print(json.dumps(rows, indent=1))
 
 

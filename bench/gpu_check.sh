@@ -33,6 +33,10 @@
 #         tutorial's scale (1 and 3 epochs) and predict of 1,500 and 8 images; ~4 min:
 #           run(command="bash bench/gpu_check.sh issue22-tutorial", carry=[".gpu_carry"], timeout_s=300)
 #      $OUT/issue22*.log and the JSON files come back. CPU smoke: bash bench/gpu_check.sh issue22-smoke
+#      c. if the budget leaves 4 minutes: the image check against the one-process PIL loop on the node's
+#         cores (issue 22 #3; bench/check_vs_loop.py, 3,000 images of each kind, 2 and 8 workers; ~1-2 min):
+#           run(command="bash bench/gpu_check.sh issue22-check", carry=[".gpu_carry"], timeout_s=240)
+#         CPU smoke: bash bench/gpu_check.sh issue22-check-smoke
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mode=${1:-}
@@ -70,7 +74,14 @@ issue22-smoke)
     as_on_the_gpu_machine bench/batch_assembly.py --source "$carry/ham10000" --sizes 384 --threads 2 --repeats 2
     as_on_the_gpu_machine bench/gpu_check.py --smoke --parts tutorial predict --work "$scratch/work"
     ;;
-run|profile|ablation|issue22|issue22-tutorial)
+issue22-check-smoke)
+    scratch=$(mktemp -d) && trap 'rm -rf "$scratch"' EXIT
+    for source in "$carry/ham10000_200x150" "$carry/ham10000"; do
+        as_on_the_gpu_machine bench/check_vs_loop.py --source "$source" --count 300 --size 224 --workers 1 2 \
+            --loops stored --no-level1
+    done
+    ;;
+run|profile|ablation|issue22|issue22-tutorial|issue22-check)
     if [ ! -f "$carry/overlay.tar.gz" ]; then
         echo "error: $carry/overlay.tar.gz missing: run 'bash bench/gpu_check.sh prepare' here and carry $carry" >&2
         exit 2
@@ -98,6 +109,12 @@ run|profile|ablation|issue22|issue22-tutorial)
                 --repeats 5 || echo "batch assembly: rc $?"
             timeout 250 "$py" bench/gpu_check.py --parts tutorial predict --work /tmp/gpu_check_work
         } 2>&1 | tee "$out/issue22_tutorial.log"
+    elif [ "$mode" = issue22-check ]; then  # the image check on the node's cores against one process
+        export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+        for source in "$carry/ham10000_200x150" "$carry/ham10000"; do
+            timeout 110 "$py" bench/check_vs_loop.py --source "$source" --count 3000 --size 224 --workers 2 8 \
+                --loops stored --no-level1 || echo "check vs loop on $source: rc $?"
+        done 2>&1 | tee "$out/issue22_check.log"
     elif [ "$mode" = ablation ]; then  # bench/gpu_ablation.py: issue 22's trainer ablation (~5 min)
         PYTHONPATH="$site:$PWD" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
             timeout 500 "$py" bench/gpu_ablation.py --timeout 150 --json "$out/gpu_ablation.json" 2>&1 \
@@ -111,7 +128,7 @@ run|profile|ablation|issue22|issue22-tutorial)
     fi
     ;;
 *)
-    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile|ablation|ablation-smoke|issue22|issue22-tutorial|issue22-smoke   (see the header of this file)" >&2
+    echo "usage: bash bench/gpu_check.sh prepare|smoke|run|profile|ablation|ablation-smoke|issue22|issue22-tutorial|issue22-check|issue22-smoke|issue22-check-smoke   (see the header of this file)" >&2
     exit 2
     ;;
 esac

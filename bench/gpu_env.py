@@ -6,8 +6,9 @@ many packages but not Ludwig, and no network.
 the GPU machine): ``overlay.tar.gz``, the installed files of the distributions the tool imports that the
 GPU machine lacks (Ludwig, plotly, pydantic, ...; ~15 MB), plus timm and typing-extensions so that their
 versions match the tested ones; and ``ham10000/``, the shared HAM10000 originals (../shared does not
-travel) resized to 512x384 JPEG (~14 MB). The GPU machine's own torch, torchvision, numpy, pandas,
-scikit-learn, Pillow, ... are used as they are: they are compiled against its CUDA.
+travel) resized to 512x384 JPEG (~14 MB), and ``ham10000_200x150/``, the first SMALL_IMAGES of the shared
+200x150 set as they are (~12 MB; the image check's second kind of image). The GPU machine's own torch,
+torchvision, numpy, pandas, scikit-learn, Pillow, ... are used as they are: they are compiled against its CUDA.
 
 ``blocker DIR`` (here, for the CPU smoke run): writes ``DIR/sitecustomize.py``, which makes every module
 the GPU machine does not have (per DEVICE_HAS) and the overlay does not bring fail to import, in this
@@ -25,6 +26,7 @@ import tarfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CARRY_DIR = os.path.join(ROOT, ".gpu_carry")
+SMALL_IMAGES = 3000  # of the 7,347 200x150 HAM10000 images: what the carry's 64 MiB leaves room for
 
 # The device's image 'cuda': the package list in /work/.library/device/KINDS.md, read on 2026-11-17.
 DEVICE_HAS = set("""
@@ -73,7 +75,7 @@ def _files(dist: md.Distribution) -> list[str]:
     return [str(f) for f in dist.files or [] if not str(f).startswith("..") and "__pycache__" not in str(f)]
 
 
-def prepare(shared_images: str | None) -> None:
+def prepare(shared_images: str | None, small_images: str | None = None) -> None:
     os.makedirs(CARRY_DIR, exist_ok=True)
     overlay = os.path.join(CARRY_DIR, "overlay.tar.gz")
     with tarfile.open(overlay + ".tmp", "w:gz") as tar:
@@ -91,6 +93,20 @@ def prepare(shared_images: str | None) -> None:
     else:
         print(f"no shared HAM10000 originals at {shared_images}: the check will build its images from "
               "test-data/ham10000_demo_images.zip (small images, upscaled: decoding cost understated)")
+    if small_images and os.path.isdir(small_images):
+        _copy_small(small_images, os.path.join(CARRY_DIR, "ham10000_200x150"))
+
+
+def _copy_small(source: str, dest: str) -> None:
+    """The first SMALL_IMAGES files (sorted names) of the 200x150 set, byte for byte."""
+    import shutil
+
+    names = sorted(n for n in os.listdir(source) if n.lower().endswith(".jpg"))[:SMALL_IMAGES]
+    os.makedirs(dest, exist_ok=True)
+    for name in names:
+        shutil.copyfile(os.path.join(source, name), os.path.join(dest, name))
+    size = sum(os.path.getsize(os.path.join(dest, n)) for n in names)
+    print(f"{dest}: {len(names)} images, {size / 1e6:.1f} MB")
 
 
 def _copy_originals(source: str, dest: str) -> None:
@@ -145,11 +161,13 @@ def main() -> None:
     prep = sub.add_parser("prepare")
     prep.add_argument("--shared-images", default=os.path.join(ROOT, "..", "shared", "data", "ham10000",
                                                               "originals_600x450"))
+    prep.add_argument("--small-images", default=os.path.join(ROOT, "..", "shared", "data", "ham10000",
+                                                             "ham10000_200x150", "images"))
     block = sub.add_parser("blocker")
     block.add_argument("folder")
     args = parser.parse_args()
     if args.command == "prepare":
-        prepare(args.shared_images)
+        prepare(args.shared_images, args.small_images)
     else:
         write_blocker(args.folder)
     sys.exit(0)

@@ -32,6 +32,8 @@ import sys
 import threading
 import time
 
+from image_learner.job_cpus import allocated_cpus
+
 DISTRIBUTED = ("none", "ddp")
 JOB_FILE = "ddp_job.json"
 TABLE_FILE = "ddp_table.json"
@@ -76,21 +78,6 @@ def check_options(distributed: str, num_workers: int, lr_schedule: str, device: 
     elif num_workers > allocated_cpus():
         raise InputError(f"--num-workers {num_workers} exceeds the {allocated_cpus()} CPUs this job may use "
                          "(its CPU affinity, capped by GALAXY_SLOTS)")
-
-
-def allocated_cpus(environ=None) -> int:
-    """The CPUs this job may use: its affinity mask (what a cgroup cpuset, Slurm or taskset gives it), capped
-    by Galaxy's GALAXY_SLOTS when that is a positive number. Not os.cpu_count(): on a shared node that is
-    the whole node, and N workers sized from it would oversubscribe the job's share."""
-    environ = os.environ if environ is None else environ
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity call (not Linux)
-        cpus = os.cpu_count() or 1
-    slots = environ.get("GALAXY_SLOTS", "").strip()
-    if slots.isdigit() and int(slots) > 0:
-        cpus = min(cpus, int(slots))
-    return max(1, cpus)
 
 
 def worker_threads(num_workers: int, cpus: int | None = None) -> int:
