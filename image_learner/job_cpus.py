@@ -1,8 +1,9 @@
 """The CPUs this job may use, and how many of them the image check takes when the user names no number.
 
 Not ``os.cpu_count()``: on a shared node that is the whole node, and workers sized from it would
-oversubscribe the job's share. Used by the data stage (the image check's processes, predict's decoding
-threads) and by training (``--distributed ddp``'s workers and their torch threads).
+oversubscribe the job's share. Used by the command line (``--preprocessing-workers``' default: training's
+image-check processes, predict's decoding threads) and by training (``--distributed ddp``'s workers and their
+torch threads).
 """
 
 from __future__ import annotations
