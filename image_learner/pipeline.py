@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -24,7 +23,7 @@ from image_learner.training import ludwig_config
 from image_learner.evaluation import ood
 from image_learner.evaluation import subgroups
 from image_learner.evaluation import tta
-from image_learner.model import fold_ensemble, model_card, model_manifest
+from image_learner.model import fold_ensemble, model_card, model_manifest, model_zip
 from image_learner.training import model_fit
 from image_learner import host_allocator
 from image_learner.training import presets, provenance, search_run
@@ -253,8 +252,7 @@ def _package_model(request: RunRequest, summary: dict, model_dir: str, timer) ->
     with open(os.path.join(model_dir, model_card.CARD), "w", encoding="utf-8") as handle:
         handle.write(model_card.build_card(summary, request.data_licence, onnx))
     with timer.stage("zipping the model"):
-        shutil.make_archive(os.path.join(os.path.dirname(model_dir), "trained_model"), "zip",
-                            root_dir=os.path.dirname(model_dir), base_dir="model")
+        model_zip.write_model_zip(model_dir, os.path.join(os.path.dirname(model_dir), "trained_model.zip"))
 
 
 def _ddp_workers(request: RunRequest) -> int:

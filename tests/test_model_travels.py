@@ -82,7 +82,12 @@ def test_the_zip_carries_a_model_card_and_predict_accepts_it(multiclass, tmp_pat
     with zipfile.ZipFile(multiclass / "trained_model.zip") as archive:
         names = sorted(archive.namelist())
         card = archive.read("model/MODEL_CARD.md").decode("utf-8")
+        compression = {info.filename: info.compress_type for info in archive.infolist()}
     assert "model/MODEL_CARD.md" in names and "model/model.onnx" in names
+    # the weights stored (they barely deflate: model_zip.py), the rest deflated; predict (below) reads both
+    assert {n for n, c in compression.items() if c == zipfile.ZIP_STORED} == {"model/model_weights.safetensors",
+                                                                               "model/model.onnx"}
+    assert all(n.startswith("model/") for n in names)
     assert "Licence of the data, as the user stated it: CC BY-NC 4.0 (test)" in card
     assert "input 'image': float32 N×3×40×40, RGB scaled to [0, 1]" in card
     assert "Computed on the held-out test rows" in card and "not a medical device" in card
