@@ -31,9 +31,10 @@ def write_label_issues(predictions: pd.DataFrame, classes: list[str], task: str,
 
 
 def write_embeddings(ludwig_model, table: pd.DataFrame, split_names, image_size: int, batch_size: int,
-                     out: str) -> dict:
-    """embeddings.csv, one row per image of ``table`` (its ``read_path``, the file the model read)."""
-    features = embeddings.encoder_features(ludwig_model, list(table["read_path"]), image_size, batch_size)
+                     out: str, workers: int = 1) -> dict:
+    """embeddings.csv, one row per image of ``table`` (its ``read_path``, the file the model read), decoded in
+    ``workers`` threads."""
+    features = embeddings.encoder_features(ludwig_model, list(table["read_path"]), image_size, batch_size, workers)
     frame = embeddings.embeddings_table(table["image"], split_names, table["label"].astype(str), features)
     frame.to_csv(os.path.join(out, EMBEDDINGS_CSV), index=False)
     return {"rows": int(len(frame)), "width": int(features.shape[1]),
@@ -49,7 +50,7 @@ def run(data, ludwig_model, opts, out: str, timer) -> dict:
     with timer.stage("auditing the labels and mapping the images"):
         facts = {"label_issues": write_label_issues(predictions, model_fit.class_order(data), data.task, out),
                  "embeddings": write_embeddings(ludwig_model, data.table, predictions["split"], opts.image_size,
-                                                opts.batch_size, out)}
+                                                opts.batch_size, out, opts.preprocessing_workers)}
     issues = facts["label_issues"]
     if "flagged" in issues:
         log(f"label audit: {issues['flagged']} of {issues['rows']} images flagged as suspected label errors, "

@@ -18,12 +18,14 @@ PCA_FIRST = 50  # t-SNE runs on the first principal components (its authors' adv
 BATCH = 32
 
 
-def encoder_features(ludwig_model, paths: list[str], image_size: int, batch_size: int = BATCH) -> np.ndarray:
+def encoder_features(ludwig_model, paths: list[str], image_size: int, batch_size: int = BATCH,
+                     workers: int = 1) -> np.ndarray:
     """rows x width: the image encoder's output for each image file (no gradients, eval mode; the model
-    stays where Ludwig left it and is put back in its own train/eval mode)."""
+    stays where Ludwig left it and is put back in its own train/eval mode). The files are decoded in
+    ``workers`` threads, the next batch while the encoder runs this one (as predict decodes)."""
     import torch
 
-    from image_learner.model.inference_network import image_pixels
+    from image_learner.model.inference_network import decoded_batches
 
     ecd = ludwig_model.model
     encoder = ecd.input_features.get("image_path").encoder_obj
@@ -33,10 +35,12 @@ def encoder_features(ludwig_model, paths: list[str], image_size: int, batch_size
     chunks = []
     try:
         with torch.no_grad():
-            for start in range(0, len(paths), batch_size):
-                # the pixels the model read in training (EXIF orientation, RGB, the same resize): one decoder
-                batch = [image_pixels(path, image_size)[0].astype(np.float32) / 255.0
-                         for path in paths[start:start + batch_size]]
+            # the pixels the model read in training (EXIF orientation, RGB, the same resize): one decoder
+            for start, decoded in decoded_batches(paths, image_size, batch_size, workers):
+                for k, (_, _, reason) in enumerate(decoded, start):
+                    if reason is not None:  # the files training read: an unreadable one is our bug
+                        raise ValueError(f"{paths[k]}: {reason}")
+                batch = [pixels.astype(np.float32) / 255.0 for pixels, _, _ in decoded]
                 x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).to(device)
                 out = encoder(x)["encoder_output"]
                 chunks.append(out.reshape(len(batch), -1).float().cpu().numpy())

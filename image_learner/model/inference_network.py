@@ -196,3 +196,28 @@ def image_pixels(path: str, side: int) -> tuple[np.ndarray, list[str]]:
     if img.size != (side, side):
         img = img.resize((side, side), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8), changes
+
+
+def _decoded(path: str, side: int):
+    """(pixels, what was converted, None) or (None, None, why it cannot be read)."""
+    try:
+        return (*image_pixels(path, side), None)
+    except ValueError as err:
+        return None, None, str(err)
+
+
+def decoded_batches(paths: list[str], side: int, batch_size: int, workers: int):
+    """(start, [(pixels, changes, reason), ...]) per batch of ``paths`` (image_pixels; ``reason`` for a file
+    that cannot be read), decoded in ``workers`` threads (Pillow's decoding and resizing release the GIL), the
+    next batch while the caller's network runs this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = None
+        for start in range(0, len(paths), batch_size):
+            submitted = (start, [pool.submit(_decoded, p, side) for p in paths[start:start + batch_size]])
+            if pending:
+                yield pending[0], [f.result() for f in pending[1]]
+            pending = submitted
+        if pending:
+            yield pending[0], [f.result() for f in pending[1]]

@@ -196,30 +196,6 @@ def with_rates(timings: dict, n_images: int) -> dict:
             "images_per_s": rate}
 
 
-def _decoded(path: str, side: int):
-    """(pixels, what was converted, None) or (None, None, why it cannot be read)."""
-    try:
-        return (*inference_network.image_pixels(path, side), None)
-    except ValueError as err:
-        return None, None, str(err)
-
-
-def _decoded_batches(paths: list[str], side: int, batch_size: int, workers: int):
-    """(start, [(pixels, changes, reason), ...]) per batch of ``paths``, decoded in ``workers`` threads
-    (Pillow's decoding and resizing release the GIL), the next batch while the network runs this one."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending = None
-        for start in range(0, len(paths), batch_size):
-            submitted = (start, [pool.submit(_decoded, p, side) for p in paths[start:start + batch_size]])
-            if pending:
-                yield pending[0], [f.result() for f in pending[1]]
-            pending = submitted
-        if pending:
-            yield pending[0], [f.result() for f in pending[1]]
-
-
 def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, batch_size: int, workers: int,
                     notes: list[str], tta_mode: str = "none", tabular_inputs=None):
     """(rows kept, Ludwig's predictions for them): the training's image rules, in memory (odd images
@@ -231,7 +207,8 @@ def _predict_images(network, table: pd.DataFrame, images_dir: str, side: int, ba
     bad, converted, kept, outputs = {}, {}, [], []
     every = max(1, math.ceil(len(files) / PROGRESS_STEPS / batch_size))
     started = time.time()
-    batches = _decoded_batches([os.path.join(images_dir, f) for f in files], side, batch_size, workers)
+    batches = inference_network.decoded_batches([os.path.join(images_dir, f) for f in files], side, batch_size,
+                                                workers)
     for number, (start, decoded) in enumerate(batches, 1):
         good, rows = [], []
         for k, (pixels, changes, reason) in enumerate(decoded, start):
